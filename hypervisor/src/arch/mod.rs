@@ -1,0 +1,104 @@
+//! Everything that touches the hart directly: entry assembly, CSR access, the trap vector.
+//! The rest of hypocaust calls the small safe wrappers here.
+
+use core::arch::{asm, global_asm};
+
+use crate::layout::VIRT_OFFSET;
+
+pub mod trap;
+
+/// Size of the stack the boot hart uses until its own stack is mapped.
+const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+/// Leaf flags of the early 512 GiB mappings: V R W X G A D.
+const EARLY_LEAF: u64 = 0xEF;
+
+/// `satp.MODE` = Sv48, in place.
+const SATP_SV48: u64 = 9 << 60;
+
+global_asm!(
+    include_str!("entry.S"),
+    EARLY_LEAF = const EARLY_LEAF,
+    SATP_SV48 = const SATP_SV48,
+    VIRT_OFFSET = const VIRT_OFFSET,
+    BOOT_STACK_SIZE = const BOOT_STACK_SIZE,
+    rust_boot = sym crate::rust_boot,
+    rust_secondary = sym crate::hart::rust_secondary,
+);
+
+unsafe extern "C" {
+    static boot_root_table: u8;
+    fn _secondary_start();
+}
+
+/// The `satp` value of the early page table (identity + direct map), which secondary harts
+/// turn on before they can reach their Rust entry point.
+pub fn early_satp() -> u64 {
+    let va = &raw const boot_root_table as u64;
+    SATP_SV48 | ((va - VIRT_OFFSET) >> 12)
+}
+
+/// Physical address of the secondary-hart entry point, for SBI `hart_start`.
+pub fn secondary_entry_phys() -> u64 {
+    _secondary_start as usize as u64 - VIRT_OFFSET
+}
+
+/// Reads the `time` CSR.
+#[inline]
+pub fn time() -> u64 {
+    riscv::register::time::read64()
+}
+
+/// Installs a new root page table and flushes the whole TLB.
+///
+/// # Safety
+/// `satp` must name a table that maps the running code, its stack and everything reachable
+/// from them exactly as the current one does.
+pub unsafe fn switch_page_table(satp: u64) {
+    // SAFETY: the caller guarantees the new table keeps the running context mapped.
+    unsafe { asm!("sfence.vma", "csrw satp, {0}", "sfence.vma", in(reg) satp) };
+}
+
+/// Waits for an interrupt (returns on any pending enabled one, or spuriously).
+#[inline]
+pub fn wait_for_interrupt() {
+    // SAFETY: `wfi` has no memory effects.
+    unsafe { asm!("wfi", options(nomem, nostack)) };
+}
+
+/// Reads the per-hart pointer kept in `tp`.
+#[inline]
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reading a register.
+    unsafe { asm!("mv {0}, tp", out(reg) tp, options(nomem, nostack)) };
+    tp
+}
+
+/// Sets `tp` to the per-hart pointer.
+///
+/// # Safety
+/// `tp` must stay valid for as long as this hart runs hypocaust code.
+pub unsafe fn set_thread_pointer(tp: usize) {
+    // SAFETY: Rust code for this target does not use `tp` itself (no TLS).
+    unsafe { asm!("mv tp, {0}", in(reg) tp, options(nomem, nostack)) };
+}
+
+/// Continues execution on a new stack by calling `f(arg)` there; never returns.
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of a mapped, unused stack.
+pub unsafe fn run_on_stack(stack_top: u64, f: extern "C" fn(usize) -> !, arg: usize) -> ! {
+    // SAFETY: the caller provides a valid stack; `f` never returns, so the old stack is
+    // abandoned.
+    unsafe {
+        asm!(
+            "mv sp, {stack}",
+            "jr {f}",
+            stack = in(reg) stack_top,
+            f = in(reg) f,
+            in("a0") arg,
+            options(noreturn)
+        )
+    }
+}

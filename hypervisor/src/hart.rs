@@ -1,0 +1,116 @@
+//! Harts: per-hart state (reached through `tp`) and bringing secondary harts up through
+//! SBI HSM.
+
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use rv::HostVirtAddr;
+
+use crate::{arch, layout, mm};
+
+/// State of one physical hart, owned by that hart.
+#[derive(Debug)]
+pub struct HartLocal {
+    /// The hart ID, as SBI knows it.
+    pub hartid: usize,
+    /// Position in hypocaust's hart list (0 = boot hart): picks its stack.
+    pub index: usize,
+}
+
+/// What `_secondary_start` reads: laid out for the assembly (see entry.S).
+#[repr(C)]
+struct HartBoot {
+    early_satp: u64,
+    kernel_satp: u64,
+    stack_top: u64,
+    local: *mut HartLocal,
+}
+
+/// Hart ID of the boot hart, for code that runs before `tp` is set.
+static BOOT_HARTID: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of harts that finished bring-up.
+static ONLINE: AtomicUsize = AtomicUsize::new(0);
+
+/// Records the boot hart's ID. Called first thing by the boot hart.
+pub fn set_boot_hart(hartid: usize) {
+    BOOT_HARTID.store(hartid, Ordering::Relaxed);
+}
+
+/// The hart ID of the calling hart.
+pub fn current_hart_id() -> usize {
+    match current() {
+        Some(local) => local.hartid,
+        None => BOOT_HARTID.load(Ordering::Relaxed),
+    }
+}
+
+/// The calling hart's state, once it has some.
+pub fn current() -> Option<&'static HartLocal> {
+    let tp = arch::thread_pointer();
+    // SAFETY: `tp` is zero or was set by `enter` to a leaked `HartLocal` of this hart.
+    (tp != 0).then(|| unsafe { &*(tp as *const HartLocal) })
+}
+
+/// Makes `local` the calling hart's state and counts the hart online.
+fn enter(local: &'static mut HartLocal) {
+    // SAFETY: `local` is leaked, so it lives as long as the hart runs hypocaust.
+    unsafe { arch::set_thread_pointer(local as *mut HartLocal as usize) };
+    arch::trap::install();
+    ONLINE.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Sets up the boot hart's state (it has hart index 0).
+pub fn enter_boot_hart(hartid: usize) {
+    enter(Box::leak(Box::new(HartLocal { hartid, index: 0 })));
+}
+
+/// Why a hart did not start.
+#[derive(Debug)]
+pub enum StartError {
+    OutOfMemory,
+    /// SBI `hart_start` returned this error code.
+    Sbi(isize),
+}
+
+/// Starts hart `hartid` as hart index `index`; it runs [`rust_secondary`] once up.
+pub fn start(hartid: usize, index: usize) -> Result<(), StartError> {
+    let local = Box::leak(Box::new(HartLocal { hartid, index }));
+    let page = mm::alloc_frames(1).ok_or(StartError::OutOfMemory)?;
+    let boot = layout::phys_to_virt(page).raw() as *mut HartBoot;
+    // SAFETY: the page was just allocated for this block; the new hart reads it only after
+    // SBI `hart_start`, which orders this write before its start.
+    unsafe {
+        boot.write(HartBoot {
+            early_satp: arch::early_satp(),
+            kernel_satp: mm::kernel_satp(),
+            stack_top: layout::stack_top(index),
+            local,
+        });
+    }
+    let ret = sbi_rt::hart_start(
+        hartid,
+        arch::secondary_entry_phys() as usize,
+        page.raw() as usize,
+    );
+    if ret.error != 0 {
+        Err(StartError::Sbi(ret.error as isize))
+    } else {
+        Ok(())
+    }
+}
+
+/// Rust entry of a secondary hart: on the kernel page table and its own stack.
+pub extern "C" fn rust_secondary(_hartid: usize, boot: HostVirtAddr) -> ! {
+    // SAFETY: `boot` is the direct-map address of the HartBoot block `start` wrote.
+    let local = unsafe { &mut *(*(boot.raw() as *const HartBoot)).local };
+    let index = local.index;
+    enter(local);
+    log::debug!("online (hart index {index})");
+    crate::hart_main()
+}
+
+/// Number of harts online.
+pub fn online() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}

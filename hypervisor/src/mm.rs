@@ -1,0 +1,290 @@
+//! Physical memory: which RAM is free, the frame allocator, the heap, and hypocaust's own
+//! page table.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use buddy_system_allocator::{FrameAllocator, LockedHeap};
+use mmu::map::{Frames, MapError, Mapper};
+use platform::{PhysRange, Platform};
+use rv::pte::{Pte, PteFlags};
+use rv::{HostPhysAddr, HostVirtAddr, PAGE_SIZE};
+use spin::Mutex;
+
+use crate::layout::{self, phys_to_virt};
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+/// Heap the boot hart uses before free RAM is known (to parse the device tree).
+const BOOT_HEAP_SIZE: usize = 2 << 20;
+
+#[repr(align(4096))]
+struct BootHeap([u8; BOOT_HEAP_SIZE]);
+
+static mut BOOT_HEAP: BootHeap = BootHeap([0; BOOT_HEAP_SIZE]);
+
+/// Free RAM, in 4 KiB frames.
+static FRAMES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
+
+/// Bytes the frame allocator can still hand out.
+static FREE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// `satp` of hypocaust's own page table, once built.
+static KERNEL_SATP: AtomicU64 = AtomicU64::new(0);
+
+/// RAM below this is refused: hypocaust needs room for itself and at least one guest.
+pub const MIN_RAM: u64 = 64 << 20;
+
+/// Gives the heap its boot region. Call once, first thing on the boot hart.
+pub fn init_boot_heap() {
+    // SAFETY: called once before any allocation; the static is used only as heap memory.
+    unsafe {
+        let start = (&raw mut BOOT_HEAP) as usize;
+        HEAP.lock().init(start, BOOT_HEAP_SIZE);
+    }
+}
+
+/// What [`init`] found.
+pub struct MemoryReport {
+    /// RAM described by the device tree.
+    pub ram: u64,
+    /// Bytes handed to the frame allocator and the heap.
+    pub free: u64,
+    /// Bytes of the heap (boot heap included).
+    pub heap: u64,
+    /// The image, in bytes.
+    pub image: u64,
+}
+
+/// Why memory could not be set up.
+#[derive(Debug)]
+pub enum MemoryError {
+    /// Less RAM than [`MIN_RAM`] is free.
+    TooLittleRam { free: u64 },
+    /// Building the page table failed.
+    Map(MapError),
+}
+
+/// Subtracts `hole` from every range in `ranges`.
+fn subtract(ranges: &mut Vec<(u64, u64)>, hole: (u64, u64)) {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(start, end) in ranges.iter() {
+        if hole.1 <= start || hole.0 >= end {
+            out.push((start, end));
+            continue;
+        }
+        if start < hole.0 {
+            out.push((start, hole.0));
+        }
+        if hole.1 < end {
+            out.push((hole.1, end));
+        }
+    }
+    *ranges = out;
+}
+
+/// Computes free RAM (RAM minus firmware, reserved regions, the image and `dtb`), hands it
+/// to the frame allocator, and grows the heap.
+pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryError> {
+    let sections = layout::image_sections();
+    let image_start = layout::virt_to_phys(HostVirtAddr::new(sections.start)).raw();
+    let image_end = layout::virt_to_phys(HostVirtAddr::new(sections.end)).raw();
+
+    let mut free: Vec<(u64, u64)> = platform
+        .memory
+        .iter()
+        .map(|r| (r.start.raw(), r.end.raw()))
+        .collect();
+    // Firmware sits below the image in the RAM bank it was loaded into.
+    if let Some(bank) = platform
+        .memory
+        .iter()
+        .find(|r| r.contains(HostPhysAddr::new(image_start)))
+    {
+        subtract(&mut free, (bank.start.raw(), image_end));
+    }
+    for r in &platform.reserved {
+        subtract(&mut free, (r.start.raw(), r.end.raw()));
+    }
+    let dtb_pages = (
+        dtb.start.raw() & !(PAGE_SIZE - 1),
+        dtb.end.raw().next_multiple_of(PAGE_SIZE),
+    );
+    subtract(&mut free, dtb_pages);
+    if let Some(initrd) = platform.initrd {
+        subtract(
+            &mut free,
+            (
+                initrd.start.raw() & !(PAGE_SIZE - 1),
+                initrd.end.raw().next_multiple_of(PAGE_SIZE),
+            ),
+        );
+    }
+
+    let mut total = 0;
+    {
+        let mut frames = FRAMES.lock();
+        for &(start, end) in &free {
+            let (first, last) = (start.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
+            if first < last {
+                frames.add_frame(first as usize, last as usize);
+                total += (last - first) * PAGE_SIZE;
+            }
+        }
+    }
+    FREE_BYTES.store(total, Ordering::Relaxed);
+    if total < MIN_RAM {
+        return Err(MemoryError::TooLittleRam { free: total });
+    }
+
+    // The heap gets 1/16 of free RAM, between 8 and 64 MiB.
+    let heap_bytes = (total / 16).clamp(8 << 20, 64 << 20).next_power_of_two() / 2;
+    let heap_frames = (heap_bytes / PAGE_SIZE) as usize;
+    let heap_added = match alloc_frames(heap_frames) {
+        Some(pa) => {
+            let va = phys_to_virt(pa).raw() as usize;
+            // SAFETY: the frames were just taken from the allocator, so nothing else uses
+            // them; the direct map covers them.
+            unsafe { HEAP.lock().add_to_heap(va, va + heap_bytes as usize) };
+            heap_bytes
+        }
+        None => 0,
+    };
+
+    Ok(MemoryReport {
+        ram: platform.ram_size(),
+        free: total,
+        heap: heap_added + BOOT_HEAP_SIZE as u64,
+        image: image_end - image_start,
+    })
+}
+
+/// Allocates `count` contiguous zeroed frames (the allocator rounds `count` up to a power
+/// of two).
+pub fn alloc_frames(count: usize) -> Option<HostPhysAddr> {
+    let frame = FRAMES.lock().alloc(count)?;
+    FREE_BYTES.fetch_sub(
+        count.next_power_of_two() as u64 * PAGE_SIZE,
+        Ordering::Relaxed,
+    );
+    let pa = HostPhysAddr::new(frame as u64 * PAGE_SIZE);
+    let va = phys_to_virt(pa).raw() as *mut u8;
+    // SAFETY: the frames are ours alone now and the direct map covers all RAM.
+    unsafe { core::ptr::write_bytes(va, 0, count * PAGE_SIZE as usize) };
+    Some(pa)
+}
+
+/// Bytes of free RAM left in the frame allocator.
+pub fn free_bytes() -> u64 {
+    FREE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Table frames for hypocaust's own page tables, reached through the direct map.
+pub struct KernelFrames;
+
+impl KernelFrames {
+    fn entry(table: HostPhysAddr, index: usize) -> *mut u64 {
+        assert!(index < 512);
+        (phys_to_virt(table).raw() as *mut u64).wrapping_add(index)
+    }
+}
+
+impl Frames for KernelFrames {
+    fn alloc_zeroed(&mut self) -> Option<HostPhysAddr> {
+        alloc_frames(1)
+    }
+
+    fn read_pte(&self, table: HostPhysAddr, index: usize) -> Pte {
+        // SAFETY: `table` is a table page from `alloc_zeroed`, mapped by the direct map.
+        Pte(unsafe { Self::entry(table, index).read_volatile() })
+    }
+
+    fn write_pte(&mut self, table: HostPhysAddr, index: usize, pte: Pte) {
+        // SAFETY: as in `read_pte`.
+        unsafe { Self::entry(table, index).write_volatile(pte.0) }
+    }
+}
+
+const KERNEL_DATA: PteFlags = PteFlags::R
+    .union(PteFlags::W)
+    .union(PteFlags::G)
+    .union(PteFlags::A)
+    .union(PteFlags::D);
+const KERNEL_TEXT: PteFlags = PteFlags::R
+    .union(PteFlags::X)
+    .union(PteFlags::G)
+    .union(PteFlags::A);
+const KERNEL_RODATA: PteFlags = PteFlags::R.union(PteFlags::G).union(PteFlags::A);
+
+/// Builds hypocaust's page table: the direct map of RAM (read-write, no execute), the image
+/// with per-section permissions, the devices hypocaust drives, and one stack per hart in
+/// `stacks` (index order) with a guard page below each. Returns its `satp`.
+pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64, MemoryError> {
+    let mut frames = KernelFrames;
+    let root = frames
+        .alloc_zeroed()
+        .ok_or(MemoryError::Map(MapError::OutOfMemory))?;
+    let mut m = Mapper::new(root, 4, &mut frames);
+    let sections = layout::image_sections();
+    let image = (
+        layout::virt_to_phys(HostVirtAddr::new(sections.start)).raw(),
+        layout::virt_to_phys(HostVirtAddr::new(sections.end)).raw(),
+    );
+    let off = layout::VIRT_OFFSET;
+
+    for bank in &platform.memory {
+        let mut pieces = Vec::from([(bank.start.raw(), bank.end.raw())]);
+        subtract(&mut pieces, image);
+        for r in &platform.reserved {
+            subtract(&mut pieces, (r.start.raw(), r.end.raw()));
+        }
+        for (start, end) in pieces {
+            let (start, end) = (start.next_multiple_of(PAGE_SIZE), end & !(PAGE_SIZE - 1));
+            if start < end {
+                m.map_range(off + start, start, end - start, KERNEL_DATA, 2)
+                    .map_err(MemoryError::Map)?;
+            }
+        }
+    }
+    let parts = [
+        (sections.start, sections.text_end, KERNEL_TEXT),
+        (sections.text_end, sections.rodata_end, KERNEL_RODATA),
+        (sections.rodata_end, sections.end, KERNEL_DATA),
+    ];
+    for (start, end, flags) in parts {
+        if start < end {
+            m.map_range(start, start - off, end - start, flags, 0)
+                .map_err(MemoryError::Map)?;
+        }
+    }
+    let devices = platform
+        .uart
+        .iter()
+        .map(|u| u.region)
+        .chain(platform.plic.iter().map(|p| p.region))
+        .chain(platform.virtio.iter().map(|v| v.region));
+    for region in devices {
+        let start = region.start.raw() & !(PAGE_SIZE - 1);
+        let end = region.end.raw().next_multiple_of(PAGE_SIZE);
+        match m.map_range(off + start, start, end - start, KERNEL_DATA, 1) {
+            Ok(()) | Err(MapError::AlreadyMapped { .. }) => {}
+            Err(e) => return Err(MemoryError::Map(e)),
+        }
+    }
+    for index in 0..stacks {
+        let pages = (layout::STACK_SIZE / PAGE_SIZE) as usize;
+        let pa = alloc_frames(pages).ok_or(MemoryError::Map(MapError::OutOfMemory))?;
+        let bottom = layout::stack_top(index) - layout::STACK_SIZE;
+        m.map_range(bottom, pa.raw(), layout::STACK_SIZE, KERNEL_DATA, 0)
+            .map_err(MemoryError::Map)?;
+    }
+    let satp = rv::csr::Satp::new(rv::csr::SatpMode::Sv48, 0, root.page_number()).0;
+    KERNEL_SATP.store(satp, Ordering::Release);
+    Ok(satp)
+}
+
+/// `satp` of hypocaust's own page table (0 before it is built).
+pub fn kernel_satp() -> u64 {
+    KERNEL_SATP.load(Ordering::Acquire)
+}

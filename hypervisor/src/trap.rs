@@ -1,0 +1,15 @@
+//! What hypocaust does with traps taken while it runs itself.
+
+use rv::trap::Cause;
+
+use crate::arch::trap::HostTrapFrame;
+
+/// Called by the trap vector for a trap taken in hypocaust (not in a guest). Nothing in
+/// hypocaust expects to fault, so an exception here is a bug: report it fully and stop.
+pub extern "C" fn host_trap(frame: &mut HostTrapFrame) {
+    let cause = Cause::from_scause(frame.scause);
+    panic!(
+        "unexpected trap in hypocaust: {cause:?} (scause {:#x}) at sepc {:#x}, stval {:#x}, sp {:#x}, ra {:#x}",
+        frame.scause, frame.sepc, frame.stval, frame.regs[2], frame.regs[1]
+    );
+}
