@@ -73,6 +73,15 @@ pub enum StartError {
     Sbi(isize),
 }
 
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutOfMemory => write!(f, "out of memory for its boot block"),
+            Self::Sbi(code) => write!(f, "SBI hart_start returned error {code}"),
+        }
+    }
+}
+
 /// Starts hart `hartid` as hart index `index`; it runs [`rust_secondary`] once up.
 pub fn start(hartid: usize, index: usize) -> Result<(), StartError> {
     let local = Box::leak(Box::new(HartLocal { hartid, index }));

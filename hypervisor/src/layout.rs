@@ -10,9 +10,6 @@ use rv::{HostPhysAddr, HostVirtAddr};
 /// (VPN[3] slot 256.) The image is linked inside the direct map.
 pub const VIRT_OFFSET: u64 = 0xFFFF_8000_0000_0000;
 
-/// Where firmware loads the image on QEMU `virt`; matches `PHYS_BASE` in linker.ld.
-pub const PHYS_BASE: u64 = 0x8020_0000;
-
 /// Per-hart stacks live here, one [`STACK_SLOT`] each with an unmapped guard page below
 /// (VPN[3] slot 300).
 pub const STACK_REGION: u64 = 0xFFFF_9600_0000_0000;
@@ -22,9 +19,6 @@ pub const STACK_SIZE: u64 = 256 * 1024;
 
 /// Virtual span reserved per hart in the stack region (stack plus guard).
 pub const STACK_SLOT: u64 = 1 << 21;
-
-/// First and last VPN[3] slot owned by hypocaust: shared into every guest's shadow table.
-pub const HYPERVISOR_ROOT_SLOTS: core::ops::RangeInclusive<usize> = 256..=510;
 
 /// The direct-map address of a host-physical address.
 pub const fn phys_to_virt(pa: HostPhysAddr) -> HostVirtAddr {

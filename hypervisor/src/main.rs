@@ -142,7 +142,7 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
             free >> 20,
             mm::MIN_RAM >> 20
         )),
-        Err(e) => refuse(format_args!("cannot set up memory: {e:?}")),
+        Err(e) => refuse(format_args!("cannot set up memory: {e}")),
     };
 
     let mut harts = Vec::from([hartid]);
@@ -158,7 +158,7 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
     }
     let satp = match mm::build_kernel_page_table(platform, harts.len()) {
         Ok(satp) => satp,
-        Err(e) => refuse(format_args!("cannot build hypocaust's page table: {e:?}")),
+        Err(e) => refuse(format_args!("cannot build hypocaust's page table: {e}")),
     };
     // SAFETY: the kernel table maps the image, the direct map of RAM and the devices just
     // as the early table does for everything touched from here on.
@@ -189,7 +189,7 @@ extern "C" fn boot_main(state: usize) -> ! {
 
     for (index, &id) in state.harts.iter().enumerate().skip(1) {
         if let Err(e) = hart::start(id, index) {
-            log::warn!("hart {id} did not start: {e:?}");
+            log::warn!("hart {id} did not start: {e}");
         }
     }
     let deadline = arch::time() + platform.timebase_hz; // one second

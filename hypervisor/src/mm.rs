@@ -20,7 +20,7 @@ static HEAP: LockedHeap<32> = LockedHeap::empty();
 const BOOT_HEAP_SIZE: usize = 2 << 20;
 
 #[repr(align(4096))]
-struct BootHeap([u8; BOOT_HEAP_SIZE]);
+struct BootHeap(#[allow(dead_code)] [u8; BOOT_HEAP_SIZE]);
 
 static mut BOOT_HEAP: BootHeap = BootHeap([0; BOOT_HEAP_SIZE]);
 
@@ -47,10 +47,6 @@ pub fn init_boot_heap() {
 
 /// What [`init`] found.
 pub struct MemoryReport {
-    /// RAM described by the device tree.
-    pub ram: u64,
-    /// Bytes handed to the frame allocator and the heap.
-    pub free: u64,
     /// Bytes of the heap (boot heap included).
     pub heap: u64,
     /// The image, in bytes.
@@ -64,6 +60,17 @@ pub enum MemoryError {
     TooLittleRam { free: u64 },
     /// Building the page table failed.
     Map(MapError),
+}
+
+impl core::fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLittleRam { free } => write!(f, "only {} MiB of RAM is free", free >> 20),
+            Self::Map(MapError::OutOfMemory) => write!(f, "out of memory for page tables"),
+            Self::Map(MapError::AlreadyMapped { va }) => write!(f, "{va:#x} is mapped twice"),
+            Self::Map(MapError::Misaligned) => write!(f, "a region is not page aligned"),
+        }
+    }
 }
 
 /// Subtracts `hole` from every range in `ranges`.
@@ -138,8 +145,8 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
         return Err(MemoryError::TooLittleRam { free: total });
     }
 
-    // The heap gets 1/16 of free RAM, between 8 and 64 MiB.
-    let heap_bytes = (total / 16).clamp(8 << 20, 64 << 20).next_power_of_two() / 2;
+    // The heap gets 1/16 of free RAM rounded down to a power of two, between 4 and 32 MiB.
+    let heap_bytes = (1u64 << (total / 16).max(1).ilog2()).clamp(4 << 20, 32 << 20);
     let heap_frames = (heap_bytes / PAGE_SIZE) as usize;
     let heap_added = match alloc_frames(heap_frames) {
         Some(pa) => {
@@ -153,8 +160,6 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
     };
 
     Ok(MemoryReport {
-        ram: platform.ram_size(),
-        free: total,
         heap: heap_added + BOOT_HEAP_SIZE as u64,
         image: image_end - image_start,
     })

@@ -1,1 +1,110 @@
-fn main() {}
+//! `cargo xtask`: build, run and test hypocaust. See `cargo xtask --help`.
+
+mod artifacts;
+mod provision;
+mod qemu;
+mod suite;
+mod tap;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test hypocaust", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build hypocaust and boot it in QEMU `virt` (serial on this terminal; Ctrl-A X quits).
+    Run {
+        /// Number of harts.
+        #[arg(long, default_value_t = 1)]
+        smp: usize,
+        /// RAM in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u64,
+        /// Stop QEMU after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Run every test: host unit tests, then the QEMU tests.
+    Test,
+    /// Check formatting and run clippy on the host crates and the bare-metal binaries.
+    Lint,
+    /// Run the guest test suite and print its per-test results.
+    Suite {
+        /// Run the test kernel directly on QEMU only (the oracle).
+        #[arg(long)]
+        native: bool,
+        /// Only tests whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+fn run() -> Result<bool> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run {
+            smp,
+            memory,
+            timeout,
+        } => {
+            provision::all()?;
+            let mut machine = qemu::Machine::new(artifacts::hypervisor()?);
+            machine.smp = smp;
+            machine.memory_mib = memory;
+            eprintln!("xtask: {}", machine.command_line());
+            let status = qemu::run_interactive(&machine, timeout.map(Duration::from_secs))?;
+            Ok(status.success())
+        }
+        Cmd::Test => test::command(),
+        Cmd::Lint => lint(),
+        Cmd::Suite { native, filter } => suite::command(native, &suite::Options { filter }),
+    }
+}
+
+/// `cargo fmt --check`, then clippy with warnings denied, for both targets.
+fn lint() -> Result<bool> {
+    provision::rust_target()?;
+    let cargo = || {
+        let mut c = std::process::Command::new(env!("CARGO"));
+        c.current_dir(util::root());
+        c
+    };
+    util::run_status(cargo().args(["fmt", "--all", "--check"]))?;
+    util::run_status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    util::run_status(cargo().args([
+        "clippy",
+        "--release",
+        "--target",
+        provision::TARGET,
+        "-p",
+        "hypervisor",
+        "-p",
+        "testkernel",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -61,7 +61,7 @@ impl<'a, F: Frames> Mapper<'a, F> {
         max_level: u32,
     ) -> Result<(), MapError> {
         let page = PagingGeometry::page_size(0);
-        if va % page != 0 || pa % page != 0 || size % page != 0 {
+        if !va.is_multiple_of(page) || !pa.is_multiple_of(page) || !size.is_multiple_of(page) {
             return Err(MapError::Misaligned);
         }
         va.checked_add(size).ok_or(MapError::Misaligned)?;
@@ -186,7 +186,7 @@ mod tests {
             Err(MapError::Misaligned)
         );
         assert_eq!(
-            m.map_range(u64::MAX & !0xfff, 0, 0x2000, rw(), 0),
+            m.map_range(!0xfff, 0, 0x2000, rw(), 0),
             Err(MapError::Misaligned)
         );
     }

@@ -53,11 +53,11 @@ impl GuestMemory for SparseMemory {
         if !self.readable(gpa.raw()) {
             return None;
         }
-        if let Some((addr, value)) = self.interference.get() {
-            if addr == gpa.raw() {
-                self.interference.set(None);
-                self.write(addr, value);
-            }
+        if let Some((addr, value)) = self.interference.get()
+            && addr == gpa.raw()
+        {
+            self.interference.set(None);
+            self.write(addr, value);
         }
         let found = self.read(gpa.raw());
         if found == old {

@@ -1,2 +1,80 @@
+//! The guest test suite: an S-mode kernel that checks the CPU it runs on.
+//!
+//! It boots like Linux (Image header, a0 = hartid, a1 = device tree), runs its tests and
+//! prints TAP, then powers off through SBI SRST. Natively (directly on OpenSBI) QEMU's CPU
+//! is the oracle; under hypocaust the same binary must give the same results.
+//!
+//! Boot arguments (`/chosen/bootargs`): `filter=TEXT` runs only tests whose name contains
+//! TEXT.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+#[macro_use]
+mod console;
+mod ecall;
+mod harness;
+mod machine;
+mod tests;
+mod timer;
+mod trap;
+
+use buddy_system_allocator::LockedHeap;
+use core::arch::global_asm;
+
+global_asm!(
+    include_str!("entry.S"),
+    kernel_main = sym kernel_main,
+    STACK_SIZE = const 64 * 1024,
+);
+
+#[global_allocator]
+static HEAP: LockedHeap<24> = LockedHeap::empty();
+
+const HEAP_SIZE: usize = 512 * 1024;
+#[repr(align(4096))]
+struct HeapSpace(#[allow(dead_code)] [u8; HEAP_SIZE]);
+static mut HEAP_SPACE: HeapSpace = HeapSpace([0; HEAP_SIZE]);
+
+/// Powers off; `failure` reports a system failure as the reason.
+pub fn shutdown(failure: bool) -> ! {
+    let _ = if failure {
+        sbi_rt::system_reset(sbi_rt::Shutdown, sbi_rt::SystemFailure)
+    } else {
+        sbi_rt::system_reset(sbi_rt::Shutdown, sbi_rt::NoReason)
+    };
+    #[allow(deprecated)]
+    sbi_rt::legacy::shutdown()
+}
+
+extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
+    // SAFETY: called once, before any allocation; the static is only used as heap.
+    unsafe { HEAP.lock().init((&raw mut HEAP_SPACE) as usize, HEAP_SIZE) };
+    console::init();
+    let machine = machine::init(hartid, dtb);
+    println!("TAP version 13");
+    println!(
+        "# hypocaust testkernel: hart {hartid} of {}, isa {}, timebase {} Hz",
+        machine.harts, machine.isa, machine.timebase_hz
+    );
+    let filter = machine.bootarg("filter");
+    let summary = harness::run(tests::ALL, filter);
+    println!(
+        "# {} passed, {} failed, {} skipped",
+        summary.passed, summary.failed, summary.skipped
+    );
+    shutdown(summary.failed > 0)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("Bail out! testkernel panic: {info}");
+    shutdown(true)
+}
+
+/// Waits for an interrupt.
+pub fn arch_wfi() {
+    // SAFETY: `wfi` has no memory effects.
+    unsafe { core::arch::asm!("wfi") };
+}

@@ -40,7 +40,7 @@ pub fn early_satp() -> u64 {
 
 /// Physical address of the secondary-hart entry point, for SBI `hart_start`.
 pub fn secondary_entry_phys() -> u64 {
-    _secondary_start as usize as u64 - VIRT_OFFSET
+    _secondary_start as *const () as u64 - VIRT_OFFSET
 }
 
 /// Reads the `time` CSR.

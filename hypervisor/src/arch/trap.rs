@@ -75,7 +75,7 @@ pub fn install() {
         core::arch::asm!(
             "csrw sscratch, zero",
             "csrw stvec, {0}",
-            in(reg) trap_vector as usize,
+            in(reg) trap_vector as *const () as usize,
         );
     }
 }

@@ -1,0 +1,82 @@
+//! What the device tree says about the machine the tests run on.
+
+use alloc::string::{String, ToString};
+use spin::Once;
+
+/// Facts the tests consult.
+pub struct Machine {
+    pub harts: usize,
+    /// `riscv,isa` of the boot hart.
+    pub isa: String,
+    /// `mmu-type` of the boot hart.
+    pub mmu: String,
+    pub timebase_hz: u64,
+    pub bootargs: String,
+}
+
+impl Machine {
+    /// The value of `key=value` in the boot arguments.
+    pub fn bootarg(&self, key: &str) -> Option<&str> {
+        self.bootargs
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    }
+
+    /// Whether the boot hart's ISA string names multi-letter extension `ext`.
+    pub fn has_extension(&self, ext: &str) -> bool {
+        self.isa
+            .split('_')
+            .skip(1)
+            .any(|e| e.eq_ignore_ascii_case(ext))
+    }
+}
+
+static MACHINE: Once<Machine> = Once::new();
+
+/// Reads the device tree at `dtb`.
+pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
+    // SAFETY: firmware (or hypocaust) passes a valid device tree in a1, and nothing
+    // overwrites it.
+    let fdt = unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.expect("a valid device tree in a1");
+    let mut machine = Machine {
+        harts: 0,
+        isa: String::new(),
+        mmu: String::new(),
+        timebase_hz: 10_000_000,
+        bootargs: fdt.chosen().bootargs().unwrap_or("").to_string(),
+    };
+    for cpu in fdt.cpus() {
+        machine.harts += 1;
+        let reg = cpu.property("reg").and_then(|p| p.as_usize());
+        if reg == Some(hartid) {
+            let s = |name| {
+                cpu.property(name)
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            machine.isa = s("riscv,isa");
+            machine.mmu = s("mmu-type");
+        }
+        if let Some(tb) = cpu
+            .property("timebase-frequency")
+            .and_then(|p| p.as_usize())
+        {
+            machine.timebase_hz = tb as u64;
+        }
+    }
+    if let Some(tb) = fdt
+        .find_node("/cpus")
+        .and_then(|n| n.property("timebase-frequency"))
+        .and_then(|p| p.as_usize())
+    {
+        machine.timebase_hz = tb as u64;
+    }
+    crate::timer::TIMEBASE_HZ.store(machine.timebase_hz, core::sync::atomic::Ordering::Relaxed);
+    MACHINE.call_once(|| machine)
+}
+
+/// The machine, after `init`.
+pub fn get() -> &'static Machine {
+    MACHINE.get().expect("machine::init ran at boot")
+}

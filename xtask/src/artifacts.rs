@@ -1,0 +1,82 @@
+//! Building the bare-metal binaries and turning ELF files into flat images.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::provision::TARGET;
+use crate::util::{root, run_status};
+
+/// Where cargo puts release builds for the bare-metal target.
+pub fn target_dir() -> PathBuf {
+    root().join("target").join(TARGET).join("release")
+}
+
+/// Builds bare-metal binary `bin` of package `package` (release) and returns its ELF path.
+pub fn build(package: &str, bin: &str) -> Result<PathBuf> {
+    run_status(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--quiet",
+        "--release",
+        "--target",
+        TARGET,
+        "--package",
+        package,
+        "--bin",
+        bin,
+    ]))
+    .with_context(|| format!("building {package} failed"))?;
+    Ok(target_dir().join(bin))
+}
+
+/// The hypervisor ELF (QEMU loads its segments at their physical addresses).
+pub fn hypervisor() -> Result<PathBuf> {
+    build("hypervisor", "hypocaust")
+}
+
+/// The guest test kernel as a flat Image (what `-kernel` and hypocaust load).
+pub fn testkernel() -> Result<PathBuf> {
+    let elf = build("testkernel", "testkernel")?;
+    let image = elf.with_extension("bin");
+    elf_to_image(&elf, &image)?;
+    Ok(image)
+}
+
+/// Writes the loadable bytes of `elf` as a flat image starting at its lowest physical
+/// address (zero-filling gaps), as `objcopy -O binary` does.
+pub fn elf_to_image(elf: &Path, image: &Path) -> Result<()> {
+    use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+    let data = std::fs::read(elf).with_context(|| format!("reading {}", elf.display()))?;
+    let file = ElfFile64::<object::Endianness>::parse(&*data)
+        .with_context(|| format!("{} is not a 64-bit ELF file", elf.display()))?;
+    let endian = file.endian();
+    let headers = file
+        .elf_header()
+        .program_headers(endian, &*data)
+        .context("program headers")?;
+    let mut segments = Vec::new();
+    for ph in headers {
+        if ph.p_type(endian) != object::elf::PT_LOAD || ph.p_filesz(endian) == 0 {
+            continue;
+        }
+        let bytes = ph
+            .data(endian, &*data)
+            .map_err(|()| anyhow::anyhow!("truncated segment"))?;
+        segments.push((ph.p_paddr(endian), bytes));
+    }
+    let Some(base) = segments.iter().map(|s| s.0).min() else {
+        bail!("{} has no loadable bytes", elf.display());
+    };
+    let end = segments
+        .iter()
+        .map(|(a, b)| a + b.len() as u64)
+        .max()
+        .unwrap_or(base);
+    let mut out = vec![0u8; usize::try_from(end - base)?];
+    for (addr, bytes) in segments {
+        let at = (addr - base) as usize;
+        out[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    std::fs::write(image, out).with_context(|| format!("writing {}", image.display()))
+}

@@ -1,0 +1,254 @@
+//! Running QEMU: the `virt` machine hypocaust targets, always with a timeout in tests.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::provision::QEMU;
+use crate::util::root;
+
+/// The CPU model: QEMU's generic rv64 hart with the H extension off, like the boards
+/// hypocaust is for.
+pub const DEFAULT_CPU: &str = "rv64,h=false";
+
+/// One QEMU `virt` machine.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub cpu: String,
+    pub smp: usize,
+    pub memory_mib: u64,
+    /// Loaded by `-kernel`: hypocaust's ELF, or a guest Image when run natively.
+    pub kernel: PathBuf,
+    pub append: Option<String>,
+    pub initrd: Option<PathBuf>,
+    pub dtb: Option<PathBuf>,
+    /// Further QEMU arguments (devices, `-icount`, ...).
+    pub extra: Vec<String>,
+}
+
+impl Machine {
+    /// A machine with the default CPU, one hart and 1 GiB.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            cpu: DEFAULT_CPU.into(),
+            smp: 1,
+            memory_mib: 1024,
+            kernel: kernel.into(),
+            append: None,
+            initrd: None,
+            dtb: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The arguments for QEMU, without the console options.
+    fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-machine",
+            "virt",
+            "-cpu",
+            &self.cpu,
+            "-smp",
+            &self.smp.to_string(),
+            "-m",
+            &format!("{}M", self.memory_mib),
+            "-bios",
+            "default",
+            "-kernel",
+            &self.kernel.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(append) = &self.append {
+            a.extend(["-append".into(), append.clone()]);
+        }
+        if let Some(initrd) = &self.initrd {
+            a.extend(["-initrd".into(), initrd.to_string_lossy().into_owned()]);
+        }
+        if let Some(dtb) = &self.dtb {
+            a.extend(["-dtb".into(), dtb.to_string_lossy().into_owned()]);
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// The full command line, for "to reproduce, run: ..." messages.
+    pub fn command_line(&self) -> String {
+        let mut line = String::from(QEMU);
+        for arg in self.args().iter().chain(["-nographic".to_string()].iter()) {
+            if arg.contains(' ') {
+                line.push_str(&format!(" '{arg}'"));
+            } else {
+                line.push(' ');
+                line.push_str(arg);
+            }
+        }
+        line
+    }
+
+    /// Writes the machine's device tree to `path` (QEMU `dumpdtb`).
+    pub fn dump_dtb(&self, path: &Path) -> Result<()> {
+        let mut args = self.args();
+        let m = args
+            .iter()
+            .position(|a| a == "virt")
+            .expect("machine type is in the arguments");
+        args[m] = format!("virt,dumpdtb={}", path.display());
+        let out = Command::new(QEMU)
+            .args(&args)
+            .args(["-display", "none"])
+            .output()?;
+        anyhow::ensure!(
+            path.exists(),
+            "QEMU did not dump the device tree: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+/// How a QEMU run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// QEMU exited (the guest powered off, or QEMU failed) with this status.
+    Exited(Option<i32>),
+    /// It ran past its timeout and was killed.
+    TimedOut,
+}
+
+/// The result of a captured run.
+#[derive(Debug)]
+pub struct Run {
+    /// Serial console and QEMU's own messages, `\r` removed.
+    pub output: String,
+    pub ending: Ending,
+    pub elapsed: Duration,
+    /// Where the whole output was saved.
+    pub log: PathBuf,
+}
+
+impl Run {
+    /// Whether QEMU exited with status 0 before the timeout.
+    pub fn exited_cleanly(&self) -> bool {
+        self.ending == Ending::Exited(Some(0))
+    }
+
+    /// The last `n` lines of output.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.output.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Directory for run logs.
+pub fn log_dir() -> PathBuf {
+    root().join("target").join("logs")
+}
+
+/// Kills the child when dropped, so that no QEMU outlives an error path.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pump(
+    source: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    echo: bool,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(source);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let text = String::from_utf8_lossy(&line).replace('\r', "");
+            if echo {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            sink.lock().expect("output lock").push_str(&text);
+            line.clear();
+        }
+    })
+}
+
+/// Runs `machine` with its serial console captured (and echoed if `echo`), killing it after
+/// `timeout`. The output is also saved to `target/logs/<name>.log`.
+pub fn run_captured(machine: &Machine, name: &str, timeout: Duration, echo: bool) -> Result<Run> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(machine.args())
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = KillOnDrop(
+        cmd.spawn()
+            .with_context(|| format!("could not start {QEMU}"))?,
+    );
+    let output = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        pump(child.0.stdout.take().expect("piped"), output.clone(), echo),
+        pump(child.0.stderr.take().expect("piped"), output.clone(), echo),
+    ];
+    let ending = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break Ending::Exited(status.code());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            break Ending::TimedOut;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    drop(child);
+    for r in readers {
+        let _ = r.join();
+    }
+    let output = std::mem::take(&mut *output.lock().expect("output lock"));
+    let dir = log_dir();
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join(format!("{}.log", name.replace('/', "-")));
+    std::fs::write(&log, format!("$ {}\n{output}", machine.command_line()))?;
+    Ok(Run {
+        output,
+        ending,
+        elapsed,
+        log,
+    })
+}
+
+/// Runs `machine` on the terminal (serial and QEMU monitor on stdio: Ctrl-A X quits),
+/// killing it after `timeout` if one is given.
+pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<ExitStatus> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(machine.args()).arg("-nographic");
+    let start = Instant::now();
+    let mut child = KillOnDrop(
+        cmd.spawn()
+            .with_context(|| format!("could not start {QEMU}"))?,
+    );
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            return Ok(status);
+        }
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            anyhow::bail!(
+                "QEMU ran past the timeout of {} s and was stopped",
+                timeout.unwrap_or_default().as_secs()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

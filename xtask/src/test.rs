@@ -1,0 +1,344 @@
+//! `cargo xtask test`: every test. Host unit tests first, then the QEMU tests; a summary
+//! and a last line `N passed, M failed`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::qemu::{self, Machine};
+use crate::tap::Status;
+use crate::util::root;
+use crate::{artifacts, provision, suite};
+
+/// Results of one group of tests.
+struct Group {
+    name: &'static str,
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+    elapsed: Duration,
+}
+
+/// Counts from `cargo test` output: per test binary, passed and failed.
+fn parse_cargo_test(output: &str) -> (Vec<(String, usize, usize)>, Vec<String>) {
+    let mut per_binary = Vec::new();
+    let mut failures = Vec::new();
+    let mut current = String::from("?");
+    for line in output.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Running ") {
+            // "Running unittests src/lib.rs (target/debug/deps/rv-0123abcd)"
+            current = rest
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.trim_end_matches(')').rsplit_once('-'))
+                .map_or(rest.to_string(), |(name, _)| name.to_string());
+        } else if let Some(rest) = line.strip_prefix("Doc-tests ") {
+            current = format!("{rest} (doc)");
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(key)
+                            .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            per_binary.push((current.clone(), num("passed"), num("failed")));
+        } else if line.starts_with("test ") && line.ends_with("FAILED") {
+            failures.push(line.to_string());
+        }
+    }
+    (per_binary, failures)
+}
+
+fn host_tests() -> Result<Group> {
+    println!("== host unit tests (cargo test)");
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["test", "--no-fail-fast"])
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (per_binary, failures) = parse_cargo_test(&text);
+    let mut group = Group {
+        name: "host unit tests",
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        elapsed: Duration::ZERO,
+    };
+    for (name, passed, failed) in per_binary.iter().filter(|b| b.1 + b.2 > 0) {
+        println!("   {name:<24} {passed:>4} passed, {failed} failed");
+        group.passed += passed;
+        group.failed += failed;
+    }
+    for f in &failures {
+        println!("   {f}");
+    }
+    if !out.status.success() && group.failed == 0 {
+        // A build error: no test ran.
+        println!(
+            "{}",
+            text.lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        group.failed += 1;
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+/// One QEMU boot of hypocaust and what its console must show.
+struct BootCase {
+    name: &'static str,
+    machine: Machine,
+    /// Lines (substrings) the console must show, in order.
+    expect: Vec<&'static str>,
+}
+
+fn boot_cases() -> Result<Vec<BootCase>> {
+    let hv = artifacts::hypervisor()?;
+    let with = |f: &dyn Fn(&mut Machine)| {
+        let mut m = Machine::new(&hv);
+        f(&mut m);
+        m
+    };
+    let summary = |harts: &'static str| {
+        vec![
+            "hypocaust 0.1.0: RISC-V hypervisor",
+            harts,
+            "sbi       SBI v",
+            "powering off",
+        ]
+    };
+    let refusal = "hypocaust: cannot run on this platform: ";
+    // A device tree that declares Sv39-only harts (the hart itself takes Sv48 on QEMU 7.2).
+    let sv39_dtb = qemu::log_dir().join("virt-sv39.dtb");
+    std::fs::create_dir_all(qemu::log_dir())?;
+    let base = with(&|m| m.smp = 2);
+    base.dump_dtb(&sv39_dtb)?;
+    let dtb = std::fs::read(&sv39_dtb)?;
+    let patched = replace_all(&dtb, b"riscv,sv48", b"riscv,sv39");
+    std::fs::write(&sv39_dtb, patched)?;
+
+    Ok(vec![
+        BootCase {
+            name: "boot/smp1",
+            machine: with(&|m| m.smp = 1),
+            expect: summary("harts     1 online of 1"),
+        },
+        BootCase {
+            name: "boot/smp4",
+            machine: with(&|m| m.smp = 4),
+            expect: summary("harts     4 online of 4"),
+        },
+        BootCase {
+            name: "refuse/no-mmu",
+            machine: with(&|m| m.cpu = format!("{},mmu=false", qemu::DEFAULT_CPU)),
+            expect: vec![refusal, "has no Sv48 paging"],
+        },
+        BootCase {
+            name: "refuse/sv39-only",
+            machine: with(&|m| {
+                m.smp = 2;
+                m.dtb = Some(sv39_dtb.clone());
+            }),
+            expect: vec![refusal, "riscv,sv39 only"],
+        },
+        BootCase {
+            name: "refuse/too-little-ram",
+            machine: with(&|m| m.memory_mib = 64),
+            expect: vec![refusal, "MiB of RAM is free; hypocaust needs at least"],
+        },
+    ])
+}
+
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = haystack.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + to.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Checks that every expected substring appears, in order.
+fn find_in_order(output: &str, expect: &[&str]) -> Result<(), String> {
+    let mut rest = output;
+    for e in expect {
+        match rest.find(e) {
+            Some(i) => rest = &rest[i + e.len()..],
+            None => return Err(format!("missing: {e:?}")),
+        }
+    }
+    Ok(())
+}
+
+fn boot_tests() -> Result<Group> {
+    println!("== hypocaust boot (QEMU virt, OpenSBI)");
+    let start = Instant::now();
+    let mut group = Group {
+        name: "hypocaust boot",
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        elapsed: Duration::ZERO,
+    };
+    for case in boot_cases()? {
+        let run = qemu::run_captured(&case.machine, case.name, Duration::from_secs(60), false)?;
+        let verdict = if !run.exited_cleanly() {
+            Err(format!("QEMU ended with {:?}", run.ending))
+        } else {
+            find_in_order(&run.output, &case.expect)
+        };
+        match verdict {
+            Ok(()) => {
+                group.passed += 1;
+                println!(
+                    "   ok    {:<24} ({:.1} s)",
+                    case.name,
+                    run.elapsed.as_secs_f64()
+                );
+            }
+            Err(why) => {
+                group.failed += 1;
+                println!("   FAIL  {:<24} {why}", case.name);
+                println!("         to reproduce: {}", case.machine.command_line());
+                println!(
+                    "         log: {}; its end:\n{}",
+                    run.log.display(),
+                    indent(&run.tail(15))
+                );
+            }
+        }
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("           | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn suite_tests() -> Result<Group> {
+    println!("== guest test suite, native");
+    let start = Instant::now();
+    let (report, run) = suite::run_native(&suite::Options::default())?;
+    let mut group = Group {
+        name: "guest suite (native)",
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        elapsed: Duration::ZERO,
+    };
+    for t in &report.tests {
+        match &t.status {
+            Status::Pass => group.passed += 1,
+            Status::Skip(_) => group.skipped += 1,
+            Status::Fail => {
+                group.failed += 1;
+                println!("   FAIL  {}", t.name);
+                for d in &t.diagnostics {
+                    println!("         {d}");
+                }
+            }
+        }
+    }
+    if !report.complete_and_green() && group.failed == 0 {
+        group.failed += 1;
+        println!(
+            "   FAIL  the suite did not complete ({} of {:?} tests reported)",
+            report.tests.len(),
+            report.planned
+        );
+        println!(
+            "         log: {}; its end:\n{}",
+            run.log.display(),
+            indent(&run.tail(15))
+        );
+    }
+    println!(
+        "   {} passed, {} failed, {} skipped",
+        group.passed, group.failed, group.skipped
+    );
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+/// `cargo xtask test`. Returns whether everything passed.
+pub fn command() -> Result<bool> {
+    provision::all()?;
+    let start = Instant::now();
+    let groups = [host_tests()?, boot_tests()?, suite_tests()?];
+    println!();
+    println!("summary:");
+    let (mut passed, mut failed) = (0, 0);
+    for g in &groups {
+        let skipped = if g.skipped > 0 {
+            format!(", {} skipped", g.skipped)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<24} {:>4} passed, {} failed{skipped}  ({:.0} s)",
+            g.name,
+            g.passed,
+            g.failed,
+            g.elapsed.as_secs_f64()
+        );
+        passed += g.passed;
+        failed += g.failed;
+    }
+    println!("  total time {:.0} s", start.elapsed().as_secs_f64());
+    println!("{passed} passed, {failed} failed");
+    Ok(failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_test_output() {
+        let out = "     Running unittests src/lib.rs (target/debug/deps/rv-0123abcd)\n\
+                   test a ... ok\n\
+                   test b ... FAILED\n\
+                   test result: FAILED. 16 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out\n\
+                   Doc-tests rv\n\
+                   test result: ok. 0 passed; 0 failed; 0 ignored\n";
+        let (per, failures) = parse_cargo_test(out);
+        assert_eq!(per, vec![("rv".into(), 16, 1), ("rv (doc)".into(), 0, 0)]);
+        assert_eq!(failures, vec!["test b ... FAILED".to_string()]);
+    }
+
+    #[test]
+    fn ordered_substrings() {
+        assert!(find_in_order("a b c", &["a", "c"]).is_ok());
+        assert!(find_in_order("a b c", &["c", "a"]).is_err());
+        assert_eq!(
+            replace_all(b"xsv48ysv48", b"sv48", b"sv39"),
+            b"xsv39ysv39".to_vec()
+        );
+    }
+}
