@@ -20,7 +20,9 @@ pub struct Uart16550 {
 unsafe impl Send for Uart16550 {}
 
 const THR: usize = 0;
+const RBR: usize = 0;
 const LSR: usize = 5;
+const LSR_DR: u8 = 1 << 0;
 const LSR_THRE: u8 = 1 << 5;
 
 impl Uart16550 {
@@ -64,6 +66,11 @@ impl Uart16550 {
         }
     }
 
+    /// A received byte, if one is waiting.
+    pub fn try_get(&self) -> Option<u8> {
+        (self.read(LSR) & LSR_DR != 0).then(|| self.read(RBR))
+    }
+
     /// Sends one byte, waiting for room in the transmitter.
     pub fn put(&self, byte: u8) {
         while self.read(LSR) & LSR_THRE == 0 {
@@ -98,6 +105,27 @@ impl Console {
     }
 }
 
+impl Console {
+    fn get(&self) -> Option<u8> {
+        match &self.backend {
+            Backend::Uart(uart) => uart.try_get(),
+            Backend::Sbi => {
+                let mut b = [0u8; 1];
+                let ret = sbi_rt::console_read(sbi_rt::Physical::new(1, &raw mut b as usize, 0));
+                match ret.into_result() {
+                    Ok(1) => Some(b[0]),
+                    Ok(_) => None,
+                    Err(_) => {
+                        #[allow(deprecated)]
+                        let c = sbi_rt::legacy::console_getchar();
+                        (c != usize::MAX).then_some(c as u8)
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
@@ -117,6 +145,30 @@ static CONSOLE: Mutex<Console> = Mutex::new(Console {
 /// Switches the console to the physical UART.
 pub fn use_uart(uart: Uart16550) {
     CONSOLE.lock().backend = Backend::Uart(uart);
+}
+
+/// Writes what a guest sent to its console, byte for byte.
+pub fn guest_output(_guest: &crate::guest::Guest, bytes: &[u8]) {
+    let console = CONSOLE.lock();
+    for &b in bytes {
+        console.put(b);
+    }
+}
+
+/// Reads console input that is waiting, without blocking; returns the count.
+pub fn read_input(buf: &mut [u8]) -> usize {
+    let console = CONSOLE.lock();
+    let mut n = 0;
+    while n < buf.len() {
+        match console.get() {
+            Some(b) => {
+                buf[n] = b;
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
 }
 
 /// Writes formatted text to the console.

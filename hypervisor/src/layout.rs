@@ -14,6 +14,10 @@ pub const VIRT_OFFSET: u64 = 0xFFFF_8000_0000_0000;
 /// (VPN[3] slot 300).
 pub const STACK_REGION: u64 = 0xFFFF_9600_0000_0000;
 
+/// VPN[3] slots that hold hypocaust's own mappings: shared into every table a guest runs
+/// on (256..=510; no Sv39 address reaches them).
+pub const HYPERVISOR_ROOT_SLOTS: core::ops::Range<usize> = 256..511;
+
 /// Bytes of stack per hart.
 pub const STACK_SIZE: u64 = 256 * 1024;
 

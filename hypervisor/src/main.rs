@@ -17,17 +17,21 @@ extern crate alloc;
 mod console;
 
 mod arch;
+mod guest;
 mod hart;
 mod layout;
 mod mm;
 mod panic;
+mod run;
 mod sbi;
 mod summary;
+mod timer;
 mod trap;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use log::LevelFilter;
 use platform::{PhysRange, Platform};
@@ -44,6 +48,20 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The platform, as read from the device tree at boot.
 static PLATFORM: Once<Platform> = Once::new();
+
+/// The guests, once created; `None` where a guest could not be set up.
+static GUESTS: Once<Vec<guest::Guest>> = Once::new();
+
+/// Guests still running; the hart that ends the last one powers the machine off.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The physical machine's identity, for guests' SBI BASE calls.
+static MACHINE_IDS: Once<vcpu::MachineIds> = Once::new();
+
+/// The physical machine's identity as firmware reports it.
+pub fn machine_ids() -> vcpu::MachineIds {
+    MACHINE_IDS.get().copied().unwrap_or_default()
+}
 
 /// Everything the boot hart carries across the stack switch.
 struct BootState {
@@ -198,14 +216,143 @@ extern "C" fn boot_main(state: usize) -> ! {
     }
 
     summary::print(platform, state);
+    println!("timer     {}", timer::init());
+    MACHINE_IDS.call_once(|| vcpu::MachineIds {
+        mvendorid: sbi_rt::get_mvendorid() as u64,
+        marchid: sbi_rt::get_marchid() as u64,
+        mimpid: sbi_rt::get_mimpid() as u64,
+    });
 
-    println!("hypocaust: no guests configured; powering off");
-    sbi::shutdown(false)
+    let guests = create_guests(platform, state);
+    let runnable = guests.len().min(state.harts.len());
+    if runnable == 0 {
+        println!("hypocaust: no guests configured; powering off");
+        sbi::shutdown(false)
+    }
+    for g in &guests[runnable..] {
+        println!(
+            "hypocaust: guest '{}' not started: one hart per guest, and all {} are taken",
+            g.name,
+            state.harts.len()
+        );
+    }
+    RUNNING.store(runnable, Ordering::Release);
+    GUESTS.call_once(|| guests);
+    // Wake the other harts: hart index i runs guest i.
+    for &id in state.harts.iter().skip(1).take(runnable - 1) {
+        let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, id));
+    }
+    run_guest(0)
 }
 
-/// What every hart but the boot hart does once online: wait for work.
-pub fn hart_main() -> ! {
+/// Reads the guest bundle the boot loader placed as the initrd, and sets up its guests.
+fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
+    let Some(range) = platform.initrd else {
+        return Vec::new();
+    };
+    // SAFETY: the initrd range is reserved RAM (kept out of the allocator by `mm::init`),
+    // covered by the direct map, and nothing writes to it.
+    let data: &'static [u8] = unsafe {
+        core::slice::from_raw_parts(
+            phys_to_virt(range.start).raw() as *const u8,
+            range.size() as usize,
+        )
+    };
+    let bundle = match bundle::Bundle::parse(data) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("hypocaust: the initrd is not a usable guest bundle: {e}");
+            return Vec::new();
+        }
+    };
+    let boot_hart = platform.hart(state.hartid);
+    let host_isa = boot_hart.map_or("rv64imac", |h| h.isa.raw.as_str());
+    let sstc = boot_hart.is_some_and(|h| h.isa.has_extension("sstc"));
+    let offer = guest::Offer {
+        isa: loader::isa::guest_isa(host_isa, sstc),
+        features: vcpu::Features {
+            sstc,
+            max_satp_mode: SatpMode::Bare,
+        },
+        timebase_hz: platform.timebase_hz as u32,
+    };
+    let mut guests = Vec::new();
+    for (id, spec) in bundle.guests().enumerate() {
+        match guest::Guest::create(guests.len(), &spec, offer.clone()) {
+            Ok(g) => {
+                println!(
+                    "guest     '{}': {} MiB RAM, {} vCPU, isa {}",
+                    g.name,
+                    g.memory.size() >> 20,
+                    spec.vcpus,
+                    g.offer.isa
+                );
+                guests.push(g);
+            }
+            Err(e) => println!("hypocaust: guest {id} '{}' cannot start: {e}", spec.name),
+        }
+    }
+    guests
+}
+
+/// Runs guest `index` on this hart until it powers off (rebooting it when it asks), then
+/// powers the machine off if it was the last guest running.
+fn run_guest(index: usize) -> ! {
+    let guests = GUESTS
+        .get()
+        .expect("guests are created before harts run them");
+    let g = &guests[index];
+    let mut stats = run::ExitStats::default();
     loop {
+        let vcpu = match g.load() {
+            Ok(v) => v,
+            Err(e) => {
+                println!("hypocaust: guest '{}' cannot start: {e}", g.name);
+                break;
+            }
+        };
+        let mut ctx = Box::new(arch::trap::GuestContext::new(vcpu));
+        let end = run::run(g, &mut ctx, &mut stats);
+        match end {
+            run::End::Reset(vcpu::ResetKind::Shutdown) => {
+                println!("hypocaust: guest '{}' powered off", g.name);
+                break;
+            }
+            run::End::Reset(kind) => println!("hypocaust: guest '{}' reboots ({kind:?})", g.name),
+            run::End::Stopped => {
+                println!("hypocaust: guest '{}' stopped its last hart", g.name);
+                break;
+            }
+        }
+    }
+    if RUNNING.fetch_sub(1, Ordering::AcqRel) == 1 {
+        println!("hypocaust: all guests are off; powering off");
+        sbi::shutdown(false)
+    }
+    idle()
+}
+
+/// Parks the hart for good.
+fn idle() -> ! {
+    loop {
+        arch::wait_for_interrupt();
+    }
+}
+
+/// What every hart but the boot hart does once online: wait for a guest to run.
+pub fn hart_main() -> ! {
+    let index = hart::current().map_or(0, |h| h.index);
+    // SAFETY: a software interrupt only wakes `wfi` (sstatus.SIE stays clear).
+    unsafe { core::arch::asm!("csrs sie, {0}", in(reg) rv::csr::Interrupts::SSI.bits()) };
+    loop {
+        if let Some(guests) = GUESTS.get() {
+            // SAFETY: clearing SSIP acknowledges the wake-up.
+            unsafe { core::arch::asm!("csrc sip, {0}", in(reg) rv::csr::Interrupts::SSI.bits()) };
+            if index < guests.len() {
+                run_guest(index);
+            }
+            idle();
+        }
         arch::wait_for_interrupt();
     }
 }

@@ -165,15 +165,20 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
     })
 }
 
-/// Allocates `count` contiguous zeroed frames (the allocator rounds `count` up to a power
-/// of two).
-pub fn alloc_frames(count: usize) -> Option<HostPhysAddr> {
+/// Allocates `count` contiguous frames, not cleared (the allocator rounds `count` up to a
+/// power of two).
+pub fn alloc_frames_uninit(count: usize) -> Option<HostPhysAddr> {
     let frame = FRAMES.lock().alloc(count)?;
     FREE_BYTES.fetch_sub(
         count.next_power_of_two() as u64 * PAGE_SIZE,
         Ordering::Relaxed,
     );
-    let pa = HostPhysAddr::new(frame as u64 * PAGE_SIZE);
+    Some(HostPhysAddr::new(frame as u64 * PAGE_SIZE))
+}
+
+/// Allocates `count` contiguous zeroed frames (rounded up to a power of two).
+pub fn alloc_frames(count: usize) -> Option<HostPhysAddr> {
+    let pa = alloc_frames_uninit(count)?;
     let va = phys_to_virt(pa).raw() as *mut u8;
     // SAFETY: the frames are ours alone now and the direct map covers all RAM.
     unsafe { core::ptr::write_bytes(va, 0, count * PAGE_SIZE as usize) };

@@ -8,6 +8,10 @@ use crate::arch::trap::HostTrapFrame;
 /// hypocaust expects to fault, so an exception here is a bug: report it fully and stop.
 pub extern "C" fn host_trap(frame: &mut HostTrapFrame) {
     let cause = Cause::from_scause(frame.scause);
+    if let Some(resume) = crate::arch::trap::fixup(frame.sepc) {
+        frame.sepc = resume;
+        return;
+    }
     panic!(
         "unexpected trap in hypocaust: {cause:?} (scause {:#x}) at sepc {:#x}, stval {:#x}, sp {:#x}, ra {:#x}",
         frame.scause, frame.sepc, frame.stval, frame.regs[2], frame.regs[1]

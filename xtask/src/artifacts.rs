@@ -5,39 +5,41 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::provision::TARGET;
+use crate::provision::{GUEST_TARGET, HYPERVISOR_TARGET};
 use crate::util::{root, run_status};
 
-/// Where cargo puts release builds for the bare-metal target.
-pub fn target_dir() -> PathBuf {
-    root().join("target").join(TARGET).join("release")
+/// Where cargo puts release builds for `target`.
+pub fn target_dir(target: &str) -> PathBuf {
+    root().join("target").join(target).join("release")
 }
 
-/// Builds bare-metal binary `bin` of package `package` (release) and returns its ELF path.
-pub fn build(package: &str, bin: &str) -> Result<PathBuf> {
-    run_status(Command::new(env!("CARGO")).current_dir(root()).args([
+/// Builds bare-metal binary `bin` of package `package` (release) for `target` and returns
+/// its ELF path.
+pub fn build(package: &str, bin: &str, target: &str) -> Result<PathBuf> {
+    let args = [
         "build",
         "--quiet",
         "--release",
         "--target",
-        TARGET,
+        target,
         "--package",
         package,
         "--bin",
         bin,
-    ]))
-    .with_context(|| format!("building {package} failed"))?;
-    Ok(target_dir().join(bin))
+    ];
+    run_status(Command::new(env!("CARGO")).current_dir(root()).args(args))
+        .with_context(|| format!("building {package} failed"))?;
+    Ok(target_dir(target).join(bin))
 }
 
 /// The hypervisor ELF (QEMU loads its segments at their physical addresses).
 pub fn hypervisor() -> Result<PathBuf> {
-    build("hypervisor", "hypocaust")
+    build("hypervisor", "hypocaust", HYPERVISOR_TARGET)
 }
 
 /// The guest test kernel as a flat Image (what `-kernel` and hypocaust load).
 pub fn testkernel() -> Result<PathBuf> {
-    let elf = build("testkernel", "testkernel")?;
+    let elf = build("testkernel", "testkernel", GUEST_TARGET)?;
     let image = elf.with_extension("bin");
     elf_to_image(&elf, &image)?;
     Ok(image)
@@ -79,4 +81,40 @@ pub fn elf_to_image(elf: &Path, image: &Path) -> Result<()> {
         out[at..at + bytes.len()].copy_from_slice(bytes);
     }
     std::fs::write(image, out).with_context(|| format!("writing {}", image.display()))
+}
+
+/// A guest for a bundle.
+#[derive(Clone, Debug)]
+pub struct GuestFiles {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub bootargs: String,
+    pub memory_mib: u32,
+}
+
+/// Packs guests into a bundle file (hypocaust's initrd) at `out`.
+pub fn bundle(guests: &[GuestFiles], out: &Path) -> Result<()> {
+    let specs = guests
+        .iter()
+        .map(|g| -> Result<bundle::writer::GuestSpec> {
+            let read = |p: &Path| {
+                std::fs::read(p).with_context(|| format!("reading guest image {}", p.display()))
+            };
+            Ok(bundle::writer::GuestSpec {
+                name: g.name.clone(),
+                memory_mib: g.memory_mib,
+                vcpus: 1,
+                kernel: read(&g.kernel)?,
+                initrd: g.initrd.as_deref().map(read).transpose()?,
+                bootargs: g.bootargs.clone(),
+                virtio_slots: 0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = bundle::writer::build(&specs).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, data).with_context(|| format!("writing {}", out.display()))
 }

@@ -34,6 +34,18 @@ enum Cmd {
         /// Stop QEMU after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
+        /// Guest kernel (Linux Image, ELF or raw binary); default: the guest test kernel.
+        #[arg(long)]
+        kernel: Option<std::path::PathBuf>,
+        /// Guest initrd.
+        #[arg(long, requires = "kernel")]
+        initrd: Option<std::path::PathBuf>,
+        /// Guest kernel command line.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = 256)]
+        guest_memory: u32,
     },
     /// Run every test: host unit tests, then the QEMU tests.
     Test,
@@ -57,9 +69,33 @@ fn run() -> Result<bool> {
             smp,
             memory,
             timeout,
+            kernel,
+            initrd,
+            append,
+            guest_memory,
         } => {
             provision::all()?;
-            let mut machine = qemu::Machine::new(artifacts::hypervisor()?);
+            let (name, kernel) = match kernel {
+                Some(k) => (
+                    k.file_name()
+                        .map_or("guest".into(), |n| n.to_string_lossy().into_owned()),
+                    k,
+                ),
+                None => ("testkernel".to_string(), artifacts::testkernel()?),
+            };
+            let bundle = qemu::log_dir().join("run-bundle.img");
+            let name: String = name.chars().take(bundle::NAME_LEN).collect();
+            artifacts::bundle(
+                &[artifacts::GuestFiles {
+                    name,
+                    kernel,
+                    initrd,
+                    bootargs: append,
+                    memory_mib: guest_memory,
+                }],
+                &bundle,
+            )?;
+            let mut machine = suite::hypocaust_machine(bundle)?;
             machine.smp = smp;
             machine.memory_mib = memory;
             eprintln!("xtask: {}", machine.command_line());
@@ -82,19 +118,22 @@ fn lint() -> Result<bool> {
     };
     util::run_status(cargo().args(["fmt", "--all", "--check"]))?;
     util::run_status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    util::run_status(cargo().args([
-        "clippy",
-        "--release",
-        "--target",
-        provision::TARGET,
-        "-p",
-        "hypervisor",
-        "-p",
-        "testkernel",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    for (target, package) in [
+        (provision::HYPERVISOR_TARGET, "hypervisor"),
+        (provision::GUEST_TARGET, "testkernel"),
+    ] {
+        util::run_status(cargo().args([
+            "clippy",
+            "--release",
+            "--target",
+            target,
+            "-p",
+            package,
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
     Ok(true)
 }
 

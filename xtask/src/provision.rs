@@ -8,8 +8,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{command_output, run_status};
 
-/// The bare-metal target hypocaust and its test kernels are built for.
-pub const TARGET: &str = "riscv64gc-unknown-none-elf";
+/// The target hypocaust is built for: no F/D, so hypocaust can never touch a guest's FP
+/// registers (they stay live across exits).
+pub const HYPERVISOR_TARGET: &str = "riscv64imac-unknown-none-elf";
+/// The target guest test kernels are built for.
+pub const GUEST_TARGET: &str = "riscv64gc-unknown-none-elf";
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-riscv64";
@@ -29,16 +32,20 @@ fn on_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Adds the rustup target if it is missing.
+/// Adds the rustup targets if they are missing.
 pub fn rust_target() -> Result<()> {
     let installed = command_output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .context("`rustup` is needed to add the riscv64 target; install Rust with rustup")?;
-    if installed.lines().any(|l| l.trim() == TARGET) {
-        return Ok(());
+        .context("`rustup` is needed to add the riscv64 targets; install Rust with rustup")?;
+    for target in [HYPERVISOR_TARGET, GUEST_TARGET] {
+        if installed.lines().any(|l| l.trim() == target) {
+            continue;
+        }
+        eprintln!("xtask: adding the Rust target {target}");
+        run_status(Command::new("rustup").args(["target", "add", target])).with_context(|| {
+            format!("could not add the target; run `rustup target add {target}`")
+        })?;
     }
-    eprintln!("xtask: adding the Rust target {TARGET}");
-    run_status(Command::new("rustup").args(["target", "add", TARGET]))
-        .with_context(|| format!("could not add the target; run `rustup target add {TARGET}`"))
+    Ok(())
 }
 
 /// Installs Debian packages (as root), or fails naming the command to run.

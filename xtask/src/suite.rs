@@ -1,15 +1,40 @@
-//! `cargo xtask suite`: the guest test kernel, natively on QEMU (the oracle).
+//! `cargo xtask suite`: the guest test kernel natively on QEMU (the oracle) and under
+//! hypocaust, side by side. The two runs must agree test by test, observations included,
+//! except for the capabilities hypocaust deliberately does not offer, listed in
+//! [`NOT_OFFERED`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 
+use crate::artifacts::{self, GuestFiles};
+use crate::provision;
 use crate::qemu::{self, Machine, Run};
-use crate::tap::{Report, Status};
-use crate::{artifacts, provision};
+use crate::tap::{Report, Status, TestResult};
 
 /// Timeout of one suite run; the suite takes a few seconds.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// RAM of the test kernel: the whole machine natively, the guest's under hypocaust.
+pub const GUEST_MIB: u32 = 256;
+
+/// The one list of deliberate differences: tests that find a capability missing under
+/// hypocaust (and report `# SKIP not offered: ...`) while the hart itself has it.
+pub const NOT_OFFERED: &[(&str, &str)] = &[
+    (
+        "paging/sv39-gigapage-alias",
+        "guest paging: shadow page tables are not built yet",
+    ),
+    (
+        "paging/sv48-gigapage-alias",
+        "Sv48 guests need an Sv57 host; QEMU 7.2's hart is Sv48",
+    ),
+    (
+        "paging/sv57-gigapage-alias",
+        "Sv57 guests would need a wider host mode than exists",
+    ),
+];
 
 /// Options of a suite run.
 #[derive(Clone, Debug, Default)]
@@ -18,33 +43,226 @@ pub struct Options {
     pub filter: Option<String>,
 }
 
-fn bootargs(opts: &Options) -> Option<String> {
-    opts.filter.as_ref().map(|f| format!("filter={f}"))
+fn bootargs(opts: &Options) -> String {
+    opts.filter
+        .as_ref()
+        .map(|f| format!("filter={f}"))
+        .unwrap_or_default()
 }
 
 /// Runs the test kernel directly on QEMU's OpenSBI.
 pub fn run_native(opts: &Options) -> Result<(Report, Run)> {
     let kernel = artifacts::testkernel()?;
     let mut machine = Machine::new(kernel);
-    machine.memory_mib = 256;
-    machine.append = bootargs(opts);
+    machine.memory_mib = GUEST_MIB as u64;
+    let args = bootargs(opts);
+    machine.append = (!args.is_empty()).then_some(args);
     let run = qemu::run_captured(&machine, "suite-native", TIMEOUT, false)?;
     Ok((Report::parse(&run.output), run))
 }
 
-/// Prints a report, one line per test.
+/// Runs the test kernel as a guest of hypocaust.
+pub fn run_hypocaust(opts: &Options) -> Result<(Report, Run)> {
+    let kernel = artifacts::testkernel()?;
+    let bundle = qemu::log_dir().join("suite-bundle.img");
+    artifacts::bundle(
+        &[GuestFiles {
+            name: "suite".into(),
+            kernel,
+            initrd: None,
+            bootargs: bootargs(opts),
+            memory_mib: GUEST_MIB,
+        }],
+        &bundle,
+    )?;
+    let machine = hypocaust_machine(bundle)?;
+    let run = qemu::run_captured(&machine, "suite-hypocaust", TIMEOUT, false)?;
+    Ok((Report::parse(&run.output), run))
+}
+
+/// A QEMU machine that boots hypocaust with `bundle` as its guests.
+pub fn hypocaust_machine(bundle: PathBuf) -> Result<Machine> {
+    let mut machine = Machine::new(artifacts::hypervisor()?);
+    machine.memory_mib = 1024;
+    machine.initrd = Some(bundle);
+    Ok(machine)
+}
+
+/// How one test compares across the two runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same status and observations.
+    Identical,
+    /// Listed in [`NOT_OFFERED`] and skipped as "not offered" under hypocaust.
+    NotOffered(&'static str),
+    /// Anything else; the reason says what differs.
+    Differs(String),
+}
+
+fn status_word(s: Option<&Status>) -> String {
+    match s {
+        None => "missing".into(),
+        Some(Status::Pass) => "ok".into(),
+        Some(Status::Fail) => "FAIL".into(),
+        Some(Status::Skip(r)) if r.starts_with("not offered") => "not offered".into(),
+        Some(Status::Skip(_)) => "skip".into(),
+    }
+}
+
+/// Compares one test's two results.
+pub fn compare(name: &str, native: Option<&TestResult>, hyp: Option<&TestResult>) -> Verdict {
+    let (Some(n), Some(h)) = (native, hyp) else {
+        return Verdict::Differs("reported by only one run".into());
+    };
+    if n.status == Status::Fail {
+        return Verdict::Differs("fails natively: the test or the oracle is wrong".into());
+    }
+    if let Some((_, why)) = NOT_OFFERED.iter().find(|(t, _)| *t == name) {
+        if matches!(&h.status, Status::Skip(r) if r.starts_with("not offered")) {
+            return Verdict::NotOffered(why);
+        }
+    }
+    if n.status != h.status {
+        return Verdict::Differs(format!(
+            "{} natively, {} under hypocaust",
+            status_word(Some(&n.status)),
+            status_word(Some(&h.status))
+        ));
+    }
+    if n.observations != h.observations {
+        let show = |o: &[(String, String)]| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        return Verdict::Differs(format!(
+            "observed {} natively, {} under hypocaust",
+            show(&n.observations),
+            show(&h.observations)
+        ));
+    }
+    Verdict::Identical
+}
+
+/// Both runs, compared: every test name with its two results and the verdict.
+pub struct Comparison {
+    pub rows: Vec<(String, Option<TestResult>, Option<TestResult>, Verdict)>,
+    pub native: (Report, Run),
+    pub hypocaust: (Report, Run),
+}
+
+impl Comparison {
+    /// Runs both and compares them.
+    pub fn run(opts: &Options) -> Result<Self> {
+        let native = run_native(opts)?;
+        let hypocaust = run_hypocaust(opts)?;
+        let mut names: Vec<String> = native.0.tests.iter().map(|t| t.name.clone()).collect();
+        for t in &hypocaust.0.tests {
+            if !names.contains(&t.name) {
+                names.push(t.name.clone());
+            }
+        }
+        let rows = names
+            .into_iter()
+            .map(|name| {
+                let n = native.0.tests.iter().find(|t| t.name == name).cloned();
+                let h = hypocaust.0.tests.iter().find(|t| t.name == name).cloned();
+                let verdict = compare(&name, n.as_ref(), h.as_ref());
+                (name, n, h, verdict)
+            })
+            .collect();
+        Ok(Self {
+            rows,
+            native,
+            hypocaust,
+        })
+    }
+
+    /// Whether both runs completed and every test matched (or is not offered).
+    pub fn agrees(&self) -> bool {
+        let complete = |r: &Report| r.bailed_out.is_none() && r.planned == Some(r.tests.len());
+        complete(&self.native.0)
+            && complete(&self.hypocaust.0)
+            && self
+                .rows
+                .iter()
+                .all(|r| !matches!(r.3, Verdict::Differs(_)))
+    }
+
+    /// Prints the table, and the end of a run's log if it did not complete.
+    pub fn print(&self, verbose: bool) {
+        println!("  {:<36} {:<8} {:<12}", "test", "native", "hypocaust");
+        for (name, n, h, verdict) in &self.rows {
+            let quiet = matches!(verdict, Verdict::Identical) && !verbose;
+            if quiet {
+                continue;
+            }
+            let note = match verdict {
+                Verdict::Identical => String::new(),
+                Verdict::NotOffered(why) => format!("({why})"),
+                Verdict::Differs(why) => format!("<- DIFFERS: {why}"),
+            };
+            println!(
+                "  {name:<36} {:<8} {:<12} {note}",
+                status_word(n.as_ref().map(|t| &t.status)),
+                status_word(h.as_ref().map(|t| &t.status))
+            );
+            if matches!(verdict, Verdict::Differs(_)) {
+                for d in n.iter().chain(h.iter()).flat_map(|t| t.diagnostics.iter()) {
+                    println!("        {d}");
+                }
+            }
+        }
+        let identical = self
+            .rows
+            .iter()
+            .filter(|r| r.3 == Verdict::Identical)
+            .count();
+        let offered = self
+            .rows
+            .iter()
+            .filter(|r| matches!(r.3, Verdict::NotOffered(_)))
+            .count();
+        let differ = self.rows.len() - identical - offered;
+        println!(
+            "{} tests: {identical} identical, {offered} not offered under hypocaust, {differ} differ (native {:.1} s, hypocaust {:.1} s)",
+            self.rows.len(),
+            self.native.1.elapsed.as_secs_f64(),
+            self.hypocaust.1.elapsed.as_secs_f64()
+        );
+        for (which, (report, run)) in [("native", &self.native), ("hypocaust", &self.hypocaust)] {
+            print_incomplete(which, report, run);
+        }
+    }
+}
+
+/// Says so, with the end of the log, if a run did not report every test it planned.
+pub fn print_incomplete(which: &str, report: &Report, run: &Run) {
+    if let Some(reason) = &report.bailed_out {
+        println!("the {which} run bailed out: {reason}");
+    }
+    if report.planned != Some(report.tests.len()) {
+        println!(
+            "the {which} run planned {} tests but reported {} ({:?}); the end of its log ({}):\n{}",
+            report.planned.map_or("?".into(), |n| n.to_string()),
+            report.tests.len(),
+            run.ending,
+            run.log.display(),
+            run.tail(20)
+        );
+    }
+}
+
+/// Prints a single run, one line per test.
 pub fn print_report(title: &str, report: &Report, run: &Run) {
     println!("{title}");
     for t in &report.tests {
-        match &t.status {
-            Status::Pass => println!("  ok    {}", t.name),
-            Status::Fail => {
-                println!("  FAIL  {}", t.name);
-                for d in &t.diagnostics {
-                    println!("          {d}");
-                }
+        println!("  {:<12} {}", status_word(Some(&t.status)), t.name);
+        if t.status == Status::Fail {
+            for d in &t.diagnostics {
+                println!("          {d}");
             }
-            Status::Skip(reason) => println!("  skip  {} ({reason})", t.name),
         }
     }
     let (p, f, s) = report.counts();
@@ -53,31 +271,75 @@ pub fn print_report(title: &str, report: &Report, run: &Run) {
         report.tests.len(),
         run.elapsed.as_secs_f64()
     );
-    if let Some(reason) = &report.bailed_out {
-        println!("the test kernel bailed out: {reason}");
-    }
-    if report.planned != Some(report.tests.len()) {
-        println!(
-            "the test kernel planned {} tests but reported {}; the end of its output ({}):\n{}",
-            report.planned.map_or("?".into(), |n| n.to_string()),
-            report.tests.len(),
-            run.log.display(),
-            run.tail(15)
-        );
-    }
+    print_incomplete("test kernel", report, run);
 }
 
 /// `cargo xtask suite`.
 pub fn command(native: bool, opts: &Options) -> Result<bool> {
     provision::all()?;
-    if !native {
-        println!("note: running guests under hypocaust is not there yet; running natively only");
+    if native {
+        let (report, run) = run_native(opts)?;
+        print_report(
+            "guest test suite, native (QEMU rv64,h=false on OpenSBI):",
+            &report,
+            &run,
+        );
+        return Ok(report.complete_and_green());
     }
-    let (report, run) = run_native(opts)?;
-    print_report(
-        "guest test suite, native (QEMU rv64,h=false on OpenSBI):",
-        &report,
-        &run,
-    );
-    Ok(report.complete_and_green())
+    let c = Comparison::run(opts)?;
+    println!("guest test suite: natively on QEMU (rv64,h=false, OpenSBI) and under hypocaust");
+    c.print(true);
+    Ok(c.agrees())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, status: Status, obs: &[(&str, &str)]) -> TestResult {
+        TestResult {
+            number: 1,
+            name: name.into(),
+            status,
+            diagnostics: vec![],
+            observations: obs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let ok = result("a", Status::Pass, &[("stval", "0x2")]);
+        assert_eq!(compare("a", Some(&ok), Some(&ok)), Verdict::Identical);
+        let other = result("a", Status::Pass, &[("stval", "0x0")]);
+        assert!(matches!(
+            compare("a", Some(&ok), Some(&other)),
+            Verdict::Differs(_)
+        ));
+        let fail = result("a", Status::Fail, &[]);
+        assert!(
+            matches!(compare("a", Some(&fail), Some(&fail)), Verdict::Differs(_)),
+            "native failures never pass"
+        );
+        assert!(matches!(compare("a", Some(&ok), None), Verdict::Differs(_)));
+        let skipped = result(
+            "paging/sv48-gigapage-alias",
+            Status::Skip("not offered: Sv48".into()),
+            &[],
+        );
+        let native = result("paging/sv48-gigapage-alias", Status::Pass, &[]);
+        assert!(matches!(
+            compare("paging/sv48-gigapage-alias", Some(&native), Some(&skipped)),
+            Verdict::NotOffered(_)
+        ));
+        // Not in the list: a skip that differs from the native result is a difference.
+        let skipped = result("csr/x", Status::Skip("not offered: X".into()), &[]);
+        let native = result("csr/x", Status::Pass, &[]);
+        assert!(matches!(
+            compare("csr/x", Some(&native), Some(&skipped)),
+            Verdict::Differs(_)
+        ));
+    }
 }

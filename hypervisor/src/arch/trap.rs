@@ -1,9 +1,16 @@
-//! The trap vector. `stvec` points here on every hart for as long as hypocaust runs.
+//! The trap vector and the switch into and out of guests. `stvec` points at
+//! `trap_vector` on every hart for as long as hypocaust runs.
 //!
-//! `sscratch` is zero while hypocaust itself runs; a trap then saves the interrupted
-//! context on the current stack and calls [`crate::trap::host_trap`].
+//! `sscratch` tells where a trap came from: it is zero while hypocaust runs, and holds the
+//! running vCPU's [`GuestContext`] while a guest runs. A trap from a guest saves the guest's
+//! registers into that context and resumes hypocaust where it called [`enter_guest`]; a
+//! trap from hypocaust saves a [`HostTrapFrame`] on the current stack and calls
+//! [`crate::trap::host_trap`].
 
 use core::arch::global_asm;
+use core::mem::offset_of;
+
+use vcpu::Vcpu;
 
 /// Registers of an interrupted hypocaust context, in the order the vector saves them.
 #[repr(C)]
@@ -17,7 +24,39 @@ pub struct HostTrapFrame {
     pub stval: u64,
 }
 
+/// hypocaust's registers that must survive a guest run (the callee-saved ones, and the
+/// `tp` and `gp` the guest overwrites).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct HostRegs {
+    ra: u64,
+    sp: u64,
+    gp: u64,
+    tp: u64,
+    s: [u64; 12],
+}
+
+/// Everything the switch needs for one vCPU. `sscratch` points here while it runs.
+#[repr(C)]
+pub struct GuestContext {
+    host: HostRegs,
+    pub vcpu: Vcpu,
+}
+
+impl GuestContext {
+    /// A context for `vcpu`.
+    pub fn new(vcpu: Vcpu) -> Self {
+        Self {
+            host: HostRegs::default(),
+            vcpu,
+        }
+    }
+}
+
 const FRAME_SIZE: usize = core::mem::size_of::<HostTrapFrame>();
+/// Where the guest's x0 lives in a `GuestContext` (the `Regs` are the first field of `Vcpu`).
+const GUEST_REGS: usize = offset_of!(GuestContext, vcpu) + offset_of!(Vcpu, regs);
+const _: () = assert!(offset_of!(Vcpu, regs) == 0 && offset_of!(vcpu::Regs, pc) == 32 * 8);
 
 global_asm!(
     r#"
@@ -26,8 +65,28 @@ global_asm!(
     .globl trap_vector
 trap_vector:
     csrrw   sp, sscratch, sp
-    bnez    sp, .Lfrom_guest
-    csrrw   sp, sscratch, sp
+    beqz    sp, .Lfrom_hypocaust
+
+    # From a guest: sp = its GuestContext, sscratch = its sp.
+    .irp n, 1,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    sd      x\n, ({GUEST_REGS} + \n*8)(sp)
+    .endr
+    csrr    t0, sscratch
+    sd      t0, ({GUEST_REGS} + 2*8)(sp)
+    csrr    t0, sepc
+    sd      t0, ({GUEST_REGS} + 32*8)(sp)
+    csrw    sscratch, zero
+    ld      ra, 0(sp)
+    ld      gp, 16(sp)
+    ld      tp, 24(sp)
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11
+    ld      s\n, (32 + \n*8)(sp)
+    .endr
+    ld      sp, 8(sp)
+    ret                             # from enter_guest
+
+.Lfrom_hypocaust:
+    csrrw   sp, sscratch, sp        # sp back, sscratch = 0
     addi    sp, sp, -{FRAME_SIZE}
     .irp n, 1,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     sd      x\n, \n*8(sp)
@@ -54,18 +113,60 @@ trap_vector:
     ld      sp, 2*8(sp)
     sret
 
-.Lfrom_guest:
-    /* No guest runs yet: a non-zero sscratch is a hypocaust bug; report it as a host trap. */
-    csrrw   sp, sscratch, sp
-    csrw    sscratch, zero
-    j       trap_vector
+    # enter_guest(a0 = &mut GuestContext): returns when the guest traps.
+    .globl enter_guest
+enter_guest:
+    sd      ra, 0(a0)
+    sd      sp, 8(a0)
+    sd      gp, 16(a0)
+    sd      tp, 24(a0)
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11
+    sd      s\n, (32 + \n*8)(a0)
+    .endr
+    ld      t0, ({GUEST_REGS} + 32*8)(a0)
+    csrw    sepc, t0
+    csrw    sscratch, a0
+    .irp n, 1,2,3,4,5,6,7,8,9,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    ld      x\n, ({GUEST_REGS} + \n*8)(a0)
+    .endr
+    ld      a0, ({GUEST_REGS} + 10*8)(a0)
+    sret
+
+    # try_write_stimecmp(a0 = value) -> 1 if written, 0 if the CSR is not accessible.
+    .globl try_write_stimecmp, try_write_stimecmp_fault, try_write_stimecmp_resume
+try_write_stimecmp:
+try_write_stimecmp_fault:
+    csrw    stimecmp, a0
+    li      a0, 1
+    ret
+try_write_stimecmp_resume:
+    li      a0, 0
+    ret
 "#,
     FRAME_SIZE = const FRAME_SIZE,
+    GUEST_REGS = const GUEST_REGS,
     host_trap = sym crate::trap::host_trap,
 );
 
 unsafe extern "C" {
     fn trap_vector();
+    #[link_name = "enter_guest"]
+    fn enter_guest_asm(ctx: *mut u8);
+    fn try_write_stimecmp(value: u64) -> u64;
+    fn try_write_stimecmp_fault();
+    fn try_write_stimecmp_resume();
+}
+
+/// Runs the guest of `ctx` until it traps: the guest's registers are then in
+/// `ctx.vcpu.regs` and the cause in `scause`/`stval`.
+///
+/// # Safety
+/// The hart must be set up to run the guest: `satp` on a table that maps the guest with U
+/// pages and hypocaust without, `sstatus.SPP` clear, and interrupts masked in S-mode.
+pub unsafe fn enter_guest(ctx: &mut GuestContext) {
+    // SAFETY: the caller set the hart up; the assembly saves and restores every register
+    // hypocaust needs, and returns here on the guest's next trap.
+    unsafe { enter_guest_asm(ctx as *mut GuestContext as *mut u8) }
 }
 
 /// Points `stvec` at the trap vector (direct mode) and clears `sscratch`.
@@ -78,4 +179,17 @@ pub fn install() {
             in(reg) trap_vector as *const () as usize,
         );
     }
+}
+
+/// Writes `stimecmp` if hypocaust may (Sstc present and enabled by firmware).
+pub fn write_stimecmp_checked(value: u64) -> bool {
+    // SAFETY: the fault, if any, is an illegal-instruction trap at a known pc, which
+    // `fixup` turns into a return of 0.
+    unsafe { try_write_stimecmp(value) != 0 }
+}
+
+/// If `sepc` is an instruction allowed to fault, where to resume instead.
+pub fn fixup(sepc: u64) -> Option<u64> {
+    (sepc == try_write_stimecmp_fault as *const () as u64)
+        .then_some(try_write_stimecmp_resume as *const () as u64)
 }

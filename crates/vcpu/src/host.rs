@@ -1,0 +1,90 @@
+//! What a vCPU needs from hypocaust while it handles an exit: time, guest memory, the
+//! console, the other vCPUs of its guest. Tests implement it with plain data.
+
+use rv::trap::Exception;
+
+use crate::Vcpu;
+use crate::vcpu::HartState;
+
+/// A TLB or instruction-cache fence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fence {
+    /// `fence.i`: make stores visible to instruction fetch.
+    I,
+    /// `sfence.vma`: drop translations of `[start, start + size)` (`size == u64::MAX`:
+    /// all addresses), of `asid` only if given.
+    Vma {
+        start: u64,
+        size: u64,
+        asid: Option<u16>,
+    },
+}
+
+/// Identity of the physical machine, passed through SBI BASE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MachineIds {
+    pub mvendorid: u64,
+    pub marchid: u64,
+    pub mimpid: u64,
+}
+
+/// An exception and its `stval`.
+pub type Fault = (Exception, u64);
+
+/// Services hypocaust provides to a vCPU.
+pub trait Host {
+    /// The current value of `time`.
+    fn now(&self) -> u64;
+
+    /// Whether the external interrupt line of vCPU `hart` is asserted.
+    fn external_irq(&self, hart: usize) -> bool {
+        let _ = hart;
+        false
+    }
+
+    /// Fetches the instruction at guest-virtual `pc` (when the hart did not report its bits
+    /// in `stval`): the 16 or 32 bits, or the fault an instruction fetch would take.
+    fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault>;
+
+    /// Loads a doubleword from guest-virtual `va` with the vCPU's current translation and
+    /// privilege, as firmware does for pointers passed to legacy SBI calls.
+    fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault>;
+
+    /// Copies guest-physical memory at `gpa` into `buf`; `false` (nothing copied) unless all
+    /// of it is guest RAM.
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
+
+    /// Copies `data` to guest-physical memory at `gpa`; `false` (nothing written) unless all
+    /// of it is guest RAM.
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool;
+
+    /// Whether `gpa` is guest RAM (where a hart may start executing).
+    fn is_ram(&self, gpa: u64) -> bool;
+
+    /// Writes guest console output.
+    fn console_write(&mut self, bytes: &[u8]);
+
+    /// Reads pending console input into `buf` without waiting; returns the count.
+    fn console_read(&mut self, buf: &mut [u8]) -> usize;
+
+    /// The physical machine's identity.
+    fn machine_ids(&self) -> MachineIds;
+
+    /// Number of vCPUs of the guest; their hart IDs are `0..hart_count()`.
+    fn hart_count(&self) -> usize;
+
+    /// HSM state of another vCPU of the guest.
+    fn hart_state(&self, hart: usize) -> HartState;
+
+    /// Starts stopped vCPU `hart` at `start` in S-mode with a1 = `opaque`.
+    fn hart_start(&mut self, hart: usize, start: u64, opaque: u64);
+
+    /// Makes SSIP pending on another vCPU of the guest.
+    fn send_ipi(&mut self, hart: usize);
+
+    /// Performs `fence` for the calling vCPU.
+    fn fence(&mut self, vcpu: &Vcpu, fence: Fence);
+
+    /// Performs `fence` on another vCPU of the guest.
+    fn remote_fence(&mut self, hart: usize, fence: Fence);
+}

@@ -1,0 +1,389 @@
+//! One virtual hart: its registers, virtual privilege and CSRs, and what happens when it
+//! traps into hypocaust.
+//!
+//! The guest runs in real U-mode whatever its virtual privilege. Its exceptions and the
+//! privileged instructions it executes reach hypocaust, which calls
+//! [`Vcpu::handle_exception`]: exceptions of the guest's own making are forwarded to its
+//! `stvec` exactly as a hart would take them; privileged instructions of virtual S-mode are
+//! emulated; `ecall` from virtual S-mode is an SBI call.
+
+use rv::csr::{ExtState, Interrupts, Sstatus, TvecMode, tvec_mode};
+use rv::insn::{CsrOp, CsrSource, Decoded, Instruction, decode};
+use rv::trap::{Exception, Interrupt};
+
+use crate::csr::{CsrEffect, Csrs, Features, Lines};
+use crate::host::{Fence, Host};
+use crate::sbi;
+
+/// The general-purpose registers and the pc. The trap assembly saves a guest's registers
+/// here, so the layout is fixed: `x[0..32]` then `pc`.
+#[repr(C)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    /// x0..x31; `x[0]` is never read.
+    pub x: [u64; 32],
+    pub pc: u64,
+}
+
+impl Regs {
+    /// Reads register `r` (x0 reads zero).
+    pub fn get(&self, r: u8) -> u64 {
+        if r == 0 { 0 } else { self.x[r as usize & 31] }
+    }
+
+    /// Writes register `r` (writes to x0 are dropped).
+    pub fn set(&mut self, r: u8, value: u64) {
+        if r != 0 {
+            self.x[r as usize & 31] = value;
+        }
+    }
+}
+
+/// The guest's virtual privilege level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Privilege {
+    /// Virtual U-mode: the guest's programs.
+    User,
+    /// Virtual S-mode: the guest's kernel.
+    Supervisor,
+}
+
+/// SBI HSM state of a vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HartState {
+    Started,
+    Stopped,
+    /// Waiting in SBI `hart_suspend`.
+    Suspended,
+}
+
+impl HartState {
+    /// The SBI HSM status code.
+    pub const fn sbi_code(self) -> usize {
+        match self {
+            Self::Started => sbi_spec::hsm::hart_state::STARTED,
+            Self::Stopped => sbi_spec::hsm::hart_state::STOPPED,
+            Self::Suspended => sbi_spec::hsm::hart_state::SUSPENDED,
+        }
+    }
+}
+
+/// What hypocaust does after an exit has been handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the guest again.
+    Resume,
+    /// The vCPU waits for an interrupt (`wfi`, SBI retentive suspend).
+    Wait,
+    /// The vCPU stopped (SBI `hart_stop`).
+    Stop,
+    /// The guest asked for a system reset (SBI SRST or legacy shutdown).
+    Reset(ResetKind),
+}
+
+/// Kinds of system reset a guest can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetKind {
+    Shutdown,
+    ColdReboot,
+    WarmReboot,
+}
+
+/// How a suspended vCPU resumes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Where it left off (`wfi`, retentive suspend).
+    Retentive,
+    /// At `addr` in S-mode with a0 = hart ID, a1 = `opaque`, like a fresh start.
+    NonRetentive { addr: u64, opaque: u64 },
+}
+
+/// A virtual hart.
+#[repr(C)]
+#[derive(Clone, Debug)]
+pub struct Vcpu {
+    /// First field: the trap assembly finds the guest registers at offset 0.
+    pub regs: Regs,
+    pub privilege: Privilege,
+    pub csrs: Csrs,
+    pub features: Features,
+    /// The hart ID the guest sees.
+    pub hart_id: usize,
+    pub state: HartState,
+    /// Set while waiting for an interrupt; how to resume.
+    pub waiting: Option<Resume>,
+    /// Changes hypocaust must act on before running the guest again (accumulated).
+    pub effects: CsrEffect,
+}
+
+impl Vcpu {
+    /// A vCPU about to run a kernel at `entry` in S-mode with a0 = hart ID, a1 = `arg1`.
+    pub fn new(hart_id: usize, features: Features, entry: u64, arg1: u64) -> Self {
+        let mut v = Self {
+            regs: Regs::default(),
+            privilege: Privilege::Supervisor,
+            csrs: Csrs::default(),
+            features,
+            hart_id,
+            state: HartState::Started,
+            waiting: None,
+            effects: CsrEffect::all(),
+        };
+        v.reset_to(entry, arg1);
+        v
+    }
+
+    /// Puts the hart in the state SBI promises at `hart_start` and non-retentive resume:
+    /// S-mode, `satp` = 0, `sstatus.SIE` = 0, a0 = hart ID, a1 = `arg1`, pc = `entry`.
+    pub fn reset_to(&mut self, entry: u64, arg1: u64) {
+        self.regs = Regs::default();
+        self.regs.pc = entry;
+        self.regs.x[10] = self.hart_id as u64;
+        self.regs.x[11] = arg1;
+        self.privilege = Privilege::Supervisor;
+        self.csrs.set_status(Sstatus::SIE, false);
+        if self.csrs.satp != 0 {
+            self.csrs.satp = 0;
+            self.effects |= CsrEffect::SATP;
+        }
+        self.waiting = None;
+    }
+
+    /// The interrupt lines as the host sees them now.
+    fn lines(&self, host: &impl Host) -> Lines {
+        Lines {
+            now: host.now(),
+            external: host.external_irq(self.hart_id),
+        }
+    }
+
+    /// Enters the guest's trap handler as a hart would: `sepc`, `scause`, `stval`, SPP,
+    /// SPIE and SIE are set, the privilege becomes S, pc goes to `stvec` (plus 4 × cause for
+    /// interrupts in vectored mode).
+    pub fn trap(&mut self, cause: u64, tval: u64) {
+        let interrupt = cause & rv::trap::INTERRUPT_BIT != 0;
+        self.csrs.sepc = self.regs.pc;
+        self.csrs.scause = cause;
+        self.csrs.stval = tval;
+        let sie = self.csrs.status(Sstatus::SIE);
+        self.csrs.set_status(Sstatus::SPIE, sie);
+        self.csrs.set_status(Sstatus::SIE, false);
+        self.csrs
+            .set_status(Sstatus::SPP, self.privilege == Privilege::Supervisor);
+        self.privilege = Privilege::Supervisor;
+        let base = self.csrs.stvec & !3;
+        self.regs.pc = match tvec_mode(self.csrs.stvec) {
+            Some(TvecMode::Vectored) if interrupt => base.wrapping_add(4 * (cause & 0x3f)),
+            _ => base,
+        };
+    }
+
+    /// Raises exception `e` in the guest.
+    pub fn raise(&mut self, e: Exception, tval: u64) {
+        self.trap(e.code(), tval);
+    }
+
+    /// `sret`: back to the privilege in SPP, SIE from SPIE, SPIE set, SPP cleared.
+    pub fn sret(&mut self) {
+        let to_supervisor = self.csrs.status(Sstatus::SPP);
+        let spie = self.csrs.status(Sstatus::SPIE);
+        self.csrs.set_status(Sstatus::SIE, spie);
+        self.csrs.set_status(Sstatus::SPIE, true);
+        self.csrs.set_status(Sstatus::SPP, false);
+        self.privilege = if to_supervisor {
+            Privilege::Supervisor
+        } else {
+            Privilege::User
+        };
+        self.regs.pc = self.csrs.sepc;
+    }
+
+    /// The interrupt the hart would take now, if any: pending, enabled in `sie`, and
+    /// globally enabled (always in U-mode, by `sstatus.SIE` in S-mode); highest priority
+    /// first (SEI, SSI, STI).
+    pub fn deliverable_interrupt(&self, lines: Lines) -> Option<Interrupt> {
+        let pending = self.csrs.pending_enabled(lines);
+        if pending == 0
+            || (self.privilege == Privilege::Supervisor && !self.csrs.status(Sstatus::SIE))
+        {
+            return None;
+        }
+        [
+            Interrupt::SupervisorExternal,
+            Interrupt::SupervisorSoft,
+            Interrupt::SupervisorTimer,
+        ]
+        .into_iter()
+        .find(|i| pending & i.mask() != 0)
+    }
+
+    /// Takes the deliverable interrupt, if there is one; returns it.
+    pub fn take_interrupt(&mut self, lines: Lines) -> Option<Interrupt> {
+        let irq = self.deliverable_interrupt(lines)?;
+        self.trap(irq.cause(), 0);
+        Some(irq)
+    }
+
+    /// Whether a waiting vCPU may wake: an interrupt is pending and enabled in `sie`
+    /// (`sstatus.SIE` does not matter, as for `wfi`).
+    pub fn should_wake(&self, lines: Lines) -> bool {
+        self.csrs.pending_enabled(lines) != 0
+    }
+
+    /// Ends a wait: a non-retentive resume restarts the hart at its resume address.
+    pub fn wake(&mut self) {
+        match self.waiting.take() {
+            Some(Resume::NonRetentive { addr, opaque }) => self.reset_to(addr, opaque),
+            Some(Resume::Retentive) | None => {}
+        }
+        if self.state == HartState::Suspended {
+            self.state = HartState::Started;
+        }
+    }
+
+    /// Handles an exception the guest caused (`scause` < 64, `stval` as the hart gave it).
+    pub fn handle_exception(
+        &mut self,
+        cause: Exception,
+        stval: u64,
+        host: &mut impl Host,
+    ) -> Action {
+        match (cause, self.privilege) {
+            (Exception::EcallFromU, Privilege::Supervisor) => sbi::handle_call(self, host),
+            (Exception::IllegalInstruction, Privilege::Supervisor) => self.emulate(stval, host),
+            // The guest runs in real U-mode: an ecall from virtual U-mode is a system call for
+            // the guest kernel, with the same cause.
+            _ => {
+                self.raise(cause, stval);
+                Action::Resume
+            }
+        }
+    }
+
+    /// Emulates the privileged instruction that trapped in virtual S-mode, or raises
+    /// illegal instruction with the same `stval` if S-mode could not execute it either.
+    fn emulate(&mut self, stval: u64, host: &mut impl Host) -> Action {
+        let bits = if stval != 0 {
+            stval as u32
+        } else {
+            match host.fetch_instruction(self, self.regs.pc) {
+                Ok(bits) => bits,
+                Err((e, tval)) => {
+                    self.raise(e, tval);
+                    return Action::Resume;
+                }
+            }
+        };
+        let Some(Decoded {
+            instruction,
+            length,
+        }) = decode(bits)
+        else {
+            self.raise(Exception::IllegalInstruction, stval);
+            return Action::Resume;
+        };
+        let next = self.regs.pc.wrapping_add(length as u64);
+        match instruction {
+            Instruction::Csr {
+                op,
+                csr,
+                rd,
+                source,
+            } => {
+                if self.emulate_csr(op, csr, rd, source, host).is_err() {
+                    self.raise(Exception::IllegalInstruction, stval);
+                } else {
+                    self.regs.pc = next;
+                }
+                Action::Resume
+            }
+            Instruction::Sret => {
+                self.sret();
+                Action::Resume
+            }
+            Instruction::Wfi => {
+                self.regs.pc = next;
+                if self.should_wake(self.lines(host)) {
+                    Action::Resume
+                } else {
+                    self.waiting = Some(Resume::Retentive);
+                    Action::Wait
+                }
+            }
+            Instruction::SfenceVma { rs1, rs2 } => {
+                let start = self.regs.get(rs1);
+                host.fence(
+                    self,
+                    Fence::Vma {
+                        start: if rs1 == 0 { 0 } else { start },
+                        size: if rs1 == 0 { u64::MAX } else { 1 },
+                        asid: (rs2 != 0).then(|| self.regs.get(rs2) as u16),
+                    },
+                );
+                self.regs.pc = next;
+                Action::Resume
+            }
+            // Everything else S-mode could not execute either (mret, H instructions,
+            // Svinval without Svinval, loads and stores that are illegal encodings...).
+            _ => {
+                self.raise(Exception::IllegalInstruction, stval);
+                Action::Resume
+            }
+        }
+    }
+
+    /// A Zicsr instruction on a supervisor CSR. `Err` means illegal instruction.
+    fn emulate_csr(
+        &mut self,
+        op: CsrOp,
+        csr: u16,
+        rd: u8,
+        source: CsrSource,
+        host: &mut impl Host,
+    ) -> Result<(), ()> {
+        if rv::csr::CsrNum(csr).min_privilege() != 1 {
+            // U-level CSRs only trap here when S-mode may not use them either (FP off,
+            // read-only written, absent); H and M CSRs are out of reach of S-mode.
+            return Err(());
+        }
+        let src = match source {
+            CsrSource::Reg(r) => self.regs.get(r),
+            CsrSource::Imm(i) => i as u64,
+        };
+        let writes = op == CsrOp::ReadWrite || !source.is_zero();
+        if writes && rv::csr::CsrNum(csr).is_read_only() {
+            return Err(());
+        }
+        let lines = self.lines(host);
+        let old = self.csrs.read(csr, &self.features, lines).map_err(|_| ())?;
+        if writes {
+            let new = match op {
+                CsrOp::ReadWrite => src,
+                CsrOp::ReadSet => old | src,
+                CsrOp::ReadClear => old & !src,
+            };
+            self.effects |= self.csrs.write(csr, new, &self.features).map_err(|_| ())?;
+        }
+        self.regs.set(rd, old);
+        Ok(())
+    }
+
+    /// The guest's FP state as `sstatus.FS` says.
+    pub fn fs(&self) -> ExtState {
+        self.csrs.fs()
+    }
+
+    /// The `scounteren` the real hart needs while this vCPU runs: everything firmware
+    /// allows in virtual S-mode, the guest's own choice in virtual U-mode.
+    pub fn real_scounteren(&self) -> u64 {
+        match self.privilege {
+            Privilege::Supervisor => 0xFFFF_FFFF,
+            Privilege::User => self.csrs.scounteren & 0xFFFF_FFFF,
+        }
+    }
+
+    /// The interrupts pending for this vCPU now (as `sip` reads).
+    pub fn pending(&self, lines: Lines) -> u64 {
+        self.csrs.sip(lines) & Interrupts::all().bits()
+    }
+}

@@ -1,0 +1,236 @@
+//! Guests: their memory, images, device tree, and the page table they run on.
+//!
+//! A guest's RAM is one contiguous block of host RAM that it sees at guest-physical
+//! `0x8000_0000`; GPA → HPA is an offset plus a bounds check. While guest paging is not
+//! shadowed yet, a guest runs with `satp` Bare: its page table maps its RAM at GVA = GPA
+//! with U pages, and hypocaust's own slots without U.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use mmu::map::Mapper;
+use rv::HostPhysAddr;
+use rv::csr::{Satp, SatpMode};
+use rv::pte::PteFlags;
+
+use crate::{layout, mm};
+
+/// Where every guest's RAM starts.
+pub const RAM_BASE: u64 = 0x8000_0000;
+
+/// Smallest guest RAM accepted.
+pub const MIN_MEMORY_MIB: u32 = 16;
+
+/// A guest's RAM.
+pub struct GuestMemory {
+    base: HostPhysAddr,
+    size: u64,
+}
+
+impl GuestMemory {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The host-physical address of `[gpa, gpa + len)`, if all of it is guest RAM.
+    pub fn translate(&self, gpa: u64, len: u64) -> Option<HostPhysAddr> {
+        let offset = gpa.checked_sub(RAM_BASE)?;
+        let end = offset.checked_add(len)?;
+        (end <= self.size).then(|| HostPhysAddr::new(self.base.raw() + offset))
+    }
+
+    /// Whether `gpa` is guest RAM.
+    pub fn contains(&self, gpa: u64) -> bool {
+        self.translate(gpa, 1).is_some()
+    }
+
+    /// A direct-map pointer to `[gpa, gpa + len)`, if all of it is guest RAM.
+    fn ptr(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        self.translate(gpa, len as u64)
+            .map(|hpa| layout::phys_to_virt(hpa).raw() as *mut u8)
+    }
+
+    /// Copies guest RAM at `gpa` into `buf`; `false` (nothing copied) if not all RAM.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Some(src) = self.ptr(gpa, buf.len()) else {
+            return false;
+        };
+        // SAFETY: `ptr` checked that the range is this guest's RAM, which the direct map
+        // covers and which is never hypocaust's own memory.
+        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        true
+    }
+
+    /// Copies `data` into guest RAM at `gpa`; `false` (nothing written) if not all RAM.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> bool {
+        let Some(dst) = self.ptr(gpa, data.len()) else {
+            return false;
+        };
+        // SAFETY: as in `read`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        true
+    }
+
+    /// Zeroes all of it.
+    fn clear(&self) {
+        let dst = layout::phys_to_virt(self.base).raw() as *mut u8;
+        // SAFETY: the block belongs to this guest and is covered by the direct map.
+        unsafe { core::ptr::write_bytes(dst, 0, self.size as usize) };
+    }
+}
+
+/// Why a guest could not be set up.
+#[derive(Debug)]
+pub enum GuestError {
+    Memory { mib: u32 },
+    TooSmall { mib: u32 },
+    Image(loader::image::ImageError),
+    Layout(loader::layout::TooSmall),
+    DeviceTree,
+    PageTable,
+    Vcpus(u32),
+}
+
+impl fmt::Display for GuestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory { mib } => {
+                write!(f, "not enough free host RAM for {mib} MiB of guest RAM")
+            }
+            Self::TooSmall { mib } => write!(
+                f,
+                "{mib} MiB of RAM is too little; guests get at least {MIN_MEMORY_MIB} MiB"
+            ),
+            Self::Image(e) => write!(f, "{e}"),
+            Self::Layout(e) => write!(f, "{e}"),
+            Self::DeviceTree => write!(f, "could not build its device tree"),
+            Self::PageTable => write!(f, "out of memory for its page table"),
+            Self::Vcpus(n) => write!(
+                f,
+                "it asks for {n} vCPUs; hypocaust runs guests with exactly one vCPU for now"
+            ),
+        }
+    }
+}
+
+/// What every guest is offered, decided from the host at boot.
+#[derive(Clone, Debug)]
+pub struct Offer {
+    /// The guest's `riscv,isa`.
+    pub isa: String,
+    pub features: vcpu::Features,
+    pub timebase_hz: u32,
+}
+
+/// A guest.
+pub struct Guest {
+    pub name: String,
+    pub memory: GuestMemory,
+    kernel: &'static [u8],
+    initrd: Option<&'static [u8]>,
+    bootargs: String,
+    pub offer: Offer,
+    /// `satp` of the table the guest runs on.
+    pub satp: u64,
+}
+
+impl Guest {
+    /// Sets up guest `id` as the bundle describes it: allocates its RAM and its page table.
+    pub fn create(
+        id: usize,
+        spec: &bundle::Guest<'static>,
+        offer: Offer,
+    ) -> Result<Self, GuestError> {
+        let mib = spec.memory_mib;
+        if mib < MIN_MEMORY_MIB {
+            return Err(GuestError::TooSmall { mib });
+        }
+        if spec.vcpus != 1 {
+            return Err(GuestError::Vcpus(spec.vcpus));
+        }
+        let size = (mib as u64) << 20;
+        let base = mm::alloc_frames_uninit((size / rv::PAGE_SIZE) as usize)
+            .ok_or(GuestError::Memory { mib })?;
+        let memory = GuestMemory { base, size };
+
+        let mut frames = mm::KernelFrames;
+        let root = mm::alloc_frames(1).ok_or(GuestError::PageTable)?;
+        let mut table = Mapper::new(root, 4, &mut frames);
+        let user_rwx =
+            PteFlags::U | PteFlags::R | PteFlags::W | PteFlags::X | PteFlags::A | PteFlags::D;
+        table
+            .map_range(RAM_BASE, base.raw(), size, user_rwx, 2)
+            .map_err(|_| GuestError::PageTable)?;
+        table.share_root_entries(
+            HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12),
+            layout::HYPERVISOR_ROOT_SLOTS,
+        );
+        // ASID 0 is hypocaust's own; guests count from 1.
+        let satp = Satp::new(SatpMode::Sv48, (id + 1) as u16, root.page_number()).0;
+
+        Ok(Self {
+            name: spec.name.to_string(),
+            memory,
+            kernel: spec.kernel,
+            initrd: spec.initrd,
+            bootargs: spec.bootargs.to_string(),
+            offer,
+            satp,
+        })
+    }
+
+    /// (Re)loads the guest's RAM: zeroes it, places the kernel, initrd and device tree.
+    /// Returns the boot vCPU, ready to run.
+    pub fn load(&self) -> Result<vcpu::Vcpu, GuestError> {
+        let size = self.memory.size;
+        let plan = loader::image::plan(self.kernel, RAM_BASE, size).map_err(GuestError::Image)?;
+        // The tree's size depends on where the initrd goes, which depends on the tree's
+        // size: place with a generous bound first.
+        let dtb_bound = 64 * 1024;
+        let layout = loader::layout::place(
+            RAM_BASE,
+            size,
+            plan.entry,
+            plan.end(),
+            self.initrd.map(|i| i.len() as u64),
+            dtb_bound,
+        )
+        .map_err(GuestError::Layout)?;
+        let dt = loader::fdt::GuestDt {
+            model: "hypocaust,virt",
+            harts: 1,
+            isa: &self.offer.isa,
+            mmu_type: self.offer.features.max_satp_mode.dt_name(),
+            timebase_hz: self.offer.timebase_hz,
+            ram_base: RAM_BASE,
+            ram_size: size,
+            bootargs: &self.bootargs,
+            initrd: layout
+                .initrd
+                .zip(self.initrd)
+                .map(|(start, i)| (start, start + i.len() as u64)),
+        };
+        let dtb: Vec<u8> = loader::fdt::build(&dt).map_err(|_| GuestError::DeviceTree)?;
+        if dtb.len() as u64 > dtb_bound {
+            return Err(GuestError::DeviceTree);
+        }
+
+        self.memory.clear();
+        for s in &plan.segments {
+            // `plan` checked that every segment lies in RAM.
+            self.memory.write(s.gpa, s.data);
+        }
+        if let (Some(start), Some(initrd)) = (layout.initrd, self.initrd) {
+            self.memory.write(start, initrd);
+        }
+        self.memory.write(layout.dtb, &dtb);
+        Ok(vcpu::Vcpu::new(
+            0,
+            self.offer.features,
+            plan.entry,
+            layout.dtb,
+        ))
+    }
+}

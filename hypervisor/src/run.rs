@@ -1,0 +1,309 @@
+//! Running a vCPU on this hart: enter the guest, take its trap, let the vCPU logic handle
+//! it, deliver virtual interrupts, repeat.
+
+use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
+use rv::trap::{Cause, Exception, Interrupt};
+use vcpu::{Action, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
+
+use crate::arch::trap::{GuestContext, enter_guest};
+use crate::guest::Guest;
+use crate::{arch, console, timer};
+
+/// Why a vCPU stopped running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The guest asked for a system reset.
+    Reset(ResetKind),
+    /// Its only hart stopped (SBI HSM `hart_stop`).
+    Stopped,
+}
+
+/// Exits taken, by cause: exceptions by code, interrupts by code + 64.
+#[derive(Clone, Debug)]
+pub struct ExitStats {
+    pub counts: [u64; 128],
+}
+
+impl Default for ExitStats {
+    fn default() -> Self {
+        Self { counts: [0; 128] }
+    }
+}
+
+/// The services a vCPU of `guest` gets while it handles an exit.
+struct GuestHost<'a> {
+    guest: &'a Guest,
+}
+
+impl Host for GuestHost<'_> {
+    fn now(&self) -> u64 {
+        arch::time()
+    }
+
+    fn fetch_instruction(&mut self, _vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
+        // satp is Bare: the pc is a guest-physical address.
+        let fault = (Exception::InstructionAccessFault, pc);
+        let mut low = [0u8; 2];
+        if !self.guest.memory.read(pc, &mut low) {
+            return Err(fault);
+        }
+        let low = u16::from_le_bytes(low);
+        if rv::insn::length(low) == 2 {
+            return Ok(low as u32);
+        }
+        let mut high = [0u8; 2];
+        if !self.guest.memory.read(pc.wrapping_add(2), &mut high) {
+            return Err((Exception::InstructionAccessFault, pc.wrapping_add(2)));
+        }
+        Ok(low as u32 | (u16::from_le_bytes(high) as u32) << 16)
+    }
+
+    fn load_u64(&mut self, _vcpu: &Vcpu, va: u64) -> Result<u64, Fault> {
+        let mut b = [0u8; 8];
+        if self.guest.memory.read(va, &mut b) {
+            Ok(u64::from_le_bytes(b))
+        } else {
+            Err((Exception::LoadAccessFault, va))
+        }
+    }
+
+    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.guest.memory.read(gpa, buf)
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
+        self.guest.memory.write(gpa, data)
+    }
+
+    fn is_ram(&self, gpa: u64) -> bool {
+        self.guest.memory.contains(gpa)
+    }
+
+    fn console_write(&mut self, bytes: &[u8]) {
+        console::guest_output(self.guest, bytes);
+    }
+
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        console::read_input(buf)
+    }
+
+    fn machine_ids(&self) -> MachineIds {
+        crate::machine_ids()
+    }
+
+    fn hart_count(&self) -> usize {
+        1
+    }
+
+    // A guest has one vCPU (Guest::create refuses more), so `hart_set` never names another
+    // hart and the four calls below cannot be reached.
+    fn hart_state(&self, _hart: usize) -> HartState {
+        HartState::Stopped
+    }
+
+    fn hart_start(&mut self, _hart: usize, _start: u64, _opaque: u64) {}
+
+    fn send_ipi(&mut self, _hart: usize) {}
+
+    fn remote_fence(&mut self, _hart: usize, _fence: Fence) {}
+
+    fn fence(&mut self, _vcpu: &Vcpu, fence: Fence) {
+        match fence {
+            // SAFETY: `fence.i` only orders instruction fetch after earlier stores.
+            Fence::I => unsafe { core::arch::asm!("fence.i") },
+            // satp is Bare: there are no guest translations to drop.
+            Fence::Vma { .. } => {}
+        }
+    }
+}
+
+/// The real CSRs hypocaust last set for the guest, so unchanged ones are not rewritten.
+struct RealCsrs {
+    satp: u64,
+    fs: u64,
+    scounteren: u64,
+    /// What the real timer is armed for.
+    timer: u64,
+}
+
+fn read_csr_scause_stval() -> (u64, u64) {
+    let (scause, stval): (u64, u64);
+    // SAFETY: reading CSRs.
+    unsafe {
+        core::arch::asm!("csrr {0}, scause", "csrr {1}, stval", out(reg) scause, out(reg) stval)
+    };
+    (scause, stval)
+}
+
+/// Sets the real CSRs the vCPU's state calls for.
+fn prepare(real: &mut RealCsrs, guest: &Guest, v: &Vcpu) {
+    if real.satp != guest.satp {
+        // SAFETY: the guest's table maps hypocaust exactly as the kernel table does.
+        unsafe { arch::switch_page_table(guest.satp) };
+        real.satp = guest.satp;
+    }
+    let fs = v.fs() as u64;
+    if real.fs != fs {
+        let mask = Sstatus::FS.bits();
+        // SAFETY: FS only gates the guest's FP use; hypocaust (built without F/D) has none.
+        unsafe {
+            core::arch::asm!("csrc sstatus, {0}", "csrs sstatus, {1}", in(reg) mask, in(reg) fs << SSTATUS_FS_SHIFT)
+        };
+        real.fs = fs;
+    }
+    let counters = v.real_scounteren();
+    if real.scounteren != counters {
+        // SAFETY: scounteren only gates U-mode counter reads.
+        unsafe { core::arch::asm!("csrw scounteren, {0}", in(reg) counters) };
+        real.scounteren = counters;
+    }
+    // The guest always runs in real U-mode.
+    // SAFETY: clearing SPP makes the next `sret` go to U-mode.
+    unsafe { core::arch::asm!("csrc sstatus, {0}", in(reg) Sstatus::SPP.bits()) };
+}
+
+/// The real timer deadline a vCPU needs: its own, unless already passed (its timer
+/// interrupt is then pending and visible without the hardware's help).
+fn wanted_timer(v: &Vcpu, now: u64) -> u64 {
+    if v.csrs.stimecmp > now {
+        v.csrs.stimecmp
+    } else {
+        u64::MAX
+    }
+}
+
+fn set_timer(real: &mut RealCsrs, deadline: u64) {
+    if real.timer != deadline {
+        timer::arm(deadline);
+        real.timer = deadline;
+    }
+}
+
+/// Acknowledges what woke or interrupted the hart. Timer interrupts need nothing: the
+/// next pass re-arms the timer from the vCPU's deadline.
+fn acknowledge(irq: Option<Interrupt>, real: &mut RealCsrs) {
+    match irq {
+        Some(Interrupt::SupervisorTimer) | None => {
+            // Force the next `set_timer` to write, which clears STIP.
+            real.timer = 0;
+        }
+        Some(Interrupt::SupervisorSoft) => {
+            // SAFETY: clearing SSIP acknowledges a cross-hart kick.
+            unsafe { core::arch::asm!("csrc sip, {0}", in(reg) Interrupts::SSI.bits()) };
+        }
+        Some(other) => log::warn!("unexpected host interrupt {other:?}"),
+    }
+}
+
+/// A guest access to an address that is not its RAM (satp is Bare, so every mapped
+/// address is RAM): the access fault real hardware gives for a missing device.
+fn missing_memory(e: Exception) -> Option<Exception> {
+    match e {
+        Exception::InstructionPageFault => Some(Exception::InstructionAccessFault),
+        Exception::LoadPageFault => Some(Exception::LoadAccessFault),
+        Exception::StorePageFault => Some(Exception::StoreAccessFault),
+        _ => None,
+    }
+}
+
+/// Runs the vCPU in `ctx` until the guest resets or stops its hart.
+pub fn run(guest: &Guest, ctx: &mut GuestContext, stats: &mut ExitStats) -> End {
+    let mut real = RealCsrs {
+        satp: 0,
+        fs: u64::MAX,
+        scounteren: u64::MAX,
+        timer: 0,
+    };
+    // SAFETY: host timer and software interrupts trap while the guest runs (U-mode); in
+    // hypocaust sstatus.SIE stays clear, so they only wake `wfi` there.
+    unsafe {
+        core::arch::asm!("csrs sie, {0}", in(reg) (Interrupts::STI | Interrupts::SSI).bits())
+    };
+    let mut host = GuestHost { guest };
+    loop {
+        let now = arch::time();
+        let lines = Lines {
+            now,
+            external: false,
+        };
+        let v = &mut ctx.vcpu;
+        v.effects = vcpu::CsrEffect::empty();
+        if v.waiting.is_some() {
+            if v.should_wake(lines) {
+                v.wake();
+            } else {
+                set_timer(&mut real, wanted_timer(v, now));
+                arch::wait_for_interrupt();
+                acknowledge(pending_host_interrupt(), &mut real);
+                continue;
+            }
+        }
+        if v.state == HartState::Stopped {
+            return End::Stopped;
+        }
+        v.take_interrupt(lines);
+        set_timer(&mut real, wanted_timer(v, now));
+        prepare(&mut real, guest, v);
+
+        // SAFETY: `prepare` set up satp, sstatus and scounteren for this guest.
+        unsafe { enter_guest(ctx) };
+
+        let (scause, stval) = read_csr_scause_stval();
+        let v = &mut ctx.vcpu;
+        if real.fs != ExtState::Off as u64 && real_fs() == ExtState::Dirty as u64 {
+            v.csrs.set_fs_dirty();
+            real.fs = ExtState::Dirty as u64;
+        }
+        let slot = (scause & 63) as usize + if scause >> 63 != 0 { 64 } else { 0 };
+        stats.counts[slot] += 1;
+        match Cause::from_scause(scause) {
+            Cause::Interrupt(irq) => acknowledge(Some(irq), &mut real),
+            Cause::Exception(e) => {
+                let action = match missing_memory(e) {
+                    Some(fault) => {
+                        v.raise(fault, stval);
+                        Action::Resume
+                    }
+                    None => v.handle_exception(e, stval, &mut host),
+                };
+                match action {
+                    Action::Resume | Action::Wait => {}
+                    Action::Stop => return End::Stopped,
+                    Action::Reset(kind) => return End::Reset(kind),
+                }
+            }
+            Cause::Unknown(code) if code >> 63 != 0 => {
+                // An interrupt hypocaust never enables: mask it so it cannot storm.
+                log::warn!("unexpected host interrupt, scause {code:#x}; masking it");
+                // SAFETY: clearing a sie bit only stops an interrupt from being taken.
+                unsafe { core::arch::asm!("csrc sie, {0}", in(reg) 1u64 << (code & 63)) };
+            }
+            Cause::Unknown(code) => {
+                // An exception hypocaust does not know (a newer extension's): the guest's.
+                v.trap(code, stval);
+            }
+        }
+    }
+}
+
+/// The real `sstatus.FS`.
+fn real_fs() -> u64 {
+    let sstatus: u64;
+    // SAFETY: reading a CSR.
+    unsafe { core::arch::asm!("csrr {0}, sstatus", out(reg) sstatus) };
+    (sstatus >> SSTATUS_FS_SHIFT) & 3
+}
+
+/// The highest-priority host interrupt pending now, if any (after `wfi`).
+fn pending_host_interrupt() -> Option<Interrupt> {
+    let sip: u64;
+    // SAFETY: reading a CSR.
+    unsafe { core::arch::asm!("csrr {0}, sip", out(reg) sip) };
+    [
+        Interrupt::SupervisorExternal,
+        Interrupt::SupervisorSoft,
+        Interrupt::SupervisorTimer,
+    ]
+    .into_iter()
+    .find(|i| sip & i.mask() != 0)
+}
