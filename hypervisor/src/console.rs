@@ -31,11 +31,7 @@ impl Uart16550 {
     /// # Safety
     /// `base` must map the device's registers for as long as the value lives.
     pub const unsafe fn new(base: *mut u8, reg_shift: u32, reg_io_width: u32) -> Self {
-        Self {
-            base,
-            reg_shift,
-            reg_io_width,
-        }
+        Self { base, reg_shift, reg_io_width }
     }
 
     fn read(&self, reg: usize) -> u8 {
@@ -56,10 +52,7 @@ impl Uart16550 {
         // SAFETY: as in `read`.
         unsafe {
             if self.reg_io_width == 4 {
-                self.base
-                    .add(offset)
-                    .cast::<u32>()
-                    .write_volatile(value as u32)
+                self.base.add(offset).cast::<u32>().write_volatile(value as u32)
             } else {
                 self.base.add(offset).write_volatile(value)
             }
@@ -138,9 +131,7 @@ impl Write for Console {
     }
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console {
-    backend: Backend::Sbi,
-});
+static CONSOLE: Mutex<Console> = Mutex::new(Console { backend: Backend::Sbi });
 
 /// Switches the console to the physical UART.
 pub fn use_uart(uart: Uart16550) {

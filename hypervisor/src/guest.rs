@@ -48,8 +48,7 @@ impl GuestMemory {
 
     /// A direct-map pointer to `[gpa, gpa + len)`, if all of it is guest RAM.
     fn ptr(&self, gpa: u64, len: usize) -> Option<*mut u8> {
-        self.translate(gpa, len as u64)
-            .map(|hpa| layout::phys_to_virt(hpa).raw() as *mut u8)
+        self.translate(gpa, len as u64).map(|hpa| layout::phys_to_virt(hpa).raw() as *mut u8)
     }
 
     /// Copies guest RAM at `gpa` into `buf`; `false` (nothing copied) if not all RAM.
@@ -226,11 +225,6 @@ impl Guest {
             self.memory.write(start, initrd);
         }
         self.memory.write(layout.dtb, &dtb);
-        Ok(vcpu::Vcpu::new(
-            0,
-            self.offer.features,
-            plan.entry,
-            layout.dtb,
-        ))
+        Ok(vcpu::Vcpu::new(0, self.offer.features, plan.entry, layout.dtb))
     }
 }

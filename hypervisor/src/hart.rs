@@ -97,16 +97,9 @@ pub fn start(hartid: usize, index: usize) -> Result<(), StartError> {
             local,
         });
     }
-    let ret = sbi_rt::hart_start(
-        hartid,
-        arch::secondary_entry_phys() as usize,
-        page.raw() as usize,
-    );
-    if ret.error != 0 {
-        Err(StartError::Sbi(ret.error as isize))
-    } else {
-        Ok(())
-    }
+    let ret =
+        sbi_rt::hart_start(hartid, arch::secondary_entry_phys() as usize, page.raw() as usize);
+    if ret.error != 0 { Err(StartError::Sbi(ret.error as isize)) } else { Ok(()) }
 }
 
 /// Rust entry of a secondary hart: on the kernel page table and its own stack.

@@ -109,9 +109,7 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
 
     let dtb_pa = HostPhysAddr::new(dtb_pa as u64);
     let Some(size) = dtb_size(dtb_pa) else {
-        refuse(format_args!(
-            "no valid device tree at {dtb_pa} (a1 from firmware)"
-        ));
+        refuse(format_args!("no valid device tree at {dtb_pa} (a1 from firmware)"));
     };
     // SAFETY: the header said the blob is `size` bytes long; it stays in place (its pages
     // are kept out of the frame allocator by `mm::init`).
@@ -137,9 +135,7 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
              (Sv39-only hosts are not supported yet)",
             mode.dt_name()
         )),
-        None => refuse(format_args!(
-            "the device tree gives the boot hart (hart {hartid}) no MMU"
-        )),
+        None => refuse(format_args!("the device tree gives the boot hart (hart {hartid}) no MMU")),
     }
 
     let sbi = SbiInfo::probe();
@@ -149,10 +145,7 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
             sbi.spec.0, sbi.spec.1
         ));
     }
-    let dtb = PhysRange {
-        start: dtb_pa,
-        end: HostPhysAddr::new(dtb_pa.raw() + size as u64),
-    };
+    let dtb = PhysRange { start: dtb_pa, end: HostPhysAddr::new(dtb_pa.raw() + size as u64) };
     let memory = match mm::init(platform, dtb) {
         Ok(report) => report,
         Err(mm::MemoryError::TooLittleRam { free }) => refuse(format_args!(
@@ -182,20 +175,9 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
     // as the early table does for everything touched from here on.
     unsafe { arch::switch_page_table(satp) };
 
-    let state = Box::leak(Box::new(BootState {
-        hartid,
-        sbi,
-        memory,
-        harts,
-    }));
+    let state = Box::leak(Box::new(BootState { hartid, sbi, memory, harts }));
     // SAFETY: stack 0 was mapped by `build_kernel_page_table` and is unused.
-    unsafe {
-        arch::run_on_stack(
-            layout::stack_top(0),
-            boot_main,
-            state as *mut BootState as usize,
-        )
-    }
+    unsafe { arch::run_on_stack(layout::stack_top(0), boot_main, state as *mut BootState as usize) }
 }
 
 /// The boot hart, on its own stack: start the other harts, report, run guests.
@@ -272,8 +254,10 @@ fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
         isa: loader::isa::guest_isa(host_isa, sstc),
         features: vcpu::Features {
             sstc,
+            fp: boot_hart.is_some_and(|h| h.isa.has_letter('f') || h.isa.has_letter('d')),
             max_satp_mode: SatpMode::Bare,
         },
+
         timebase_hz: platform.timebase_hz as u32,
     };
     let mut guests = Vec::new();
@@ -298,9 +282,7 @@ fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
 /// Runs guest `index` on this hart until it powers off (rebooting it when it asks), then
 /// powers the machine off if it was the last guest running.
 fn run_guest(index: usize) -> ! {
-    let guests = GUESTS
-        .get()
-        .expect("guests are created before harts run them");
+    let guests = GUESTS.get().expect("guests are created before harts run them");
     let g = &guests[index];
     let mut stats = run::ExitStats::default();
     loop {

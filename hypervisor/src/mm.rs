@@ -98,34 +98,22 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
     let image_start = layout::virt_to_phys(HostVirtAddr::new(sections.start)).raw();
     let image_end = layout::virt_to_phys(HostVirtAddr::new(sections.end)).raw();
 
-    let mut free: Vec<(u64, u64)> = platform
-        .memory
-        .iter()
-        .map(|r| (r.start.raw(), r.end.raw()))
-        .collect();
+    let mut free: Vec<(u64, u64)> =
+        platform.memory.iter().map(|r| (r.start.raw(), r.end.raw())).collect();
     // Firmware sits below the image in the RAM bank it was loaded into.
-    if let Some(bank) = platform
-        .memory
-        .iter()
-        .find(|r| r.contains(HostPhysAddr::new(image_start)))
+    if let Some(bank) = platform.memory.iter().find(|r| r.contains(HostPhysAddr::new(image_start)))
     {
         subtract(&mut free, (bank.start.raw(), image_end));
     }
     for r in &platform.reserved {
         subtract(&mut free, (r.start.raw(), r.end.raw()));
     }
-    let dtb_pages = (
-        dtb.start.raw() & !(PAGE_SIZE - 1),
-        dtb.end.raw().next_multiple_of(PAGE_SIZE),
-    );
+    let dtb_pages = (dtb.start.raw() & !(PAGE_SIZE - 1), dtb.end.raw().next_multiple_of(PAGE_SIZE));
     subtract(&mut free, dtb_pages);
     if let Some(initrd) = platform.initrd {
         subtract(
             &mut free,
-            (
-                initrd.start.raw() & !(PAGE_SIZE - 1),
-                initrd.end.raw().next_multiple_of(PAGE_SIZE),
-            ),
+            (initrd.start.raw() & !(PAGE_SIZE - 1), initrd.end.raw().next_multiple_of(PAGE_SIZE)),
         );
     }
 
@@ -159,20 +147,14 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
         None => 0,
     };
 
-    Ok(MemoryReport {
-        heap: heap_added + BOOT_HEAP_SIZE as u64,
-        image: image_end - image_start,
-    })
+    Ok(MemoryReport { heap: heap_added + BOOT_HEAP_SIZE as u64, image: image_end - image_start })
 }
 
 /// Allocates `count` contiguous frames, not cleared (the allocator rounds `count` up to a
 /// power of two).
 pub fn alloc_frames_uninit(count: usize) -> Option<HostPhysAddr> {
     let frame = FRAMES.lock().alloc(count)?;
-    FREE_BYTES.fetch_sub(
-        count.next_power_of_two() as u64 * PAGE_SIZE,
-        Ordering::Relaxed,
-    );
+    FREE_BYTES.fetch_sub(count.next_power_of_two() as u64 * PAGE_SIZE, Ordering::Relaxed);
     Some(HostPhysAddr::new(frame as u64 * PAGE_SIZE))
 }
 
@@ -216,15 +198,9 @@ impl Frames for KernelFrames {
     }
 }
 
-const KERNEL_DATA: PteFlags = PteFlags::R
-    .union(PteFlags::W)
-    .union(PteFlags::G)
-    .union(PteFlags::A)
-    .union(PteFlags::D);
-const KERNEL_TEXT: PteFlags = PteFlags::R
-    .union(PteFlags::X)
-    .union(PteFlags::G)
-    .union(PteFlags::A);
+const KERNEL_DATA: PteFlags =
+    PteFlags::R.union(PteFlags::W).union(PteFlags::G).union(PteFlags::A).union(PteFlags::D);
+const KERNEL_TEXT: PteFlags = PteFlags::R.union(PteFlags::X).union(PteFlags::G).union(PteFlags::A);
 const KERNEL_RODATA: PteFlags = PteFlags::R.union(PteFlags::G).union(PteFlags::A);
 
 /// Builds hypocaust's page table: the direct map of RAM (read-write, no execute), the image
@@ -232,9 +208,7 @@ const KERNEL_RODATA: PteFlags = PteFlags::R.union(PteFlags::G).union(PteFlags::A
 /// `stacks` (index order) with a guard page below each. Returns its `satp`.
 pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64, MemoryError> {
     let mut frames = KernelFrames;
-    let root = frames
-        .alloc_zeroed()
-        .ok_or(MemoryError::Map(MapError::OutOfMemory))?;
+    let root = frames.alloc_zeroed().ok_or(MemoryError::Map(MapError::OutOfMemory))?;
     let mut m = Mapper::new(root, 4, &mut frames);
     let sections = layout::image_sections();
     let image = (
@@ -264,8 +238,7 @@ pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64
     ];
     for (start, end, flags) in parts {
         if start < end {
-            m.map_range(start, start - off, end - start, flags, 0)
-                .map_err(MemoryError::Map)?;
+            m.map_range(start, start - off, end - start, flags, 0).map_err(MemoryError::Map)?;
         }
     }
     let devices = platform

@@ -165,11 +165,7 @@ fn prepare(real: &mut RealCsrs, guest: &Guest, v: &Vcpu) {
 /// The real timer deadline a vCPU needs: its own, unless already passed (its timer
 /// interrupt is then pending and visible without the hardware's help).
 fn wanted_timer(v: &Vcpu, now: u64) -> u64 {
-    if v.csrs.stimecmp > now {
-        v.csrs.stimecmp
-    } else {
-        u64::MAX
-    }
+    if v.csrs.stimecmp > now { v.csrs.stimecmp } else { u64::MAX }
 }
 
 fn set_timer(real: &mut RealCsrs, deadline: u64) {
@@ -208,12 +204,7 @@ fn missing_memory(e: Exception) -> Option<Exception> {
 
 /// Runs the vCPU in `ctx` until the guest resets or stops its hart.
 pub fn run(guest: &Guest, ctx: &mut GuestContext, stats: &mut ExitStats) -> End {
-    let mut real = RealCsrs {
-        satp: 0,
-        fs: u64::MAX,
-        scounteren: u64::MAX,
-        timer: 0,
-    };
+    let mut real = RealCsrs { satp: 0, fs: u64::MAX, scounteren: u64::MAX, timer: 0 };
     // SAFETY: host timer and software interrupts trap while the guest runs (U-mode); in
     // hypocaust sstatus.SIE stays clear, so they only wake `wfi` there.
     unsafe {
@@ -222,10 +213,7 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, stats: &mut ExitStats) -> End 
     let mut host = GuestHost { guest };
     loop {
         let now = arch::time();
-        let lines = Lines {
-            now,
-            external: false,
-        };
+        let lines = Lines { now, external: false };
         let v = &mut ctx.vcpu;
         v.effects = vcpu::CsrEffect::empty();
         if v.waiting.is_some() {
@@ -299,11 +287,7 @@ fn pending_host_interrupt() -> Option<Interrupt> {
     let sip: u64;
     // SAFETY: reading a CSR.
     unsafe { core::arch::asm!("csrr {0}, sip", out(reg) sip) };
-    [
-        Interrupt::SupervisorExternal,
-        Interrupt::SupervisorSoft,
-        Interrupt::SupervisorTimer,
-    ]
-    .into_iter()
-    .find(|i| sip & i.mask() != 0)
+    [Interrupt::SupervisorExternal, Interrupt::SupervisorSoft, Interrupt::SupervisorTimer]
+        .into_iter()
+        .find(|i| sip & i.mask() != 0)
 }

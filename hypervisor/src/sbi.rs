@@ -69,12 +69,7 @@ impl SbiInfo {
             })
             .map(|&(_, name)| name)
             .collect();
-        Self {
-            spec,
-            impl_id,
-            impl_version,
-            extensions,
-        }
+        Self { spec, impl_id, impl_version, extensions }
     }
 
     /// Whether extension `name` (as in the summary) is present.
@@ -104,20 +99,9 @@ impl SbiInfo {
 
 impl fmt::Display for SbiInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "SBI v{}.{}, {}",
-            self.spec.0,
-            self.spec.1,
-            self.impl_name()
-        )?;
+        write!(f, "SBI v{}.{}, {}", self.spec.0, self.spec.1, self.impl_name())?;
         if self.impl_id == 1 {
-            write!(
-                f,
-                " v{}.{}",
-                self.impl_version >> 16,
-                self.impl_version & 0xffff
-            )?;
+            write!(f, " v{}.{}", self.impl_version >> 16, self.impl_version & 0xffff)?;
         } else {
             write!(f, " version {:#x}", self.impl_version)?;
         }

@@ -36,10 +36,7 @@ fn mib(bytes: u64) -> u64 {
 /// Prints what hypocaust found and set up.
 pub fn print(platform: &Platform, state: &BootState) {
     let boot = platform.hart(state.hartid);
-    println!(
-        "hypocaust {}: RISC-V hypervisor without the H extension",
-        crate::VERSION
-    );
+    println!("hypocaust {}: RISC-V hypervisor without the H extension", crate::VERSION);
     println!("platform  {}", platform.model);
     let mut ids = state.harts.clone();
     ids.sort_unstable();
@@ -56,12 +53,7 @@ pub fn print(platform: &Platform, state: &BootState) {
     }
     println!("timebase  {} Hz", platform.timebase_hz);
     for bank in &platform.memory {
-        println!(
-            "memory    {} MiB at {:#x}..{:#x}",
-            mib(bank.size()),
-            bank.start,
-            bank.end
-        );
+        println!("memory    {} MiB at {:#x}..{:#x}", mib(bank.size()), bank.start, bank.end);
     }
     println!(
         "          image {} KiB, heap {} MiB, {} MiB free for guests",
@@ -80,11 +72,8 @@ pub fn print(platform: &Platform, state: &BootState) {
     }
     match &platform.plic {
         Some(p) => {
-            let mut contexts: Vec<usize> = state
-                .harts
-                .iter()
-                .filter_map(|&h| p.supervisor_context(h))
-                .collect();
+            let mut contexts: Vec<usize> =
+                state.harts.iter().filter_map(|&h| p.supervisor_context(h)).collect();
             contexts.sort_unstable();
             println!(
                 "plic      at {:#x}, {} sources, S-mode contexts {}",
@@ -96,12 +85,8 @@ pub fn print(platform: &Platform, state: &BootState) {
         None => println!("plic      none"),
     }
     if let (Some(first), Some(last)) = (platform.virtio.first(), platform.virtio.last()) {
-        let irqs: Vec<usize> = platform
-            .virtio
-            .iter()
-            .filter_map(|v| v.irq)
-            .map(|i| i as usize)
-            .collect();
+        let irqs: Vec<usize> =
+            platform.virtio.iter().filter_map(|v| v.irq).map(|i| i as usize).collect();
         println!(
             "virtio    {} mmio slots at {:#x}..{:#x} (irqs {})",
             platform.virtio.len(),

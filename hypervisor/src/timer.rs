@@ -13,11 +13,7 @@ static USE_STIMECMP: AtomicBool = AtomicBool::new(false);
 pub fn init() -> &'static str {
     let sstc = arch::trap::write_stimecmp_checked(u64::MAX);
     USE_STIMECMP.store(sstc, Ordering::Relaxed);
-    if sstc {
-        "Sstc stimecmp"
-    } else {
-        "SBI set_timer"
-    }
+    if sstc { "Sstc stimecmp" } else { "SBI set_timer" }
 }
 
 /// Asks for a supervisor timer interrupt at `deadline` (`u64::MAX`: none). Also clears a

@@ -16,17 +16,8 @@ pub fn target_dir(target: &str) -> PathBuf {
 /// Builds bare-metal binary `bin` of package `package` (release) for `target` and returns
 /// its ELF path.
 pub fn build(package: &str, bin: &str, target: &str) -> Result<PathBuf> {
-    let args = [
-        "build",
-        "--quiet",
-        "--release",
-        "--target",
-        target,
-        "--package",
-        package,
-        "--bin",
-        bin,
-    ];
+    let args =
+        ["build", "--quiet", "--release", "--target", target, "--package", package, "--bin", bin];
     run_status(Command::new(env!("CARGO")).current_dir(root()).args(args))
         .with_context(|| format!("building {package} failed"))?;
     Ok(target_dir(target).join(bin))
@@ -53,28 +44,19 @@ pub fn elf_to_image(elf: &Path, image: &Path) -> Result<()> {
     let file = ElfFile64::<object::Endianness>::parse(&*data)
         .with_context(|| format!("{} is not a 64-bit ELF file", elf.display()))?;
     let endian = file.endian();
-    let headers = file
-        .elf_header()
-        .program_headers(endian, &*data)
-        .context("program headers")?;
+    let headers = file.elf_header().program_headers(endian, &*data).context("program headers")?;
     let mut segments = Vec::new();
     for ph in headers {
         if ph.p_type(endian) != object::elf::PT_LOAD || ph.p_filesz(endian) == 0 {
             continue;
         }
-        let bytes = ph
-            .data(endian, &*data)
-            .map_err(|()| anyhow::anyhow!("truncated segment"))?;
+        let bytes = ph.data(endian, &*data).map_err(|()| anyhow::anyhow!("truncated segment"))?;
         segments.push((ph.p_paddr(endian), bytes));
     }
     let Some(base) = segments.iter().map(|s| s.0).min() else {
         bail!("{} has no loadable bytes", elf.display());
     };
-    let end = segments
-        .iter()
-        .map(|(a, b)| a + b.len() as u64)
-        .max()
-        .unwrap_or(base);
+    let end = segments.iter().map(|(a, b)| a + b.len() as u64).max().unwrap_or(base);
     let mut out = vec![0u8; usize::try_from(end - base)?];
     for (addr, bytes) in segments {
         let at = (addr - base) as usize;
@@ -91,6 +73,7 @@ pub struct GuestFiles {
     pub initrd: Option<PathBuf>,
     pub bootargs: String,
     pub memory_mib: u32,
+    pub vcpus: u32,
 }
 
 /// Packs guests into a bundle file (hypocaust's initrd) at `out`.
@@ -104,7 +87,8 @@ pub fn bundle(guests: &[GuestFiles], out: &Path) -> Result<()> {
             Ok(bundle::writer::GuestSpec {
                 name: g.name.clone(),
                 memory_mib: g.memory_mib,
-                vcpus: 1,
+                vcpus: g.vcpus,
+
                 kernel: read(&g.kernel)?,
                 initrd: g.initrd.as_deref().map(read).transpose()?,
                 bootargs: g.bootargs.clone(),

@@ -65,22 +65,12 @@ enum Cmd {
 fn run() -> Result<bool> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Run {
-            smp,
-            memory,
-            timeout,
-            kernel,
-            initrd,
-            append,
-            guest_memory,
-        } => {
+        Cmd::Run { smp, memory, timeout, kernel, initrd, append, guest_memory } => {
             provision::all()?;
             let (name, kernel) = match kernel {
-                Some(k) => (
-                    k.file_name()
-                        .map_or("guest".into(), |n| n.to_string_lossy().into_owned()),
-                    k,
-                ),
+                Some(k) => {
+                    (k.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned()), k)
+                }
                 None => ("testkernel".to_string(), artifacts::testkernel()?),
             };
             let bundle = qemu::log_dir().join("run-bundle.img");
@@ -92,6 +82,7 @@ fn run() -> Result<bool> {
                     initrd,
                     bootargs: append,
                     memory_mib: guest_memory,
+                    vcpus: 1,
                 }],
                 &bundle,
             )?;
@@ -118,10 +109,9 @@ fn lint() -> Result<bool> {
     };
     util::run_status(cargo().args(["fmt", "--all", "--check"]))?;
     util::run_status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    for (target, package) in [
-        (provision::HYPERVISOR_TARGET, "hypervisor"),
-        (provision::GUEST_TARGET, "testkernel"),
-    ] {
+    for (target, package) in
+        [(provision::HYPERVISOR_TARGET, "hypervisor"), (provision::GUEST_TARGET, "testkernel")]
+    {
         util::run_status(cargo().args([
             "clippy",
             "--release",

@@ -21,9 +21,7 @@ pub const QEMU: &str = "qemu-system-riscv64";
 const OPENSBI: &str = "/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin";
 
 fn is_root() -> bool {
-    command_output(Command::new("id").arg("-u"))
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
+    command_output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
 fn on_path(program: &str) -> bool {
@@ -70,12 +68,8 @@ pub fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     };
     if install().is_err() {
         // The package lists may be missing or stale on a fresh machine.
-        run_status(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("apt-get update failed")?;
+        run_status(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))
+            .context("apt-get update failed")?;
         install()
             .with_context(|| format!("could not install {list}; run: apt-get install {list}"))?;
     }
@@ -87,10 +81,7 @@ pub fn qemu() -> Result<()> {
     if on_path(QEMU) && Path::new(OPENSBI).exists() {
         return Ok(());
     }
-    apt_install(
-        &["qemu-system-misc", "qemu-system-data"],
-        "QEMU for riscv64 (qemu-system-misc)",
-    )?;
+    apt_install(&["qemu-system-misc", "qemu-system-data"], "QEMU for riscv64 (qemu-system-misc)")?;
     if !on_path(QEMU) {
         bail!("{QEMU} is still not on PATH after installing qemu-system-misc");
     }

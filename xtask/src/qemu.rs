@@ -95,15 +95,9 @@ impl Machine {
     /// Writes the machine's device tree to `path` (QEMU `dumpdtb`).
     pub fn dump_dtb(&self, path: &Path) -> Result<()> {
         let mut args = self.args();
-        let m = args
-            .iter()
-            .position(|a| a == "virt")
-            .expect("machine type is in the arguments");
+        let m = args.iter().position(|a| a == "virt").expect("machine type is in the arguments");
         args[m] = format!("virt,dumpdtb={}", path.display());
-        let out = Command::new(QEMU)
-            .args(&args)
-            .args(["-display", "none"])
-            .output()?;
+        let out = Command::new(QEMU).args(&args).args(["-display", "none"]).output()?;
         anyhow::ensure!(
             path.exists(),
             "QEMU did not dump the device tree: {}",
@@ -120,6 +114,8 @@ pub enum Ending {
     Exited(Option<i32>),
     /// It ran past its timeout and was killed.
     TimedOut,
+    /// The caller had seen enough and stopped it.
+    Stopped,
 }
 
 /// The result of a captured run.
@@ -184,6 +180,18 @@ fn pump(
 /// Runs `machine` with its serial console captured (and echoed if `echo`), killing it after
 /// `timeout`. The output is also saved to `target/logs/<name>.log`.
 pub fn run_captured(machine: &Machine, name: &str, timeout: Duration, echo: bool) -> Result<Run> {
+    run_until(machine, name, timeout, echo, |_| false)
+}
+
+/// Like [`run_captured`], but also stops QEMU (ending [`Ending::Stopped`]) as soon as
+/// `done` says the output so far is all that is needed.
+pub fn run_until(
+    machine: &Machine,
+    name: &str,
+    timeout: Duration,
+    echo: bool,
+    done: impl Fn(&str) -> bool,
+) -> Result<Run> {
     let mut cmd = Command::new(QEMU);
     cmd.args(machine.args())
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -191,10 +199,7 @@ pub fn run_captured(machine: &Machine, name: &str, timeout: Duration, echo: bool
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = KillOnDrop(
-        cmd.spawn()
-            .with_context(|| format!("could not start {QEMU}"))?,
-    );
+    let mut child = KillOnDrop(cmd.spawn().with_context(|| format!("could not start {QEMU}"))?);
     let output = Arc::new(Mutex::new(String::new()));
     let readers = [
         pump(child.0.stdout.take().expect("piped"), output.clone(), echo),
@@ -209,6 +214,11 @@ pub fn run_captured(machine: &Machine, name: &str, timeout: Duration, echo: bool
             let _ = child.0.wait();
             break Ending::TimedOut;
         }
+        if done(&output.lock().expect("output lock")) {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            break Ending::Stopped;
+        }
         thread::sleep(Duration::from_millis(20));
     };
     let elapsed = start.elapsed();
@@ -221,12 +231,7 @@ pub fn run_captured(machine: &Machine, name: &str, timeout: Duration, echo: bool
     std::fs::create_dir_all(&dir)?;
     let log = dir.join(format!("{}.log", name.replace('/', "-")));
     std::fs::write(&log, format!("$ {}\n{output}", machine.command_line()))?;
-    Ok(Run {
-        output,
-        ending,
-        elapsed,
-        log,
-    })
+    Ok(Run { output, ending, elapsed, log })
 }
 
 /// Runs `machine` on the terminal (serial and QEMU monitor on stdio: Ctrl-A X quits),
@@ -235,10 +240,7 @@ pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<E
     let mut cmd = Command::new(QEMU);
     cmd.args(machine.args()).arg("-nographic");
     let start = Instant::now();
-    let mut child = KillOnDrop(
-        cmd.spawn()
-            .with_context(|| format!("could not start {QEMU}"))?,
-    );
+    let mut child = KillOnDrop(cmd.spawn().with_context(|| format!("could not start {QEMU}"))?);
     loop {
         if let Some(status) = child.0.try_wait()? {
             return Ok(status);

@@ -118,10 +118,7 @@ mod tests {
         assert_eq!(r.tests.len(), 4);
         assert_eq!(r.tests[1].status, Status::Fail);
         assert_eq!(r.tests[1].diagnostics, vec!["file.rs:3: nope".to_string()]);
-        assert_eq!(
-            r.tests[1].observations,
-            vec![("stval".to_string(), "0x2".to_string())]
-        );
+        assert_eq!(r.tests[1].observations, vec![("stval".to_string(), "0x2".to_string())]);
         assert_eq!(r.tests[2].status, Status::Skip("not offered: Sv48".into()));
         assert_eq!(r.counts(), (2, 1, 1));
         assert!(!r.complete_and_green());

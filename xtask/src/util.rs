@@ -15,9 +15,7 @@ pub fn root() -> PathBuf {
 
 /// Runs a command with inherited stdio; fails on a non-zero exit.
 pub fn run_status(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }

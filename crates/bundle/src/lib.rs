@@ -54,10 +54,9 @@ impl fmt::Display for BundleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotABundle => write!(f, "not a hypocaust guest bundle (bad magic)"),
-            Self::Version(v) => write!(
-                f,
-                "bundle format version {v}; this hypocaust reads version {VERSION}"
-            ),
+            Self::Version(v) => {
+                write!(f, "bundle format version {v}; this hypocaust reads version {VERSION}")
+            }
             Self::Truncated => write!(f, "the bundle is truncated"),
             Self::BadBlob { guest } => write!(f, "guest {guest} names data outside the bundle"),
             Self::BadName { guest } => write!(f, "guest {guest} has a name that is not UTF-8"),
@@ -106,16 +105,11 @@ impl<'a> Bundle<'a> {
         let count = u32_at(data, 12).ok_or(BundleError::Truncated)? as usize;
         let size = u64_at(data, 16).ok_or(BundleError::Truncated)?;
         let size = usize::try_from(size).map_err(|_| BundleError::Truncated)?;
-        let records_end = count
-            .checked_mul(RECORD_SIZE)
-            .and_then(|r| r.checked_add(HEADER_SIZE));
+        let records_end = count.checked_mul(RECORD_SIZE).and_then(|r| r.checked_add(HEADER_SIZE));
         if size > data.len() || records_end.is_none_or(|end| end > size) {
             return Err(BundleError::Truncated);
         }
-        let bundle = Self {
-            data: &data[..size],
-            count,
-        };
+        let bundle = Self { data: &data[..size], count };
         for i in 0..count {
             bundle.guest(i)?;
         }
@@ -135,10 +129,7 @@ impl<'a> Bundle<'a> {
     /// Guest `index`.
     pub fn guest(&self, index: usize) -> Result<Guest<'a>, BundleError> {
         let at = HEADER_SIZE + index * RECORD_SIZE;
-        let record = self
-            .data
-            .get(at..at + RECORD_SIZE)
-            .ok_or(BundleError::Truncated)?;
+        let record = self.data.get(at..at + RECORD_SIZE).ok_or(BundleError::Truncated)?;
         let bad = BundleError::BadBlob { guest: index };
         let blob = |off: usize| -> Result<&'a [u8], BundleError> {
             let start = usize::try_from(u64_at(record, off).ok_or(bad)?).map_err(|_| bad)?;
@@ -201,19 +192,13 @@ pub mod writer {
         out.resize(records + guests.len() * RECORD_SIZE, 0);
         for (i, g) in guests.iter().enumerate() {
             if g.name.len() > NAME_LEN || g.name.is_empty() {
-                return Err(format!(
-                    "guest name {:?} must be 1 to {NAME_LEN} bytes",
-                    g.name
-                ));
+                return Err(format!("guest name {:?} must be 1 to {NAME_LEN} bytes", g.name));
             }
             let mut blobs = [(0u64, 0u64); 3];
-            for (slot, data) in [
-                &g.kernel[..],
-                g.initrd.as_deref().unwrap_or(&[]),
-                g.bootargs.as_bytes(),
-            ]
-            .into_iter()
-            .enumerate()
+            for (slot, data) in
+                [&g.kernel[..], g.initrd.as_deref().unwrap_or(&[]), g.bootargs.as_bytes()]
+                    .into_iter()
+                    .enumerate()
             {
                 if !data.is_empty() {
                     align(&mut out);
@@ -259,11 +244,7 @@ mod tests {
     fn round_trip() {
         let data = build(&[
             spec("linux"),
-            GuestSpec {
-                initrd: None,
-                bootargs: String::new(),
-                ..spec("test")
-            },
+            GuestSpec { initrd: None, bootargs: String::new(), ..spec("test") },
         ])
         .unwrap();
         let b = Bundle::parse(&data).unwrap();
@@ -276,10 +257,7 @@ mod tests {
         );
         assert_eq!(g.kernel, &[0xAA; 5000][..]);
         assert_eq!(g.initrd, Some(&[0xBB; 10][..]));
-        assert_eq!(
-            g.kernel.as_ptr() as usize % 4096,
-            data.as_ptr() as usize % 4096
-        );
+        assert_eq!(g.kernel.as_ptr() as usize % 4096, data.as_ptr() as usize % 4096);
         let t = b.guest(1).unwrap();
         assert_eq!((t.name, t.initrd, t.bootargs), ("test", None, ""));
         assert_eq!(b.guests().count(), 2);
@@ -292,32 +270,20 @@ mod tests {
     #[test]
     fn damage_is_detected() {
         let data = build(&[spec("linux")]).unwrap();
-        assert_eq!(
-            Bundle::parse(&data[..10]).unwrap_err(),
-            BundleError::NotABundle
-        );
-        assert_eq!(
-            Bundle::parse(&data[..data.len() - 1]).unwrap_err(),
-            BundleError::Truncated
-        );
+        assert_eq!(Bundle::parse(&data[..10]).unwrap_err(), BundleError::NotABundle);
+        assert_eq!(Bundle::parse(&data[..data.len() - 1]).unwrap_err(), BundleError::Truncated);
         let mut v = data.clone();
         v[8] = 9;
         assert_eq!(Bundle::parse(&v).unwrap_err(), BundleError::Version(9));
         let mut v = data.clone();
         v[HEADER_SIZE + 48..HEADER_SIZE + 56].copy_from_slice(&u64::MAX.to_le_bytes()); // kernel size
-        assert_eq!(
-            Bundle::parse(&v).unwrap_err(),
-            BundleError::BadBlob { guest: 0 }
-        );
+        assert_eq!(Bundle::parse(&v).unwrap_err(), BundleError::BadBlob { guest: 0 });
         let mut v = data.clone();
         v[12..16].copy_from_slice(&1000u32.to_le_bytes()); // guest count
         assert_eq!(Bundle::parse(&v).unwrap_err(), BundleError::Truncated);
         let mut v = data;
         v[HEADER_SIZE] = 0xFF;
-        assert_eq!(
-            Bundle::parse(&v).unwrap_err(),
-            BundleError::BadName { guest: 0 }
-        );
+        assert_eq!(Bundle::parse(&v).unwrap_err(), BundleError::BadName { guest: 0 });
         assert!(build(&[spec(&"x".repeat(33))]).is_err());
     }
 }

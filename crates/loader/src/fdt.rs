@@ -96,10 +96,7 @@ mod tests {
         let fdt = fdt::Fdt::new(&blob).unwrap();
         assert_eq!(fdt.chosen().bootargs(), Some("console=hvc0"));
         let r = fdt.memory().regions().next().unwrap();
-        assert_eq!(
-            (r.starting_address as u64, r.size),
-            (0x8000_0000, Some(256 << 20))
-        );
+        assert_eq!((r.starting_address as u64, r.size), (0x8000_0000, Some(256 << 20)));
         let cpus: Vec<_> = fdt.cpus().collect();
         assert_eq!(cpus.len(), 2);
         assert_eq!(cpus[1].ids().first(), 1);
@@ -107,16 +104,11 @@ mod tests {
             cpus[0].property("riscv,isa").and_then(|p| p.as_str()),
             Some("rv64imafdc_zicsr_sstc")
         );
-        assert_eq!(
-            cpus[0].property("mmu-type").and_then(|p| p.as_str()),
-            Some("riscv,sv39")
-        );
+        assert_eq!(cpus[0].property("mmu-type").and_then(|p| p.as_str()), Some("riscv,sv39"));
         assert_eq!(cpus[0].timebase_frequency(), 10_000_000);
         let chosen = fdt.find_node("/chosen").unwrap();
         assert_eq!(
-            chosen
-                .property("linux,initrd-start")
-                .and_then(|p| p.as_usize()),
+            chosen.property("linux,initrd-start").and_then(|p| p.as_usize()),
             Some(0x8800_0000)
         );
         assert!(fdt.find_node("/cpus/cpu@1/interrupt-controller").is_some());

@@ -38,11 +38,7 @@ pub struct Plan<'a> {
 impl Plan<'_> {
     /// First guest-physical address past everything the image occupies.
     pub fn end(&self) -> u64 {
-        self.segments
-            .iter()
-            .map(|s| s.gpa + s.mem_size)
-            .max()
-            .unwrap_or(self.entry)
+        self.segments.iter().map(|s| s.gpa + s.mem_size).max().unwrap_or(self.entry)
     }
 }
 
@@ -64,10 +60,7 @@ impl fmt::Display for ImageError {
         match self {
             Self::Empty => write!(f, "the kernel image is empty"),
             Self::DoesNotFit { gpa, size } => {
-                write!(
-                    f,
-                    "the kernel needs {size:#x} bytes at {gpa:#x}, outside the guest's RAM"
-                )
+                write!(f, "the kernel needs {size:#x} bytes at {gpa:#x}, outside the guest's RAM")
             }
             Self::BadElf(why) => write!(f, "unusable ELF kernel: {why}"),
         }
@@ -96,51 +89,32 @@ pub fn plan(image: &[u8], ram_base: u64, ram_size: u64) -> Result<Plan<'_>, Imag
         let image_size = u64_at(image, 16).unwrap_or(0);
         let gpa = ram_base
             .checked_add(text_offset)
-            .ok_or(ImageError::DoesNotFit {
-                gpa: u64::MAX,
-                size: 0,
-            })?;
+            .ok_or(ImageError::DoesNotFit { gpa: u64::MAX, size: 0 })?;
         // image_size counts bss; 0 means "unknown" (old kernels): the file size then.
         let mem_size = image_size.max(image.len() as u64);
         Plan {
             kind: Kind::LinuxImage,
             entry: gpa,
-            segments: Vec::from([Segment {
-                gpa,
-                data: image,
-                mem_size,
-            }]),
+            segments: Vec::from([Segment { gpa, data: image, mem_size }]),
         }
     } else {
         let gpa = ram_base + DEFAULT_TEXT_OFFSET;
         Plan {
             kind: Kind::Raw,
             entry: gpa,
-            segments: Vec::from([Segment {
-                gpa,
-                data: image,
-                mem_size: image.len() as u64,
-            }]),
+            segments: Vec::from([Segment { gpa, data: image, mem_size: image.len() as u64 }]),
         }
     };
     let ram_end = ram_base + ram_size;
     for s in &plan.segments {
-        let fits = s.gpa >= ram_base
-            && s.gpa
-                .checked_add(s.mem_size)
-                .is_some_and(|end| end <= ram_end);
+        let fits =
+            s.gpa >= ram_base && s.gpa.checked_add(s.mem_size).is_some_and(|end| end <= ram_end);
         if !fits {
-            return Err(ImageError::DoesNotFit {
-                gpa: s.gpa,
-                size: s.mem_size,
-            });
+            return Err(ImageError::DoesNotFit { gpa: s.gpa, size: s.mem_size });
         }
     }
     if !(ram_base..ram_end).contains(&plan.entry) {
-        return Err(ImageError::DoesNotFit {
-            gpa: plan.entry,
-            size: 0,
-        });
+        return Err(ImageError::DoesNotFit { gpa: plan.entry, size: 0 });
     }
     Ok(plan)
 }
@@ -165,9 +139,7 @@ fn elf(d: &[u8]) -> Result<Plan<'_>, ImageError> {
     }
     let mut segments = Vec::new();
     for i in 0..phnum {
-        let ph = phoff
-            .checked_add(i * phentsize)
-            .ok_or(bad("program header out of range"))?;
+        let ph = phoff.checked_add(i * phentsize).ok_or(bad("program header out of range"))?;
         if u32_at(d, ph) != Some(PT_LOAD) {
             continue;
         }
@@ -176,29 +148,17 @@ fn elf(d: &[u8]) -> Result<Plan<'_>, ImageError> {
         if memsz == 0 {
             continue;
         }
-        let end = offset
-            .checked_add(filesz)
-            .ok_or(bad("segment out of range"))?;
-        let data = d
-            .get(offset as usize..end as usize)
-            .ok_or(bad("segment out of range"))?;
+        let end = offset.checked_add(filesz).ok_or(bad("segment out of range"))?;
+        let data = d.get(offset as usize..end as usize).ok_or(bad("segment out of range"))?;
         if filesz > memsz {
             return Err(bad("segment file size exceeds its memory size"));
         }
-        segments.push(Segment {
-            gpa: paddr,
-            data,
-            mem_size: memsz,
-        });
+        segments.push(Segment { gpa: paddr, data, mem_size: memsz });
     }
     if segments.is_empty() {
         return Err(bad("no loadable segments"));
     }
-    Ok(Plan {
-        kind: Kind::Elf,
-        entry,
-        segments,
-    })
+    Ok(Plan { kind: Kind::Elf, entry, segments })
 }
 
 #[cfg(test)]
@@ -228,10 +188,7 @@ mod tests {
         let zero = linux_image(0x40_0000, 0, 8192);
         assert_eq!(plan(&zero, BASE, SIZE).unwrap().segments[0].mem_size, 8192);
         let huge = linux_image(0x20_0000, SIZE, 4096);
-        assert!(matches!(
-            plan(&huge, BASE, SIZE),
-            Err(ImageError::DoesNotFit { .. })
-        ));
+        assert!(matches!(plan(&huge, BASE, SIZE), Err(ImageError::DoesNotFit { .. })));
         let wraps = linux_image(u64::MAX, 0, 4096);
         assert!(plan(&wraps, BASE, SIZE).is_err());
     }
@@ -270,35 +227,19 @@ mod tests {
         assert_eq!((p.kind, p.entry), (Kind::Elf, 0x8040_0000));
         assert_eq!(
             p.segments,
-            [Segment {
-                gpa: 0x8040_0000,
-                data: &f[0x100..0x200],
-                mem_size: 0x2000
-            }]
+            [Segment { gpa: 0x8040_0000, data: &f[0x100..0x200], mem_size: 0x2000 }]
         );
         assert!(plan(&elf_file(0x1000, 0x1000, 0x100, 0x100), BASE, SIZE).is_err());
         assert!(
-            plan(
-                &elf_file(0x8040_0000, 0x9000_0000, 0x100, 0x100),
-                BASE,
-                SIZE
-            )
-            .is_err(),
+            plan(&elf_file(0x8040_0000, 0x9000_0000, 0x100, 0x100), BASE, SIZE).is_err(),
             "entry outside RAM"
         );
         assert!(matches!(
-            plan(
-                &elf_file(0x8040_0000, 0x8040_0000, 0x1000, 0x1000),
-                BASE,
-                SIZE
-            ),
+            plan(&elf_file(0x8040_0000, 0x8040_0000, 0x1000, 0x1000), BASE, SIZE),
             Err(ImageError::BadElf(_))
         ));
         let mut arm = elf_file(0x8040_0000, 0x8040_0000, 0x100, 0x100);
         arm[18] = 183;
-        assert_eq!(
-            plan(&arm, BASE, SIZE),
-            Err(ImageError::BadElf("not a RISC-V file"))
-        );
+        assert_eq!(plan(&arm, BASE, SIZE), Err(ImageError::BadElf("not a RISC-V file")));
     }
 }

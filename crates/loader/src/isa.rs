@@ -87,10 +87,7 @@ mod tests {
     fn qemu_isa_passes_unchanged() {
         let q = "rv64imafdc_zicsr_zifencei_zihintpause_zba_zbb_zbc_zbs_sstc";
         assert_eq!(guest_isa(q, true), q);
-        assert_eq!(
-            guest_isa(q, false),
-            "rv64imafdc_zicsr_zifencei_zihintpause_zba_zbb_zbc_zbs"
-        );
+        assert_eq!(guest_isa(q, false), "rv64imafdc_zicsr_zifencei_zihintpause_zba_zbb_zbc_zbs");
     }
 
     #[test]

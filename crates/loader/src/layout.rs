@@ -43,30 +43,22 @@ pub fn place(
     dtb_len: u64,
 ) -> Result<Layout, TooSmall> {
     let ram_end = ram_base + ram_size;
-    let dtb = ram_end
-        .checked_sub(dtb_len)
-        .map(|a| a & !(DTB_ALIGN - 1))
-        .unwrap_or(0);
+    let dtb = ram_end.checked_sub(dtb_len).map(|a| a & !(DTB_ALIGN - 1)).unwrap_or(0);
     if dtb < kernel_end {
-        return Err(TooSmall {
-            needed: kernel_end - dtb,
-        });
+        return Err(TooSmall { needed: kernel_end - dtb });
     }
     let initrd = match initrd_len {
         None | Some(0) => None,
         Some(len) => {
-            let preferred = (entry + (ram_size / 2).min(128 << 20))
-                .next_multiple_of(4096)
-                .max(kernel_end);
+            let preferred =
+                (entry + (ram_size / 2).min(128 << 20)).next_multiple_of(4096).max(kernel_end);
             let start = if preferred + len <= dtb {
                 preferred
             } else {
                 match dtb.checked_sub(len) {
                     Some(below) if below & !0xfff >= kernel_end => below & !0xfff,
                     _ => {
-                        return Err(TooSmall {
-                            needed: (kernel_end + len).saturating_sub(dtb),
-                        });
+                        return Err(TooSmall { needed: (kernel_end + len).saturating_sub(dtb) });
                     }
                 }
             };
@@ -85,29 +77,13 @@ mod tests {
     #[test]
     fn like_qemu() {
         // 256 MiB: device tree at 0x8fe00000, initrd 128 MiB above the entry.
-        let l = place(
-            BASE,
-            256 << 20,
-            0x8020_0000,
-            0x8100_0000,
-            Some(1 << 20),
-            0x1000,
-        )
-        .unwrap();
-        assert_eq!(
-            l,
-            Layout {
-                dtb: 0x8fe0_0000,
-                initrd: Some(0x8820_0000)
-            }
-        );
+        let l = place(BASE, 256 << 20, 0x8020_0000, 0x8100_0000, Some(1 << 20), 0x1000).unwrap();
+        assert_eq!(l, Layout { dtb: 0x8fe0_0000, initrd: Some(0x8820_0000) });
         // 64 MiB: halfway.
         let l = place(BASE, 64 << 20, 0x8020_0000, 0x8030_0000, Some(4096), 0x1000).unwrap();
         assert_eq!(l.initrd, Some(0x8220_0000));
         assert_eq!(
-            place(BASE, 64 << 20, 0x8020_0000, 0x8030_0000, None, 0x1000)
-                .unwrap()
-                .initrd,
+            place(BASE, 64 << 20, 0x8020_0000, 0x8030_0000, None, 0x1000).unwrap().initrd,
             None
         );
     }
@@ -115,27 +91,9 @@ mod tests {
     #[test]
     fn big_initrds_move_below_the_device_tree() {
         // 126 MiB does not fit between 0x8820_0000 and the tree at 0x8fe0_0000.
-        let l = place(
-            BASE,
-            256 << 20,
-            0x8020_0000,
-            0x8100_0000,
-            Some(126 << 20),
-            0x1000,
-        )
-        .unwrap();
+        let l = place(BASE, 256 << 20, 0x8020_0000, 0x8100_0000, Some(126 << 20), 0x1000).unwrap();
         assert_eq!(l.initrd, Some(0x8fe0_0000 - (126 << 20)));
-        assert!(
-            place(
-                BASE,
-                256 << 20,
-                0x8020_0000,
-                0x8100_0000,
-                Some(250 << 20),
-                0x1000
-            )
-            .is_err()
-        );
+        assert!(place(BASE, 256 << 20, 0x8020_0000, 0x8100_0000, Some(250 << 20), 0x1000).is_err());
         assert!(
             place(BASE, 4 << 20, 0x8020_0000, 0x8040_0000, None, 0x1000).is_err(),
             "no room for the tree"

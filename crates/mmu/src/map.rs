@@ -38,11 +38,7 @@ pub struct Mapper<'a, F: Frames> {
 impl<'a, F: Frames> Mapper<'a, F> {
     /// Edits the tree whose root table is at `root`.
     pub fn new(root: HostPhysAddr, levels: u32, frames: &'a mut F) -> Self {
-        Self {
-            root,
-            levels,
-            frames,
-        }
+        Self { root, levels, frames }
     }
 
     /// The root table.
@@ -100,8 +96,7 @@ impl<'a, F: Frames> Mapper<'a, F> {
                 HostPhysAddr::new(pte.phys_addr())
             } else {
                 let next = self.frames.alloc_zeroed().ok_or(MapError::OutOfMemory)?;
-                self.frames
-                    .write_pte(table, index, Pte::new(next.page_number(), PteFlags::V));
+                self.frames.write_pte(table, index, Pte::new(next.page_number(), PteFlags::V));
                 next
             };
         }
@@ -109,8 +104,7 @@ impl<'a, F: Frames> Mapper<'a, F> {
         if self.frames.read_pte(table, index).is_valid() {
             return Err(MapError::AlreadyMapped { va });
         }
-        self.frames
-            .write_pte(table, index, Pte::new(pa >> 12, flags | PteFlags::V));
+        self.frames.write_pte(table, index, Pte::new(pa >> 12, flags | PteFlags::V));
         Ok(())
     }
 
@@ -157,16 +151,9 @@ mod tests {
         let mut m = Mapper::new(root, 4, &mut frames);
         // 0x8000_0000..0xC020_0000 at the direct-map offset: one 1 GiB page, then one 2 MiB.
         let off = 0xFFFF_8000_0000_0000u64;
-        m.map_range(off + 0x8000_0000, 0x8000_0000, 0x4020_0000, rw(), 2)
-            .unwrap();
-        assert_eq!(
-            m.translate(off + 0x8000_1234),
-            Some((0x8000_1234, 2, rw() | PteFlags::V))
-        );
-        assert_eq!(
-            m.translate(off + 0xC010_0000).map(|t| (t.0, t.1)),
-            Some((0xC010_0000, 1))
-        );
+        m.map_range(off + 0x8000_0000, 0x8000_0000, 0x4020_0000, rw(), 2).unwrap();
+        assert_eq!(m.translate(off + 0x8000_1234), Some((0x8000_1234, 2, rw() | PteFlags::V)));
+        assert_eq!(m.translate(off + 0xC010_0000).map(|t| (t.0, t.1)), Some((0xC010_0000, 1)));
         assert_eq!(m.translate(off + 0xC020_0000), None);
         // Root + one level-2 table + one level-1 table.
         assert_eq!(frames.allocated, 3);
@@ -177,18 +164,11 @@ mod tests {
         let mut frames = TestFrames::new(64);
         let root = frames.alloc_zeroed().unwrap();
         let mut m = Mapper::new(root, 3, &mut frames);
-        m.map_range(0x1000, 0x8000_1000, 0x20_0000, rw(), 2)
-            .unwrap();
+        m.map_range(0x1000, 0x8000_1000, 0x20_0000, rw(), 2).unwrap();
         assert_eq!(m.translate(0x1000).map(|t| t.1), Some(0));
         assert_eq!(m.translate(0x20_0fff).map(|t| t.0), Some(0x8020_0fff));
-        assert_eq!(
-            m.map_range(0x1001, 0, 0x1000, rw(), 0),
-            Err(MapError::Misaligned)
-        );
-        assert_eq!(
-            m.map_range(!0xfff, 0, 0x2000, rw(), 0),
-            Err(MapError::Misaligned)
-        );
+        assert_eq!(m.map_range(0x1001, 0, 0x1000, rw(), 0), Err(MapError::Misaligned));
+        assert_eq!(m.map_range(!0xfff, 0, 0x2000, rw(), 0), Err(MapError::Misaligned));
     }
 
     #[test]
@@ -196,8 +176,7 @@ mod tests {
         let mut frames = TestFrames::new(3);
         let root = frames.alloc_zeroed().unwrap();
         let mut m = Mapper::new(root, 3, &mut frames);
-        m.map_range(0x20_0000, 0x8020_0000, 0x20_0000, rw(), 1)
-            .unwrap();
+        m.map_range(0x20_0000, 0x8020_0000, 0x20_0000, rw(), 1).unwrap();
         assert_eq!(
             m.map_page(0x20_1000, 0, 0, rw()),
             Err(MapError::AlreadyMapped { va: 0x20_1000 })
@@ -207,10 +186,7 @@ mod tests {
             Err(MapError::AlreadyMapped { va: 0x20_0000 })
         );
         // Root and one level-1 table used; the next 4 KiB mapping needs two more tables.
-        assert_eq!(
-            m.map_page(0x4000_0000, 0, 0, rw()),
-            Err(MapError::OutOfMemory)
-        );
+        assert_eq!(m.map_page(0x4000_0000, 0, 0, rw()), Err(MapError::OutOfMemory));
     }
 
     #[test]
@@ -223,10 +199,7 @@ mod tests {
         let shadow_root = frames.alloc_zeroed().unwrap();
         let mut shadow = Mapper::new(shadow_root, 4, &mut frames);
         shadow.share_root_entries(host_root, 256..511);
-        assert_eq!(
-            shadow.translate(0xFFFF_8000_0000_1000).map(|t| t.0),
-            Some(0x1000)
-        );
+        assert_eq!(shadow.translate(0xFFFF_8000_0000_1000).map(|t| t.0), Some(0x1000));
         assert_eq!(shadow.translate(0x1000), None);
     }
 }

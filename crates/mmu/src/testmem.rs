@@ -77,12 +77,7 @@ pub struct TestFrames {
 
 impl TestFrames {
     pub fn new(limit: usize) -> Self {
-        Self {
-            mem: SparseMemory::default(),
-            next: 0x1_0000_0000,
-            allocated: 0,
-            limit,
-        }
+        Self { mem: SparseMemory::default(), next: 0x1_0000_0000, allocated: 0, limit }
     }
 }
 

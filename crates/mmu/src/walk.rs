@@ -179,12 +179,7 @@ fn walk_once(
         };
         let offset_mask = PagingGeometry::page_size(level) - 1;
         let gpa = (pte.phys_addr() & !offset_mask) | (va.raw() & offset_mask);
-        return Ok(Step::Done(Translation {
-            gpa: GuestPhysAddr::new(gpa),
-            level,
-            pte,
-            pte_addr,
-        }));
+        return Ok(Step::Done(Translation { gpa: GuestPhysAddr::new(gpa), level, pte, pte_addr }));
     }
     // Ran out of levels with a pointer PTE.
     Err(fault)
@@ -197,11 +192,7 @@ fn check_reserved_bits(pte: Pte, features: WalkFeatures) -> Result<(), ()> {
     } else if pte.0 & Pte::PBMT_MASK == Pte::PBMT_MASK {
         return Err(());
     }
-    if pte.0 & reserved != 0 {
-        Err(())
-    } else {
-        Ok(())
-    }
+    if pte.0 & reserved != 0 { Err(()) } else { Ok(()) }
 }
 
 fn check_leaf(pte: Pte, level: u32, access: Access) -> Result<(), ()> {
@@ -247,40 +238,20 @@ mod tests {
     }
 
     fn access(kind: AccessType) -> Access {
-        Access {
-            kind,
-            user: false,
-            sum: false,
-            mxr: false,
-        }
+        Access { kind, user: false, sum: false, mxr: false }
     }
 
     /// Builds an Sv39 table mapping `va` with a 4 KiB leaf of `flags` to `pa`.
     fn map_4k(mem: &SparseMemory, va: u64, pa: u64, flags: PteFlags) {
         let l1 = ROOT + 0x1000;
         let l0 = ROOT + 0x2000;
-        mem.write(
-            ROOT + 8 * PagingGeometry::vpn(va, 2) as u64,
-            Pte::new(l1 >> 12, PteFlags::V).0,
-        );
-        mem.write(
-            l1 + 8 * PagingGeometry::vpn(va, 1) as u64,
-            Pte::new(l0 >> 12, PteFlags::V).0,
-        );
-        mem.write(
-            l0 + 8 * PagingGeometry::vpn(va, 0) as u64,
-            Pte::new(pa >> 12, flags).0,
-        );
+        mem.write(ROOT + 8 * PagingGeometry::vpn(va, 2) as u64, Pte::new(l1 >> 12, PteFlags::V).0);
+        mem.write(l1 + 8 * PagingGeometry::vpn(va, 1) as u64, Pte::new(l0 >> 12, PteFlags::V).0);
+        mem.write(l0 + 8 * PagingGeometry::vpn(va, 0) as u64, Pte::new(pa >> 12, flags).0);
     }
 
     fn go(mem: &SparseMemory, va: u64, a: Access) -> Result<Translation, Exception> {
-        translate(
-            mem,
-            sv39(),
-            GuestVirtAddr::new(va),
-            a,
-            WalkFeatures::default(),
-        )
+        translate(mem, sv39(), GuestVirtAddr::new(va), a, WalkFeatures::default())
     }
 
     #[test]
@@ -323,10 +294,7 @@ mod tests {
         assert_eq!(t.page_size(), 1 << 30);
         // Misaligned gigapage: PPN not a multiple of 2^18.
         mem.write(ROOT + 3 * 8, Pte::new((0x8020_0000) >> 12, rwx()).0);
-        assert_eq!(
-            go(&mem, 0xC000_0000, access(AccessType::Read)),
-            Err(Exception::LoadPageFault)
-        );
+        assert_eq!(go(&mem, 0xC000_0000, access(AccessType::Read)), Err(Exception::LoadPageFault));
         // 2 MiB leaf.
         let l1 = ROOT + 0x1000;
         mem.write(ROOT, Pte::new(l1 >> 12, PteFlags::V).0);
@@ -374,10 +342,7 @@ mod tests {
             let mem = SparseMemory::default();
             map_4k(&mem, 0x1000, 0x8000_0000, rwx());
             mem.write(ROOT, mem.read(ROOT) | flag.bits());
-            assert_eq!(
-                go(&mem, 0x1000, access(AccessType::Write)),
-                Err(Exception::StorePageFault)
-            );
+            assert_eq!(go(&mem, 0x1000, access(AccessType::Write)), Err(Exception::StorePageFault));
         }
         // A pointer at the last level.
         let mem = SparseMemory::default();
@@ -413,27 +378,11 @@ mod tests {
         let mem = SparseMemory::default();
         map_4k(&mem, 0x1000, 0x8000_0000, rwx() | PteFlags::U);
         map_4k(&mem, 0x2000, 0x8000_1000, rwx());
-        let user = |kind| Access {
-            kind,
-            user: true,
-            sum: false,
-            mxr: false,
-        };
-        let sup = |kind, sum| Access {
-            kind,
-            user: false,
-            sum,
-            mxr: false,
-        };
+        let user = |kind| Access { kind, user: true, sum: false, mxr: false };
+        let sup = |kind, sum| Access { kind, user: false, sum, mxr: false };
         assert!(go(&mem, 0x1000, user(AccessType::Read)).is_ok());
-        assert_eq!(
-            go(&mem, 0x2000, user(AccessType::Read)),
-            Err(Exception::LoadPageFault)
-        );
-        assert_eq!(
-            go(&mem, 0x1000, sup(AccessType::Read, false)),
-            Err(Exception::LoadPageFault)
-        );
+        assert_eq!(go(&mem, 0x2000, user(AccessType::Read)), Err(Exception::LoadPageFault));
+        assert_eq!(go(&mem, 0x1000, sup(AccessType::Read, false)), Err(Exception::LoadPageFault));
         assert!(go(&mem, 0x1000, sup(AccessType::Read, true)).is_ok());
         assert!(go(&mem, 0x1000, sup(AccessType::Write, true)).is_ok());
         // SUM never allows S-mode to execute U pages.
@@ -444,21 +393,10 @@ mod tests {
         // MXR: loads from execute-only pages.
         let mem = SparseMemory::default();
         map_4k(&mem, 0x3000, 0x8000_2000, PteFlags::V | PteFlags::X);
-        assert_eq!(
-            go(&mem, 0x3000, access(AccessType::Read)),
-            Err(Exception::LoadPageFault)
-        );
-        let mxr = Access {
-            kind: AccessType::Read,
-            user: false,
-            sum: false,
-            mxr: true,
-        };
+        assert_eq!(go(&mem, 0x3000, access(AccessType::Read)), Err(Exception::LoadPageFault));
+        let mxr = Access { kind: AccessType::Read, user: false, sum: false, mxr: true };
         assert!(go(&mem, 0x3000, mxr).is_ok());
-        assert_eq!(
-            go(&mem, 0x3000, access(AccessType::Write)),
-            Err(Exception::StorePageFault)
-        );
+        assert_eq!(go(&mem, 0x3000, access(AccessType::Write)), Err(Exception::StorePageFault));
     }
 
     #[test]
@@ -470,10 +408,7 @@ mod tests {
             Err(Exception::LoadPageFault)
         );
         assert!(go(&mem, 0x3F_FFFF_F000, access(AccessType::Read)).is_err()); // unmapped, but canonical
-        assert_eq!(
-            go(&mem, 0x1000, access(AccessType::Read)).map(|t| t.gpa.raw()),
-            Ok(0x1000)
-        );
+        assert_eq!(go(&mem, 0x1000, access(AccessType::Read)).map(|t| t.gpa.raw()), Ok(0x1000));
     }
 
     #[test]
@@ -482,14 +417,8 @@ mod tests {
         let satp = Satp::new(SatpMode::Sv48, 0, ROOT >> 12);
         let va = 0x0000_5765_4321_0000u64;
         let l2 = ROOT + 0x1000;
-        mem.write(
-            ROOT + 8 * PagingGeometry::vpn(va, 3) as u64,
-            Pte::new(l2 >> 12, PteFlags::V).0,
-        );
-        mem.write(
-            l2 + 8 * PagingGeometry::vpn(va, 2) as u64,
-            Pte::new(0xC000_0000 >> 12, rwx()).0,
-        );
+        mem.write(ROOT + 8 * PagingGeometry::vpn(va, 3) as u64, Pte::new(l2 >> 12, PteFlags::V).0);
+        mem.write(l2 + 8 * PagingGeometry::vpn(va, 2) as u64, Pte::new(0xC000_0000 >> 12, rwx()).0);
         let t = translate(
             &mem,
             satp,
@@ -503,14 +432,7 @@ mod tests {
         // Not canonical for Sv48.
         let bad = GuestVirtAddr::new(0x0001_0000_0000_0000);
         assert!(
-            translate(
-                &mem,
-                satp,
-                bad,
-                access(AccessType::Read),
-                WalkFeatures::default()
-            )
-            .is_err()
+            translate(&mem, satp, bad, access(AccessType::Read), WalkFeatures::default()).is_err()
         );
     }
 
@@ -519,10 +441,7 @@ mod tests {
         let mem = SparseMemory::default();
         mem.write(ROOT, Pte::new(0x1_0000_0000 >> 12, PteFlags::V).0); // points outside RAM
         mem.deny_above(0x9000_0000);
-        assert_eq!(
-            go(&mem, 0x1000, access(AccessType::Read)),
-            Err(Exception::LoadPageFault)
-        );
+        assert_eq!(go(&mem, 0x1000, access(AccessType::Read)), Err(Exception::LoadPageFault));
     }
 
     #[test]

@@ -20,10 +20,7 @@ impl Isa {
     /// Parses an ISA string; unknown parts are kept, never rejected.
     pub fn parse(raw: &str) -> Self {
         let lower = raw.to_ascii_lowercase();
-        let mut isa = Self {
-            raw: raw.to_string(),
-            ..Self::default()
-        };
+        let mut isa = Self { raw: raw.to_string(), ..Self::default() };
         let mut parts = lower.split('_');
         let first = parts.next().unwrap_or("");
         let Some(rest) = first.strip_prefix("rv") else {
@@ -46,11 +43,9 @@ impl Isa {
             for c in ['i', 'm', 'a', 'f', 'd'] {
                 isa.letters |= 1 << (c as u32 - 'a' as u32);
             }
-            isa.extensions
-                .extend(["zicsr", "zifencei"].map(ToString::to_string));
+            isa.extensions.extend(["zicsr", "zifencei"].map(ToString::to_string));
         }
-        isa.extensions
-            .extend(parts.filter(|p| !p.is_empty()).map(ToString::to_string));
+        isa.extensions.extend(parts.filter(|p| !p.is_empty()).map(ToString::to_string));
         isa
     }
 

@@ -145,9 +145,7 @@ impl Platform {
     /// Reads the platform from a flattened device tree.
     pub fn from_dtb(blob: &[u8]) -> Result<Self, PlatformError> {
         let fdt = Fdt::new(blob).map_err(|_| PlatformError::BadBlob)?;
-        let cpus = fdt
-            .find_node("/cpus")
-            .ok_or(PlatformError::Missing("/cpus node"))?;
+        let cpus = fdt.find_node("/cpus").ok_or(PlatformError::Missing("/cpus node"))?;
         let harts: Vec<Hart> = cpus
             .children()
             .filter(|n| prop_str(n, "device_type") == Some("cpu"))
@@ -157,10 +155,7 @@ impl Platform {
             return Err(PlatformError::Missing("cpu nodes"));
         }
         let timebase_hz = prop_uint(&cpus, "timebase-frequency")
-            .or_else(|| {
-                cpus.children()
-                    .find_map(|c| prop_uint(&c, "timebase-frequency"))
-            })
+            .or_else(|| cpus.children().find_map(|c| prop_uint(&c, "timebase-frequency")))
             .ok_or(PlatformError::Missing("timebase-frequency"))?;
 
         let memory = fdt
@@ -185,8 +180,7 @@ impl Platform {
             .and_then(|path| fdt.find_node(path))
             .filter(|n| is_compatible(n, UART_COMPATIBLE))
             .or_else(|| {
-                fdt.all_nodes()
-                    .find(|n| is_compatible(n, UART_COMPATIBLE) && is_enabled(n))
+                fdt.all_nodes().find(|n| is_compatible(n, UART_COMPATIBLE) && is_enabled(n))
             })
             .and_then(|n| parse_uart(&n));
 
@@ -200,24 +194,17 @@ impl Platform {
             .filter(|n| is_compatible(n, &["virtio,mmio"]) && is_enabled(n))
             .filter_map(|n| {
                 let region = regions(n).next()?;
-                Some(MmioDevice {
-                    region,
-                    irq: first_irq(&n),
-                })
+                Some(MmioDevice { region, irq: first_irq(&n) })
             })
             .collect();
         virtio.sort_by_key(|d| d.region.start);
 
-        let bootargs = chosen
-            .and_then(|c| prop_str(&c, "bootargs"))
-            .map(ToString::to_string);
+        let bootargs = chosen.and_then(|c| prop_str(&c, "bootargs")).map(ToString::to_string);
         let initrd = chosen.and_then(|c| {
             let start = prop_uint(&c, "linux,initrd-start")?;
             let end = prop_uint(&c, "linux,initrd-end")?;
-            (end > start).then(|| PhysRange {
-                start: HostPhysAddr::new(start),
-                end: HostPhysAddr::new(end),
-            })
+            (end > start)
+                .then(|| PhysRange { start: HostPhysAddr::new(start), end: HostPhysAddr::new(end) })
         });
 
         Ok(Self {
@@ -283,14 +270,11 @@ fn prop_uint(node: &FdtNode<'_, '_>, name: &str) -> Option<u64> {
 
 fn prop_cells<'a>(node: &FdtNode<'_, 'a>, name: &str) -> impl Iterator<Item = u32> + 'a {
     let value = node.property(name).map(|p| p.value).unwrap_or(&[]);
-    value
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    value.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 fn is_compatible(node: &FdtNode<'_, '_>, with: &[&str]) -> bool {
-    node.compatible()
-        .is_some_and(|c| c.all().any(|s| with.contains(&s)))
+    node.compatible().is_some_and(|c| c.all().any(|s| with.contains(&s)))
 }
 
 fn is_enabled(node: &FdtNode<'_, '_>) -> bool {
@@ -325,11 +309,7 @@ fn parse_hart(node: FdtNode<'_, '_>) -> Option<Hart> {
 
 fn parse_uart(node: &FdtNode<'_, '_>) -> Option<Uart> {
     let region = regions(*node).next()?;
-    let compatible = node
-        .compatible()?
-        .all()
-        .find(|s| UART_COMPATIBLE.contains(s))?
-        .to_string();
+    let compatible = node.compatible()?.all().find(|s| UART_COMPATIBLE.contains(s))?.to_string();
     Some(Uart {
         region,
         compatible,
@@ -361,11 +341,7 @@ fn parse_plic(node: &FdtNode<'_, '_>, harts: &[Hart]) -> Option<Plic> {
             Some(PlicContext { index, hart, mode })
         })
         .collect();
-    Some(Plic {
-        region,
-        ndev,
-        contexts,
-    })
+    Some(Plic { region, ndev, contexts })
 }
 
 #[cfg(test)]

@@ -33,13 +33,7 @@ fn qemu_virt_single_hart() {
     assert_eq!(plic.ndev, 0x60);
     assert_eq!(plic.supervisor_context(0), Some(1));
     assert_eq!(p.virtio.len(), 8);
-    assert_eq!(
-        p.virtio[0],
-        MmioDevice {
-            region: hpa_range(0x1000_1000, 0x1000),
-            irq: Some(1)
-        }
-    );
+    assert_eq!(p.virtio[0], MmioDevice { region: hpa_range(0x1000_1000, 0x1000), irq: Some(1) });
     assert_eq!(p.virtio[7].region.start, HostPhysAddr::new(0x1000_8000));
     assert_eq!(p.bootargs, None);
     assert_eq!(p.initrd, None);
@@ -89,8 +83,7 @@ fn synthetic(with_timebase: bool) -> std::vec::Vec<u8> {
 
     let chosen = w.begin_node("chosen").unwrap();
     w.property_string("bootargs", "log=debug").unwrap();
-    w.property_string("stdout-path", "/soc/uart@20000000:115200")
-        .unwrap();
+    w.property_string("stdout-path", "/soc/uart@20000000:115200").unwrap();
     w.property_u64("linux,initrd-start", 0x8800_0000).unwrap();
     w.property_u64("linux,initrd-end", 0x8810_0000).unwrap();
     w.end_node(chosen).unwrap();
@@ -118,11 +111,7 @@ fn synthetic(with_timebase: bool) -> std::vec::Vec<u8> {
 
     let mem = w.begin_node("memory@80000000").unwrap();
     w.property_string("device_type", "memory").unwrap();
-    w.property_array_u64(
-        "reg",
-        &[0x8000_0000, 0x1000_0000, 0x1_0000_0000, 0x1000_0000],
-    )
-    .unwrap();
+    w.property_array_u64("reg", &[0x8000_0000, 0x1000_0000, 0x1_0000_0000, 0x1000_0000]).unwrap();
     w.end_node(mem).unwrap();
 
     let resv = w.begin_node("reserved-memory").unwrap();
@@ -130,8 +119,7 @@ fn synthetic(with_timebase: bool) -> std::vec::Vec<u8> {
     w.property_u32("#size-cells", 2).unwrap();
     w.property_null("ranges").unwrap();
     let fw = w.begin_node("mmode_resv0@80000000").unwrap();
-    w.property_array_u64("reg", &[0x8000_0000, 0x4_0000])
-        .unwrap();
+    w.property_array_u64("reg", &[0x8000_0000, 0x4_0000]).unwrap();
     w.property_null("no-map").unwrap();
     w.end_node(fw).unwrap();
     w.end_node(resv).unwrap();
@@ -142,8 +130,7 @@ fn synthetic(with_timebase: bool) -> std::vec::Vec<u8> {
     // A first UART that is not stdout; the chosen one must win.
     for addr in [0x1000_0000u64, 0x2000_0000] {
         let uart = w.begin_node(&std::format!("uart@{addr:x}")).unwrap();
-        w.property_string_list("compatible", vec!["snps,dw-apb-uart".into()])
-            .unwrap();
+        w.property_string_list("compatible", vec!["snps,dw-apb-uart".into()]).unwrap();
         w.property_array_u64("reg", &[addr, 0x100]).unwrap();
         w.property_u32("reg-shift", 2).unwrap();
         w.property_u32("reg-io-width", 4).unwrap();
@@ -151,20 +138,12 @@ fn synthetic(with_timebase: bool) -> std::vec::Vec<u8> {
         w.end_node(uart).unwrap();
     }
     let plic = w.begin_node("plic@c000000").unwrap();
-    w.property_string_list(
-        "compatible",
-        vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
-    )
-    .unwrap();
-    w.property_array_u64("reg", &[0x0c00_0000, 0x400_0000])
+    w.property_string_list("compatible", vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()])
         .unwrap();
+    w.property_array_u64("reg", &[0x0c00_0000, 0x400_0000]).unwrap();
     w.property_u32("riscv,ndev", 64).unwrap();
     // Context 0: M-mode hidden by firmware (0xffffffff); 1: S-mode of hart 0; 2, 3: hart 1.
-    w.property_array_u32(
-        "interrupts-extended",
-        &[10, 0xffff_ffff, 10, 9, 11, 11, 11, 9],
-    )
-    .unwrap();
+    w.property_array_u32("interrupts-extended", &[10, 0xffff_ffff, 10, 9, 11, 11, 11, 9]).unwrap();
     w.end_node(plic).unwrap();
     let vio = w.begin_node("virtio_mmio@10001000").unwrap();
     w.property_string("compatible", "virtio,mmio").unwrap();
@@ -183,26 +162,17 @@ fn firmware_fixups_and_chosen() {
     assert_eq!(p.timebase_hz, 4_000_000);
     assert_eq!(
         p.memory,
-        vec![
-            hpa_range(0x8000_0000, 0x1000_0000),
-            hpa_range(0x1_0000_0000, 0x1000_0000)
-        ]
+        vec![hpa_range(0x8000_0000, 0x1000_0000), hpa_range(0x1_0000_0000, 0x1000_0000)]
     );
     assert_eq!(
         p.reserved,
-        vec![
-            hpa_range(0x8000_0000, 0x8_0000),
-            hpa_range(0x8000_0000, 0x4_0000)
-        ]
+        vec![hpa_range(0x8000_0000, 0x8_0000), hpa_range(0x8000_0000, 0x4_0000)]
     );
     assert_eq!(p.bootargs.as_deref(), Some("log=debug"));
     assert_eq!(p.initrd, Some(hpa_range(0x8800_0000, 0x10_0000)));
     let uart = p.uart.clone().unwrap();
     assert_eq!(uart.region.start, HostPhysAddr::new(0x2000_0000));
-    assert_eq!(
-        (uart.reg_shift, uart.reg_io_width, uart.irq),
-        (2, 4, Some(33))
-    );
+    assert_eq!((uart.reg_shift, uart.reg_io_width, uart.irq), (2, 4, Some(33)));
     assert_eq!(uart.compatible, "snps,dw-apb-uart");
     assert_eq!(p.usable_harts().count(), 1);
     assert_eq!(p.harts[0].mmu, Some(SatpMode::Sv39));

@@ -153,10 +153,7 @@ impl<A: Address> AddrRange<A> {
     /// The range `[start, start + size)`, or `None` if it would wrap.
     pub fn from_start_size(start: A, size: u64) -> Option<Self> {
         let end = start.raw().checked_add(size)?;
-        Some(Self {
-            start,
-            end: A::new(end),
-        })
+        Some(Self { start, end: A::new(end) })
     }
 
     /// Number of bytes in the range.
@@ -197,10 +194,7 @@ mod tests {
             GuestPhysAddr::new(0x8000_1000).offset_from(GuestPhysAddr::new(0x8000_0000)),
             Some(0x1000)
         );
-        assert_eq!(
-            GuestPhysAddr::new(1).offset_from(GuestPhysAddr::new(2)),
-            None
-        );
+        assert_eq!(GuestPhysAddr::new(1).offset_from(GuestPhysAddr::new(2)), None);
     }
 
     #[test]

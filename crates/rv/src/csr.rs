@@ -251,10 +251,7 @@ mod tests {
         assert_eq!(Sstatus::UXL.bits(), 0x3_0000_0000);
         assert_eq!(Interrupts::STI.bits(), 0x20);
         assert_eq!(Interrupts::SEI.bits(), 0x200);
-        assert_eq!(
-            ExtState::from_bits(Sstatus::FS.bits() >> SSTATUS_FS_SHIFT),
-            ExtState::Dirty
-        );
+        assert_eq!(ExtState::from_bits(Sstatus::FS.bits() >> SSTATUS_FS_SHIFT), ExtState::Dirty);
         assert_eq!(tvec_mode(0x8000_0001), Some(TvecMode::Vectored));
         assert_eq!(tvec_mode(0x8000_0002), None);
     }

@@ -168,15 +168,9 @@ pub const fn length(low: u16) -> u8 {
 /// compressed one; the upper half is ignored then).
 pub fn decode(raw: u32) -> Option<Decoded> {
     if length(raw as u16) == 2 {
-        decode_compressed(raw as u16).map(|instruction| Decoded {
-            instruction,
-            length: 2,
-        })
+        decode_compressed(raw as u16).map(|instruction| Decoded { instruction, length: 2 })
     } else {
-        decode_full(raw).map(|instruction| Decoded {
-            instruction,
-            length: 4,
-        })
+        decode_full(raw).map(|instruction| Decoded { instruction, length: 4 })
     }
 }
 
@@ -229,12 +223,7 @@ fn decode_full(raw: u32) -> Option<Instruction> {
         }
         0x07 => {
             let width = fp_width(funct3)?;
-            Some(Instruction::FpLoad {
-                width,
-                rd: rd(raw),
-                rs1: rs1(raw),
-                offset: i_imm(raw),
-            })
+            Some(Instruction::FpLoad { width, rd: rd(raw), rs1: rs1(raw), offset: i_imm(raw) })
         }
         0x23 => {
             let width = match funct3 {
@@ -244,21 +233,11 @@ fn decode_full(raw: u32) -> Option<Instruction> {
                 3 => Width::Double,
                 _ => return None,
             };
-            Some(Instruction::Store {
-                width,
-                rs1: rs1(raw),
-                rs2: rs2(raw),
-                offset: s_imm(raw),
-            })
+            Some(Instruction::Store { width, rs1: rs1(raw), rs2: rs2(raw), offset: s_imm(raw) })
         }
         0x27 => {
             let width = fp_width(funct3)?;
-            Some(Instruction::FpStore {
-                width,
-                rs1: rs1(raw),
-                rs2: rs2(raw),
-                offset: s_imm(raw),
-            })
+            Some(Instruction::FpStore { width, rs1: rs1(raw), rs2: rs2(raw), offset: s_imm(raw) })
         }
         0x2F => decode_amo(raw, funct3),
         0x73 => decode_system(raw, funct3),
@@ -322,12 +301,7 @@ fn decode_system(raw: u32, funct3: u32) -> Option<Instruction> {
         7 => (CsrOp::ReadClear, CsrSource::Imm(rs1(raw))),
         _ => return None,
     };
-    Some(Instruction::Csr {
-        op,
-        csr,
-        rd: rd(raw),
-        source,
-    })
+    Some(Instruction::Csr { op, csr, rd: rd(raw), source })
 }
 
 fn decode_privileged(raw: u32) -> Option<Instruction> {
@@ -387,34 +361,17 @@ fn decode_compressed(raw: u16) -> Option<Instruction> {
     let store_sp_w = ((cbits(raw, 12, 9) << 2) | (cbits(raw, 8, 7) << 6)) as i32;
     const SP: Reg = 2;
 
-    let load = |width, rd, rs1, offset| Instruction::Load {
-        width,
-        signed: true,
-        rd,
-        rs1,
-        offset,
-    };
-    let store = |width, rs1, rs2, offset| Instruction::Store {
-        width,
-        rs1,
-        rs2,
-        offset,
-    };
+    let load = |width, rd, rs1, offset| Instruction::Load { width, signed: true, rd, rs1, offset };
+    let store = |width, rs1, rs2, offset| Instruction::Store { width, rs1, rs2, offset };
     match (quadrant, funct3) {
-        (0b00, 0b001) => Some(Instruction::FpLoad {
-            width: Width::Double,
-            rd: rc,
-            rs1: rs1c,
-            offset: off_d,
-        }),
+        (0b00, 0b001) => {
+            Some(Instruction::FpLoad { width: Width::Double, rd: rc, rs1: rs1c, offset: off_d })
+        }
         (0b00, 0b010) => Some(load(Width::Word, rc, rs1c, off_w)),
         (0b00, 0b011) => Some(load(Width::Double, rc, rs1c, off_d)),
-        (0b00, 0b101) => Some(Instruction::FpStore {
-            width: Width::Double,
-            rs1: rs1c,
-            rs2: rc,
-            offset: off_d,
-        }),
+        (0b00, 0b101) => {
+            Some(Instruction::FpStore { width: Width::Double, rs1: rs1c, rs2: rc, offset: off_d })
+        }
         (0b00, 0b110) => Some(store(Width::Word, rs1c, rc, off_w)),
         (0b00, 0b111) => Some(store(Width::Double, rs1c, rc, off_d)),
         (0b10, 0b001) => Some(Instruction::FpLoad {
@@ -464,82 +421,42 @@ mod tests {
         // csrrw a0, sscratch, a1
         assert_eq!(
             full(0x14059573),
-            Instruction::Csr {
-                op: ReadWrite,
-                csr: 0x140,
-                rd: 10,
-                source: CsrSource::Reg(11)
-            }
+            Instruction::Csr { op: ReadWrite, csr: 0x140, rd: 10, source: CsrSource::Reg(11) }
         );
         // csrrs t0, sstatus, zero  (csrr t0, sstatus)
         assert_eq!(
             full(0x100022f3),
-            Instruction::Csr {
-                op: ReadSet,
-                csr: 0x100,
-                rd: 5,
-                source: CsrSource::Reg(0)
-            }
+            Instruction::Csr { op: ReadSet, csr: 0x100, rd: 5, source: CsrSource::Reg(0) }
         );
         // csrrc zero, sie, t1  (csrc sie, t1)
         assert_eq!(
             full(0x10433073),
-            Instruction::Csr {
-                op: ReadClear,
-                csr: 0x104,
-                rd: 0,
-                source: CsrSource::Reg(6)
-            }
+            Instruction::Csr { op: ReadClear, csr: 0x104, rd: 0, source: CsrSource::Reg(6) }
         );
         // csrrwi a0, satp, 5
         assert_eq!(
             full(0x1802d573),
-            Instruction::Csr {
-                op: ReadWrite,
-                csr: 0x180,
-                rd: 10,
-                source: CsrSource::Imm(5)
-            }
+            Instruction::Csr { op: ReadWrite, csr: 0x180, rd: 10, source: CsrSource::Imm(5) }
         );
         // csrrsi zero, sstatus, 2  (csrsi sstatus, 2)
         assert_eq!(
             full(0x10016073),
-            Instruction::Csr {
-                op: ReadSet,
-                csr: 0x100,
-                rd: 0,
-                source: CsrSource::Imm(2)
-            }
+            Instruction::Csr { op: ReadSet, csr: 0x100, rd: 0, source: CsrSource::Imm(2) }
         );
         // csrrci a5, sip, 31
         assert_eq!(
             full(0x144ff7f3),
-            Instruction::Csr {
-                op: ReadClear,
-                csr: 0x144,
-                rd: 15,
-                source: CsrSource::Imm(31)
-            }
+            Instruction::Csr { op: ReadClear, csr: 0x144, rd: 15, source: CsrSource::Imm(31) }
         );
         // rdtime a0 (csrrs a0, time, zero)
         assert_eq!(
             full(0xc0102573),
-            Instruction::Csr {
-                op: ReadSet,
-                csr: 0xC01,
-                rd: 10,
-                source: CsrSource::Reg(0)
-            }
+            Instruction::Csr { op: ReadSet, csr: 0xC01, rd: 10, source: CsrSource::Reg(0) }
         );
         // csrrw zero, 0xfff, ra  (highest CSR number)
         assert_eq!(
             full(0xfff09073),
-            Instruction::Csr {
-                op: ReadWrite,
-                csr: 0xFFF,
-                rd: 0,
-                source: CsrSource::Reg(1)
-            }
+            Instruction::Csr { op: ReadWrite, csr: 0xFFF, rd: 0, source: CsrSource::Reg(1) }
         );
         assert!(
             CsrSource::Imm(0).is_zero()
@@ -556,15 +473,9 @@ mod tests {
         assert_eq!(full(0x30200073), Instruction::Mret);
         assert_eq!(full(0x10500073), Instruction::Wfi);
         assert_eq!(full(0x12000073), Instruction::SfenceVma { rs1: 0, rs2: 0 }); // sfence.vma
-        assert_eq!(
-            full(0x12b50073),
-            Instruction::SfenceVma { rs1: 10, rs2: 11 }
-        ); // sfence.vma a0, a1
+        assert_eq!(full(0x12b50073), Instruction::SfenceVma { rs1: 10, rs2: 11 }); // sfence.vma a0, a1
         assert_eq!(full(0x12050073), Instruction::SfenceVma { rs1: 10, rs2: 0 }); // sfence.vma a0
-        assert_eq!(
-            full(0x16b50073),
-            Instruction::SinvalVma { rs1: 10, rs2: 11 }
-        ); // sinval.vma a0, a1
+        assert_eq!(full(0x16b50073), Instruction::SinvalVma { rs1: 10, rs2: 11 }); // sinval.vma a0, a1
         assert_eq!(full(0x18000073), Instruction::SfenceWInval);
         assert_eq!(full(0x18100073), Instruction::SfenceInvalIr);
         assert_eq!(full(0x22000073), Instruction::Hypervisor); // hfence.vvma
@@ -582,137 +493,67 @@ mod tests {
         // lb a0, -1(a1)
         assert_eq!(
             full(0xfff58503),
-            Instruction::Load {
-                width: Byte,
-                signed: true,
-                rd: 10,
-                rs1: 11,
-                offset: -1
-            }
+            Instruction::Load { width: Byte, signed: true, rd: 10, rs1: 11, offset: -1 }
         );
         // lhu t0, 2046(s0)
         assert_eq!(
             full(0x7fe45283),
-            Instruction::Load {
-                width: Half,
-                signed: false,
-                rd: 5,
-                rs1: 8,
-                offset: 2046
-            }
+            Instruction::Load { width: Half, signed: false, rd: 5, rs1: 8, offset: 2046 }
         );
         // lw a0, 0(a0)
         assert_eq!(
             full(0x00052503),
-            Instruction::Load {
-                width: Word,
-                signed: true,
-                rd: 10,
-                rs1: 10,
-                offset: 0
-            }
+            Instruction::Load { width: Word, signed: true, rd: 10, rs1: 10, offset: 0 }
         );
         // lwu a0, 4(a1)
         assert_eq!(
             full(0x0045e503),
-            Instruction::Load {
-                width: Word,
-                signed: false,
-                rd: 10,
-                rs1: 11,
-                offset: 4
-            }
+            Instruction::Load { width: Word, signed: false, rd: 10, rs1: 11, offset: 4 }
         );
         // ld ra, -2048(sp)
         assert_eq!(
             full(0x80013083),
-            Instruction::Load {
-                width: Double,
-                signed: true,
-                rd: 1,
-                rs1: 2,
-                offset: -2048
-            }
+            Instruction::Load { width: Double, signed: true, rd: 1, rs1: 2, offset: -2048 }
         );
         // sb a1, 5(a0)
         assert_eq!(
             full(0x00b502a3),
-            Instruction::Store {
-                width: Byte,
-                rs1: 10,
-                rs2: 11,
-                offset: 5
-            }
+            Instruction::Store { width: Byte, rs1: 10, rs2: 11, offset: 5 }
         );
         // sh t1, -6(t0)
         assert_eq!(
             full(0xfe629d23),
-            Instruction::Store {
-                width: Half,
-                rs1: 5,
-                rs2: 6,
-                offset: -6
-            }
+            Instruction::Store { width: Half, rs1: 5, rs2: 6, offset: -6 }
         );
         // sw a2, 2047(a3)
         assert_eq!(
             full(0x7ec6afa3),
-            Instruction::Store {
-                width: Word,
-                rs1: 13,
-                rs2: 12,
-                offset: 2047
-            }
+            Instruction::Store { width: Word, rs1: 13, rs2: 12, offset: 2047 }
         );
         // sd s1, -2048(sp)
         assert_eq!(
             full(0x80913023),
-            Instruction::Store {
-                width: Double,
-                rs1: 2,
-                rs2: 9,
-                offset: -2048
-            }
+            Instruction::Store { width: Double, rs1: 2, rs2: 9, offset: -2048 }
         );
         // flw fa0, 8(a0)
         assert_eq!(
             full(0x00852507),
-            Instruction::FpLoad {
-                width: Word,
-                rd: 10,
-                rs1: 10,
-                offset: 8
-            }
+            Instruction::FpLoad { width: Word, rd: 10, rs1: 10, offset: 8 }
         );
         // fld ft0, -8(sp)
         assert_eq!(
             full(0xff813007),
-            Instruction::FpLoad {
-                width: Double,
-                rd: 0,
-                rs1: 2,
-                offset: -8
-            }
+            Instruction::FpLoad { width: Double, rd: 0, rs1: 2, offset: -8 }
         );
         // fsw fa1, 12(a0)
         assert_eq!(
             full(0x00b52627),
-            Instruction::FpStore {
-                width: Word,
-                rs1: 10,
-                rs2: 11,
-                offset: 12
-            }
+            Instruction::FpStore { width: Word, rs1: 10, rs2: 11, offset: 12 }
         );
         // fsd ft1, 16(sp)
         assert_eq!(
             full(0x00113827),
-            Instruction::FpStore {
-                width: Double,
-                rs1: 2,
-                rs2: 1,
-                offset: 16
-            }
+            Instruction::FpStore { width: Double, rs1: 2, rs2: 1, offset: 16 }
         );
         // funct3 == 7 on LOAD is reserved
         assert_eq!(decode(0x00057503), None);
@@ -782,147 +623,72 @@ mod tests {
         // c.lw a0, 4(a1)
         assert_eq!(
             compressed(0x41c8),
-            Instruction::Load {
-                width: Word,
-                signed: true,
-                rd: 10,
-                rs1: 11,
-                offset: 4
-            }
+            Instruction::Load { width: Word, signed: true, rd: 10, rs1: 11, offset: 4 }
         );
         // c.lw a5, 124(a4)
         assert_eq!(
             compressed(0x5f7c),
-            Instruction::Load {
-                width: Word,
-                signed: true,
-                rd: 15,
-                rs1: 14,
-                offset: 124
-            }
+            Instruction::Load { width: Word, signed: true, rd: 15, rs1: 14, offset: 124 }
         );
         // c.ld s0, 248(s1)
         assert_eq!(
             compressed(0x7ce0),
-            Instruction::Load {
-                width: Double,
-                signed: true,
-                rd: 8,
-                rs1: 9,
-                offset: 248
-            }
+            Instruction::Load { width: Double, signed: true, rd: 8, rs1: 9, offset: 248 }
         );
         // c.sw a2, 64(a3)
         assert_eq!(
             compressed(0xc2b0),
-            Instruction::Store {
-                width: Word,
-                rs1: 13,
-                rs2: 12,
-                offset: 64
-            }
+            Instruction::Store { width: Word, rs1: 13, rs2: 12, offset: 64 }
         );
         // c.sd a0, 8(a1)
         assert_eq!(
             compressed(0xe588),
-            Instruction::Store {
-                width: Double,
-                rs1: 11,
-                rs2: 10,
-                offset: 8
-            }
+            Instruction::Store { width: Double, rs1: 11, rs2: 10, offset: 8 }
         );
         // c.fld fa0, 16(a0)
         assert_eq!(
             compressed(0x2908),
-            Instruction::FpLoad {
-                width: Double,
-                rd: 10,
-                rs1: 10,
-                offset: 16
-            }
+            Instruction::FpLoad { width: Double, rd: 10, rs1: 10, offset: 16 }
         );
         // c.fsd fs0, 248(a5)
         assert_eq!(
             compressed(0xbfe0),
-            Instruction::FpStore {
-                width: Double,
-                rs1: 15,
-                rs2: 8,
-                offset: 248
-            }
+            Instruction::FpStore { width: Double, rs1: 15, rs2: 8, offset: 248 }
         );
         // c.lwsp ra, 252(sp)
         assert_eq!(
             compressed(0x50fe),
-            Instruction::Load {
-                width: Word,
-                signed: true,
-                rd: 1,
-                rs1: 2,
-                offset: 252
-            }
+            Instruction::Load { width: Word, signed: true, rd: 1, rs1: 2, offset: 252 }
         );
         // c.ldsp s0, 504(sp)
         assert_eq!(
             compressed(0x747e),
-            Instruction::Load {
-                width: Double,
-                signed: true,
-                rd: 8,
-                rs1: 2,
-                offset: 504
-            }
+            Instruction::Load { width: Double, signed: true, rd: 8, rs1: 2, offset: 504 }
         );
         // c.swsp a0, 252(sp)
         assert_eq!(
             compressed(0xdfaa),
-            Instruction::Store {
-                width: Word,
-                rs1: 2,
-                rs2: 10,
-                offset: 252
-            }
+            Instruction::Store { width: Word, rs1: 2, rs2: 10, offset: 252 }
         );
         // c.sdsp ra, 504(sp)
         assert_eq!(
             compressed(0xff86),
-            Instruction::Store {
-                width: Double,
-                rs1: 2,
-                rs2: 1,
-                offset: 504
-            }
+            Instruction::Store { width: Double, rs1: 2, rs2: 1, offset: 504 }
         );
         // c.fldsp ft0, 8(sp)
         assert_eq!(
             compressed(0x2022),
-            Instruction::FpLoad {
-                width: Double,
-                rd: 0,
-                rs1: 2,
-                offset: 8
-            }
+            Instruction::FpLoad { width: Double, rd: 0, rs1: 2, offset: 8 }
         );
         // c.fsdsp fs1, 496(sp)
         assert_eq!(
             compressed(0xbba6),
-            Instruction::FpStore {
-                width: Double,
-                rs1: 2,
-                rs2: 9,
-                offset: 496
-            }
+            Instruction::FpStore { width: Double, rs1: 2, rs2: 9, offset: 496 }
         );
         // c.fsdsp ft1, 16(sp)
         assert_eq!(
             compressed(0xa806),
-            Instruction::FpStore {
-                width: Double,
-                rs1: 2,
-                rs2: 1,
-                offset: 16
-            }
+            Instruction::FpStore { width: Double, rs1: 2, rs2: 1, offset: 16 }
         );
         assert_eq!(compressed(0x9002), Instruction::Ebreak);
         // c.lwsp with rd == 0 is reserved; c.addi and all-zero are not ours.

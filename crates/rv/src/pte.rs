@@ -80,13 +80,7 @@ impl Pte {
 
 impl core::fmt::Debug for Pte {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "Pte({:#x}: ppn={:#x} {:?})",
-            self.0,
-            self.ppn(),
-            self.flags()
-        )
+        write!(f, "Pte({:#x}: ppn={:#x} {:?})", self.0, self.ppn(), self.flags())
     }
 }
 
@@ -104,18 +98,9 @@ impl PagingGeometry {
     pub const fn of(mode: SatpMode) -> Option<Self> {
         match mode {
             SatpMode::Bare => None,
-            SatpMode::Sv39 => Some(Self {
-                levels: 3,
-                va_bits: 39,
-            }),
-            SatpMode::Sv48 => Some(Self {
-                levels: 4,
-                va_bits: 48,
-            }),
-            SatpMode::Sv57 => Some(Self {
-                levels: 5,
-                va_bits: 57,
-            }),
+            SatpMode::Sv39 => Some(Self { levels: 3, va_bits: 39 }),
+            SatpMode::Sv48 => Some(Self { levels: 4, va_bits: 48 }),
+            SatpMode::Sv57 => Some(Self { levels: 5, va_bits: 57 }),
         }
     }
 

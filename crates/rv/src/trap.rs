@@ -123,19 +123,10 @@ mod tests {
             Cause::from_scause(0x8000_0000_0000_0005),
             Cause::Interrupt(Interrupt::SupervisorTimer)
         );
-        assert_eq!(
-            Cause::from_scause(2),
-            Cause::Exception(Exception::IllegalInstruction)
-        );
-        assert_eq!(
-            Cause::from_scause(15),
-            Cause::Exception(Exception::StorePageFault)
-        );
+        assert_eq!(Cause::from_scause(2), Cause::Exception(Exception::IllegalInstruction));
+        assert_eq!(Cause::from_scause(15), Cause::Exception(Exception::StorePageFault));
         assert_eq!(Cause::from_scause(14), Cause::Unknown(14));
-        assert_eq!(
-            Cause::from_scause(INTERRUPT_BIT | 3),
-            Cause::Unknown(INTERRUPT_BIT | 3)
-        );
+        assert_eq!(Cause::from_scause(INTERRUPT_BIT | 3), Cause::Unknown(INTERRUPT_BIT | 3));
         assert_eq!(Interrupt::SupervisorExternal.mask(), 1 << 9);
         assert_eq!(Interrupt::SupervisorSoft.cause(), INTERRUPT_BIT | 1);
     }

@@ -21,31 +21,27 @@ pub const SSTATUS_WRITABLE: Sstatus = Sstatus::SIE
 const UXL_64: u64 = 2 << rv::csr::SSTATUS_UXL_SHIFT;
 
 /// The supervisor interrupts a guest has (the ones firmware delegates on QEMU: SSI, STI, SEI).
-pub const SUPERVISOR_INTERRUPTS: Interrupts = Interrupts::SSI
-    .union(Interrupts::STI)
-    .union(Interrupts::SEI);
+pub const SUPERVISOR_INTERRUPTS: Interrupts =
+    Interrupts::SSI.union(Interrupts::STI).union(Interrupts::SEI);
 
 /// `senvcfg` bits a guest can write.
-pub const SENVCFG_WRITABLE: Senvcfg = Senvcfg::FIOM
-    .union(Senvcfg::CBIE)
-    .union(Senvcfg::CBCFE)
-    .union(Senvcfg::CBZE);
+pub const SENVCFG_WRITABLE: Senvcfg =
+    Senvcfg::FIOM.union(Senvcfg::CBIE).union(Senvcfg::CBCFE).union(Senvcfg::CBZE);
 
 /// What the guest is offered: fixed for the life of a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
     /// Sstc: the guest has `stimecmp`.
     pub sstc: bool,
+    /// F or D: the guest starts with `sstatus.FS` = Dirty, as SBI firmware leaves it.
+    pub fp: bool,
     /// The widest paging mode offered (Bare and every mode up to it are accepted).
     pub max_satp_mode: SatpMode,
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Self {
-            sstc: true,
-            max_satp_mode: SatpMode::Sv39,
-        }
+        Self { sstc: true, fp: true, max_satp_mode: SatpMode::Sv39 }
     }
 }
 
@@ -264,10 +260,7 @@ mod tests {
     }
 
     fn at(now: u64) -> Lines {
-        Lines {
-            now,
-            external: false,
-        }
+        Lines { now, external: false }
     }
 
     #[test]
@@ -287,30 +280,16 @@ mod tests {
         c.write(num::SSTATUS, 3 << 9, &f()).unwrap();
         assert_ne!(c.sstatus() & Sstatus::SD.bits(), 0);
         // UXL is read-only; XS and UBE read zero.
-        c.write(
-            num::SSTATUS,
-            1 << 32 | Sstatus::XS.bits() | Sstatus::UBE.bits(),
-            &f(),
-        )
-        .unwrap();
+        c.write(num::SSTATUS, 1 << 32 | Sstatus::XS.bits() | Sstatus::UBE.bits(), &f()).unwrap();
         assert_eq!(c.sstatus(), UXL_64);
     }
 
     #[test]
     fn sstatus_effects() {
         let mut c = Csrs::default();
-        assert_eq!(
-            c.write(num::SSTATUS, Sstatus::SIE.bits(), &f()).unwrap(),
-            CsrEffect::empty()
-        );
-        assert_eq!(
-            c.write(num::SSTATUS, Sstatus::SUM.bits(), &f()).unwrap(),
-            CsrEffect::STATUS
-        );
-        assert_eq!(
-            c.write(num::SSTATUS, Sstatus::SUM.bits(), &f()).unwrap(),
-            CsrEffect::empty()
-        );
+        assert_eq!(c.write(num::SSTATUS, Sstatus::SIE.bits(), &f()).unwrap(), CsrEffect::empty());
+        assert_eq!(c.write(num::SSTATUS, Sstatus::SUM.bits(), &f()).unwrap(), CsrEffect::STATUS);
+        assert_eq!(c.write(num::SSTATUS, Sstatus::SUM.bits(), &f()).unwrap(), CsrEffect::empty());
     }
 
     #[test]
@@ -319,18 +298,11 @@ mod tests {
         c.write(num::SIE, u64::MAX, &f()).unwrap();
         assert_eq!(c.read(num::SIE, &f(), at(0)).unwrap(), 0x222);
         c.write(num::SIP, u64::MAX, &f()).unwrap();
-        assert_eq!(
-            c.read(num::SIP, &f(), at(0)).unwrap(),
-            0x2,
-            "only SSIP is writable"
-        );
+        assert_eq!(c.read(num::SIP, &f(), at(0)).unwrap(), 0x2, "only SSIP is writable");
         c.stimecmp = 100;
         assert_eq!(c.read(num::SIP, &f(), at(99)).unwrap(), 0x2);
         assert_eq!(c.read(num::SIP, &f(), at(100)).unwrap(), 0x22);
-        let lines = Lines {
-            now: 0,
-            external: true,
-        };
+        let lines = Lines { now: 0, external: true };
         assert_eq!(c.read(num::SIP, &f(), lines).unwrap(), 0x202);
         c.write(num::SIP, 0, &f()).unwrap();
         assert_eq!(c.pending_enabled(at(200)), 0x20);
@@ -358,20 +330,11 @@ mod tests {
         assert_eq!(c.satp, sv39);
         // Not offered (Sv48 with an Sv39 offer) or reserved: no effect at all.
         for mode in [SatpMode::Sv48 as u64, SatpMode::Sv57 as u64, 1, 15] {
-            assert_eq!(
-                c.write(num::SATP, mode << 60 | 5, &f()).unwrap(),
-                CsrEffect::empty()
-            );
+            assert_eq!(c.write(num::SATP, mode << 60 | 5, &f()).unwrap(), CsrEffect::empty());
             assert_eq!(c.satp, sv39);
         }
-        let wide = Features {
-            max_satp_mode: SatpMode::Sv48,
-            ..f()
-        };
-        assert_eq!(
-            c.write(num::SATP, 9 << 60 | 5, &wide).unwrap(),
-            CsrEffect::SATP
-        );
+        let wide = Features { max_satp_mode: SatpMode::Sv48, ..f() };
+        assert_eq!(c.write(num::SATP, 9 << 60 | 5, &wide).unwrap(), CsrEffect::SATP);
         // Bare keeps the other fields as written, as QEMU does.
         c.write(num::SATP, 0x1234, &f()).unwrap();
         assert_eq!(c.satp, 0x1234);

@@ -13,11 +13,7 @@ pub enum Fence {
     I,
     /// `sfence.vma`: drop translations of `[start, start + size)` (`size == u64::MAX`:
     /// all addresses), of `asid` only if given.
-    Vma {
-        start: u64,
-        size: u64,
-        asid: Option<u16>,
-    },
+    Vma { start: u64, size: u64, asid: Option<u16> },
 }
 
 /// Identity of the physical machine, passed through SBI BASE.

@@ -89,7 +89,7 @@ pub fn handle_call(vcpu: &mut Vcpu, host: &mut impl Host) -> Action {
         rfnc::EID_RFNC => rfence(vcpu, host, fid, a),
         hsm::EID_HSM => hsm_call(vcpu, host, fid, a),
         srst::EID_SRST => match fid {
-            srst::SYSTEM_RESET => system_reset(a[0] as u32, a[1] as u32),
+            srst::SYSTEM_RESET => system_reset(a[0], a[1]),
             _ => Outcome::Error(NOT_SUPPORTED),
         },
         dbcn::EID_DBCN => console(host, fid, a),
@@ -146,11 +146,7 @@ fn set_timer(vcpu: &mut Vcpu, deadline: u64) -> Outcome {
 /// The harts named by an SBI hart mask: bit `i` of `mask` is hart `base + i`, and
 /// `base == -1` means every hart. Names of harts the guest does not have are invalid.
 pub fn hart_set(mask: u64, base: u64, count: usize) -> Result<u64, SbiError> {
-    let all = if count >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << count) - 1
-    };
+    let all = if count >= 64 { u64::MAX } else { (1u64 << count) - 1 };
     if base == u64::MAX {
         return Ok(all);
     }
@@ -165,8 +161,8 @@ pub fn hart_set(mask: u64, base: u64, count: usize) -> Result<u64, SbiError> {
     Ok(set)
 }
 
-fn for_each_hart(set: u64, mut f: impl FnMut(usize)) {
-    (0..64).filter(|h| set & (1 << h) != 0).for_each(|h| f(h));
+fn for_each_hart(set: u64, f: impl FnMut(usize)) {
+    (0..64).filter(|h| set & (1 << h) != 0).for_each(f);
 }
 
 fn ipi_harts(vcpu: &mut Vcpu, host: &mut impl Host, set: u64) {
@@ -202,11 +198,7 @@ fn fence_harts(vcpu: &mut Vcpu, host: &mut impl Host, set: u64, fence: Fence) {
 /// The address range of a remote fence: both 0, or a size of all ones, mean everything.
 fn vma_fence(start: u64, size: u64, asid: Option<u16>) -> Fence {
     if (start == 0 && size == 0) || size == u64::MAX {
-        Fence::Vma {
-            start: 0,
-            size: u64::MAX,
-            asid,
-        }
+        Fence::Vma { start: 0, size: u64::MAX, asid }
     } else {
         Fence::Vma { start, size, asid }
     }
@@ -263,11 +255,7 @@ fn hsm_call(vcpu: &mut Vcpu, host: &mut impl Host, fid: usize, a: [u64; 6]) -> O
 
 /// The HSM state of `hart`, the caller's own or another vCPU's.
 fn state_of(vcpu: &Vcpu, host: &impl Host, hart: usize) -> HartState {
-    if hart == vcpu.hart_id {
-        vcpu.state
-    } else {
-        host.hart_state(hart)
-    }
+    if hart == vcpu.hart_id { vcpu.state } else { host.hart_state(hart) }
 }
 
 fn suspend(vcpu: &mut Vcpu, host: &mut impl Host, kind: u32, resume: u64, opaque: u64) -> Outcome {
@@ -278,10 +266,7 @@ fn suspend(vcpu: &mut Vcpu, host: &mut impl Host, kind: u32, resume: u64, opaque
             if !host.is_ram(resume) {
                 return Outcome::Error(INVALID_ADDRESS);
             }
-            Resume::NonRetentive {
-                addr: resume,
-                opaque,
-            }
+            Resume::NonRetentive { addr: resume, opaque }
         }
         // Reserved types.
         0x0000_0001..=0x0FFF_FFFF | 0x8000_0001..=0x8FFF_FFFF => {
@@ -295,7 +280,12 @@ fn suspend(vcpu: &mut Vcpu, host: &mut impl Host, kind: u32, resume: u64, opaque
     Outcome::Then(Action::Wait)
 }
 
-fn system_reset(kind: u32, reason: u32) -> Outcome {
+fn system_reset(kind: u64, reason: u64) -> Outcome {
+    // The arguments are 32-bit; like OpenSBI, a register holding more is an invalid value
+    // rather than a truncated one (no upper bits can turn garbage into "shutdown").
+    let (Ok(kind), Ok(reason)) = (u32::try_from(kind), u32::try_from(reason)) else {
+        return Outcome::Error(INVALID_PARAM);
+    };
     let kind = match kind {
         srst::RESET_TYPE_SHUTDOWN => ResetKind::Shutdown,
         srst::RESET_TYPE_COLD_REBOOT => ResetKind::ColdReboot,
@@ -369,11 +359,7 @@ fn legacy_call(vcpu: &mut Vcpu, host: &mut impl Host, eid: usize, a: [u64; 6]) -
         }
         legacy::LEGACY_CONSOLE_GETCHAR => {
             let mut b = [0u8; 1];
-            Outcome::Legacy(if host.console_read(&mut b) == 1 {
-                b[0] as u64
-            } else {
-                u64::MAX
-            })
+            Outcome::Legacy(if host.console_read(&mut b) == 1 { b[0] as u64 } else { u64::MAX })
         }
         legacy::LEGACY_CLEAR_IPI => {
             vcpu.csrs.sip_soft &= !Interrupt::SupervisorSoft.mask();

@@ -30,10 +30,7 @@ struct FakeHost {
 
 impl FakeHost {
     fn new() -> Self {
-        Self {
-            harts: 1,
-            ..Self::default()
-        }
+        Self { harts: 1, ..Self::default() }
     }
 }
 
@@ -80,11 +77,7 @@ impl Host for FakeHost {
         n
     }
     fn machine_ids(&self) -> MachineIds {
-        MachineIds {
-            mvendorid: 0x11,
-            marchid: 0x22,
-            mimpid: 0x33,
-        }
+        MachineIds { mvendorid: 0x11, marchid: 0x22, mimpid: 0x33 }
     }
     fn hart_count(&self) -> usize {
         self.harts
@@ -118,10 +111,7 @@ fn vcpu() -> Vcpu {
 }
 
 fn lines(now: u64) -> Lines {
-    Lines {
-        now,
-        external: false,
-    }
+    Lines { now, external: false }
 }
 
 /// Runs the instruction `bits` as if it trapped as illegal in the vCPU's current mode.
@@ -158,10 +148,7 @@ fn exception_from_user_is_forwarded_with_hardware_csrs() {
     v.privilege = Privilege::User;
     v.regs.pc = 0x1000;
     v.csrs.set_status(Sstatus::SIE, true);
-    assert_eq!(
-        v.handle_exception(Exception::EcallFromU, 0, &mut h),
-        Action::Resume
-    );
+    assert_eq!(v.handle_exception(Exception::EcallFromU, 0, &mut h), Action::Resume);
     assert_eq!((v.csrs.sepc, v.csrs.scause, v.csrs.stval), (0x1000, 8, 0));
     assert_eq!(v.privilege, Privilege::Supervisor);
     assert!(!v.csrs.status(Sstatus::SPP), "SPP = U");
@@ -174,10 +161,7 @@ fn exception_from_user_is_forwarded_with_hardware_csrs() {
     v.handle_exception(Exception::Breakpoint, 0x8020_0100, &mut h);
     assert!(v.csrs.status(Sstatus::SPP));
     assert!(!v.csrs.status(Sstatus::SPIE));
-    assert_eq!(
-        (v.csrs.scause, v.csrs.stval, v.regs.pc),
-        (3, 0x8020_0100, 0x8030_0000)
-    );
+    assert_eq!((v.csrs.scause, v.csrs.stval, v.regs.pc), (3, 0x8020_0100, 0x8030_0000));
 }
 
 #[test]
@@ -202,10 +186,7 @@ fn interrupts_vector_and_prioritise() {
     u.csrs.sie = 0x222;
     u.csrs.stimecmp = 10;
     assert_eq!(u.deliverable_interrupt(lines(9)), None);
-    assert_eq!(
-        u.take_interrupt(lines(10)),
-        Some(Interrupt::SupervisorTimer)
-    );
+    assert_eq!(u.take_interrupt(lines(10)), Some(Interrupt::SupervisorTimer));
     assert_eq!(u.regs.pc, 0x8030_0000 + 4 * 5);
     // SEI outranks everything.
     let mut w = vcpu();
@@ -214,25 +195,13 @@ fn interrupts_vector_and_prioritise() {
     w.csrs.sip_soft = 2;
     w.csrs.stimecmp = 0;
     assert_eq!(
-        w.deliverable_interrupt(Lines {
-            now: 1,
-            external: true
-        }),
+        w.deliverable_interrupt(Lines { now: 1, external: true }),
         Some(Interrupt::SupervisorExternal)
     );
     // Not enabled in sie: not deliverable, no wake-up.
     w.csrs.sie = 0;
-    assert_eq!(
-        w.deliverable_interrupt(Lines {
-            now: 1,
-            external: true
-        }),
-        None
-    );
-    assert!(!w.should_wake(Lines {
-        now: 1,
-        external: true
-    }));
+    assert_eq!(w.deliverable_interrupt(Lines { now: 1, external: true }), None);
+    assert!(!w.should_wake(Lines { now: 1, external: true }));
 }
 
 #[test]
@@ -249,10 +218,7 @@ fn sret_returns_to_the_privilege_in_spp() {
     // sret in U-mode is illegal, forwarded with the instruction as stval.
     v.regs.pc = 0x4000;
     exec(&mut v, &mut h, 0x1020_0073);
-    assert_eq!(
-        (v.csrs.scause, v.csrs.stval, v.csrs.sepc),
-        (2, 0x1020_0073, 0x4000)
-    );
+    assert_eq!((v.csrs.scause, v.csrs.stval, v.csrs.sepc), (2, 0x1020_0073, 0x4000));
     assert_eq!(v.privilege, Privilege::Supervisor);
     // sret to S.
     v.csrs.sepc = 0x8020_0000;
@@ -271,10 +237,7 @@ fn csr_instructions() {
     v.regs.set(11, 0x55);
     v.csrs.sscratch = 0x66;
     exec(&mut v, &mut h, 0x1405_9573);
-    assert_eq!(
-        (v.regs.get(10), v.csrs.sscratch, v.regs.pc),
-        (0x66, 0x55, 0x8020_0004)
-    );
+    assert_eq!((v.regs.get(10), v.csrs.sscratch, v.regs.pc), (0x66, 0x55, 0x8020_0004));
     // csrsi sstatus, 2 (SIE)
     exec(&mut v, &mut h, 0x1001_6073);
     assert!(v.csrs.status(Sstatus::SIE));
@@ -307,25 +270,13 @@ fn illegal_csr_accesses_are_forwarded() {
         let mut v = vcpu();
         let pc = v.regs.pc;
         exec(&mut v, &mut h, bits);
-        assert_eq!(
-            (v.csrs.scause, v.csrs.stval, v.csrs.sepc),
-            (2, bits as u64, pc),
-            "{what}"
-        );
+        assert_eq!((v.csrs.scause, v.csrs.stval, v.csrs.sepc), (2, bits as u64, pc), "{what}");
         assert!(v.csrs.status(Sstatus::SPP), "{what}");
     }
     // csrrs with x0 does not write, so reading a read-only S CSR would be fine, but
     // there is none: stimecmp without Sstc is absent altogether.
     let mut h = FakeHost::new();
-    let mut v = Vcpu::new(
-        0,
-        Features {
-            sstc: false,
-            ..Features::default()
-        },
-        0x8020_0000,
-        0,
-    );
+    let mut v = Vcpu::new(0, Features { sstc: false, ..Features::default() }, 0x8020_0000, 0);
     exec(&mut v, &mut h, 0x14d0_2573); // csrr a0, stimecmp
     assert_eq!(v.csrs.scause, 2);
 }
@@ -358,30 +309,9 @@ fn sfence_vma_operands() {
     assert_eq!(
         h.fences,
         [
-            (
-                None,
-                Fence::Vma {
-                    start: 0,
-                    size: u64::MAX,
-                    asid: None
-                }
-            ),
-            (
-                None,
-                Fence::Vma {
-                    start: 0x1000,
-                    size: 1,
-                    asid: Some(7)
-                }
-            ),
-            (
-                None,
-                Fence::Vma {
-                    start: 0,
-                    size: 1,
-                    asid: None
-                }
-            ),
+            (None, Fence::Vma { start: 0, size: u64::MAX, asid: None }),
+            (None, Fence::Vma { start: 0x1000, size: 1, asid: Some(7) }),
+            (None, Fence::Vma { start: 0, size: 1, asid: None }),
         ]
     );
 }
@@ -391,10 +321,7 @@ fn instruction_bits_are_fetched_when_stval_is_zero() {
     let mut h = FakeHost::new();
     let mut v = vcpu();
     h.fetch = Some(0x1050_0073);
-    assert_eq!(
-        v.handle_exception(Exception::IllegalInstruction, 0, &mut h),
-        Action::Wait
-    );
+    assert_eq!(v.handle_exception(Exception::IllegalInstruction, 0, &mut h), Action::Wait);
     // A fetch that faults delivers that fault.
     h.fetch = None;
     let mut v = vcpu();
@@ -445,27 +372,11 @@ fn sbi_timer_and_ipi() {
     let mut h = FakeHost::new();
     let mut v = vcpu();
     h.now = 100;
-    sbi_call(
-        &mut v,
-        &mut h,
-        sbi_spec::time::EID_TIME,
-        0,
-        [50, 0, 0, 0, 0, 0],
-    );
+    sbi_call(&mut v, &mut h, sbi_spec::time::EID_TIME, 0, [50, 0, 0, 0, 0, 0]);
     assert_eq!(v.csrs.sip(lines(100)) & 0x20, 0x20);
     assert!(v.effects.contains(CsrEffect::TIMER));
-    sbi_call(
-        &mut v,
-        &mut h,
-        sbi_spec::time::EID_TIME,
-        0,
-        [200, 0, 0, 0, 0, 0],
-    );
-    assert_eq!(
-        v.csrs.sip(lines(100)) & 0x20,
-        0,
-        "a later deadline clears STIP"
-    );
+    sbi_call(&mut v, &mut h, sbi_spec::time::EID_TIME, 0, [200, 0, 0, 0, 0, 0]);
+    assert_eq!(v.csrs.sip(lines(100)) & 0x20, 0, "a later deadline clears STIP");
     let ipi = sbi_spec::spi::EID_SPI;
     sbi_call(&mut v, &mut h, ipi, 0, [1, 0, 0, 0, 0, 0]);
     assert_eq!((ret_regs(&v).0, v.csrs.sip_soft), (0, 2));
@@ -474,11 +385,7 @@ fn sbi_timer_and_ipi() {
     assert_eq!(v.csrs.sip_soft, 2, "base -1: all harts");
     for (mask, base) in [(1, 1), (2, 0), (1, 64), (1 << 63, 1)] {
         sbi_call(&mut v, &mut h, ipi, 0, [mask, base, 0, 0, 0, 0]);
-        assert_eq!(
-            ret_regs(&v).0,
-            ret::RET_ERR_INVALID_PARAM as u64,
-            "mask {mask:#x} base {base}"
-        );
+        assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_PARAM as u64, "mask {mask:#x} base {base}");
     }
     h.harts = 3;
     v.csrs.sip_soft = 0;
@@ -509,31 +416,13 @@ fn sbi_rfence() {
         h.fences,
         [
             (None, Fence::I),
-            (
-                None,
-                Fence::Vma {
-                    start: 0x1000,
-                    size: 0x2000,
-                    asid: None
-                }
-            ),
-            (
-                None,
-                Fence::Vma {
-                    start: 0,
-                    size: u64::MAX,
-                    asid: Some(5)
-                }
-            ),
+            (None, Fence::Vma { start: 0x1000, size: 0x2000, asid: None }),
+            (None, Fence::Vma { start: 0, size: u64::MAX, asid: Some(5) }),
         ]
     );
     for fid in 3..=6 {
         sbi_call(&mut v, &mut h, r, fid, [1, 0, 0, 0, 0, 0]);
-        assert_eq!(
-            ret_regs(&v).0,
-            ret::RET_ERR_NOT_SUPPORTED as u64,
-            "hfence {fid}"
-        );
+        assert_eq!(ret_regs(&v).0, ret::RET_ERR_NOT_SUPPORTED as u64, "hfence {fid}");
     }
 }
 
@@ -552,57 +441,31 @@ fn sbi_hsm() {
     sbi_call(&mut v, &mut h, e, 0, [1, 0x1000, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_ADDRESS as u64);
     sbi_call(&mut v, &mut h, e, 0, [1, 0x8000_8000, 42, 0, 0, 0]);
-    assert_eq!(
-        (ret_regs(&v).0, h.started.as_slice()),
-        (0, &[(1, 0x8000_8000, 42)][..])
-    );
+    assert_eq!((ret_regs(&v).0, h.started.as_slice()), (0, &[(1, 0x8000_8000, 42)][..]));
     sbi_call(&mut v, &mut h, e, 0, [1, 0x8000_8000, 42, 0, 0, 0]);
-    assert_eq!(
-        ret_regs(&v).0,
-        ret::RET_ERR_ALREADY_AVAILABLE as u64,
-        "hart 1 runs now"
-    );
+    assert_eq!(ret_regs(&v).0, ret::RET_ERR_ALREADY_AVAILABLE as u64, "hart 1 runs now");
     // Suspend: reserved types are invalid; retentive waits; non-retentive restarts.
     for kind in [1u64, 0x0fff_ffff, 0x8000_0001] {
         sbi_call(&mut v, &mut h, e, 3, [kind, 0x8020_0000, 0, 0, 0, 0]);
-        assert_eq!(
-            ret_regs(&v).0,
-            ret::RET_ERR_INVALID_PARAM as u64,
-            "type {kind:#x}"
-        );
+        assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_PARAM as u64, "type {kind:#x}");
     }
     sbi_call(&mut v, &mut h, e, 3, [0x1000_0000, 0, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v).0, ret::RET_ERR_NOT_SUPPORTED as u64);
-    assert_eq!(
-        sbi_call(&mut v, &mut h, e, 3, [0, 0, 0, 0, 0, 0]),
-        Action::Wait
-    );
+    assert_eq!(sbi_call(&mut v, &mut h, e, 3, [0, 0, 0, 0, 0, 0]), Action::Wait);
     assert_eq!(v.state, HartState::Suspended);
     let pc = v.regs.pc;
     v.wake();
-    assert_eq!(
-        (v.state, v.regs.pc, ret_regs(&v).0),
-        (HartState::Started, pc, 0)
-    );
+    assert_eq!((v.state, v.regs.pc, ret_regs(&v).0), (HartState::Started, pc, 0));
     sbi_call(&mut v, &mut h, e, 3, [0x8000_0000, 0x9000_0000, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_ADDRESS as u64);
     v.csrs.satp = 8 << 60;
     v.privilege = Privilege::Supervisor;
     assert_eq!(
-        sbi_call(
-            &mut v,
-            &mut h,
-            e,
-            3,
-            [0x8000_0000, 0x8000_4000, 77, 0, 0, 0]
-        ),
+        sbi_call(&mut v, &mut h, e, 3, [0x8000_0000, 0x8000_4000, 77, 0, 0, 0]),
         Action::Wait
     );
     v.wake();
-    assert_eq!(
-        (v.regs.pc, ret_regs(&v), v.csrs.satp),
-        (0x8000_4000, (0, 77), 0)
-    );
+    assert_eq!((v.regs.pc, ret_regs(&v), v.csrs.satp), (0x8000_4000, (0, 77), 0));
     assert!(v.effects.contains(CsrEffect::SATP));
     assert_eq!(sbi_call(&mut v, &mut h, e, 1, [0; 6]), Action::Stop);
     assert_eq!(v.state, HartState::Stopped);
@@ -625,22 +488,14 @@ fn sbi_system_reset() {
         sbi_call(&mut v, &mut h, e, 0, [2, 0, 0, 0, 0, 0]),
         Action::Reset(ResetKind::WarmReboot)
     );
-    for (kind, reason) in [(3, 0), (0xF000_0000, 0), (0, 2), (0, 0xFFFF_FFFF)] {
-        assert_eq!(
-            sbi_call(&mut v, &mut h, e, 0, [kind, reason, 0, 0, 0, 0]),
-            Action::Resume
-        );
-        assert_eq!(
-            ret_regs(&v).0,
-            ret::RET_ERR_INVALID_PARAM as u64,
-            "{kind:#x} {reason:#x}"
-        );
+    for (kind, reason) in
+        [(3, 0), (0xF000_0000, 0), (0, 2), (0, 0xFFFF_FFFF), (1 << 32, 0), (0, 1 << 32)]
+    {
+        assert_eq!(sbi_call(&mut v, &mut h, e, 0, [kind, reason, 0, 0, 0, 0]), Action::Resume);
+        assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_PARAM as u64, "{kind:#x} {reason:#x}");
     }
     // Legacy shutdown.
-    assert_eq!(
-        sbi_call(&mut v, &mut h, 8, 0, [0; 6]),
-        Action::Reset(ResetKind::Shutdown)
-    );
+    assert_eq!(sbi_call(&mut v, &mut h, 8, 0, [0; 6]), Action::Reset(ResetKind::Shutdown));
 }
 
 #[test]
@@ -650,17 +505,10 @@ fn sbi_debug_console() {
     let e = sbi_spec::dbcn::EID_DBCN;
     h.write_phys(0x8000_1000, b"hello");
     sbi_call(&mut v, &mut h, e, 0, [5, 0x8000_1000, 0, 0, 0, 0]);
-    assert_eq!(
-        (ret_regs(&v), h.console_out.as_slice()),
-        ((0, 5), &b"hello"[..])
-    );
+    assert_eq!((ret_regs(&v), h.console_out.as_slice()), ((0, 5), &b"hello"[..]));
     for (addr, hi) in [(0x1000, 0), (0x8000_1000, 1), (RAM.end - 2, 0)] {
         sbi_call(&mut v, &mut h, e, 0, [5, addr, hi, 0, 0, 0]);
-        assert_eq!(
-            ret_regs(&v).0,
-            ret::RET_ERR_INVALID_PARAM as u64,
-            "{addr:#x}"
-        );
+        assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_PARAM as u64, "{addr:#x}");
     }
     sbi_call(&mut v, &mut h, e, 2, [b'!' as u64, 0, 0, 0, 0, 0]);
     assert_eq!(h.console_out.last(), Some(&b'!'));
@@ -680,11 +528,7 @@ fn sbi_legacy_calls() {
     let mut v = vcpu();
     v.regs.set(11, 0xdead);
     sbi_call(&mut v, &mut h, 1, 0, [b'x' as u64, 0xdead, 0, 0, 0, 0]);
-    assert_eq!(
-        (ret_regs(&v), h.console_out.as_slice()),
-        ((0, 0xdead), &b"x"[..]),
-        "a1 untouched"
-    );
+    assert_eq!((ret_regs(&v), h.console_out.as_slice()), ((0, 0xdead), &b"x"[..]), "a1 untouched");
     sbi_call(&mut v, &mut h, 2, 0, [0, 0xdead, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v), (u64::MAX, 0xdead), "no input: -1");
     h.console_in = b"q".to_vec();
@@ -705,14 +549,7 @@ fn sbi_legacy_calls() {
     sbi_call(&mut v, &mut h, 6, 0, [0x4000, 0x1000, 0x1000, 0, 0, 0]);
     assert_eq!(
         h.fences.last(),
-        Some(&(
-            None,
-            Fence::Vma {
-                start: 0x1000,
-                size: 0x1000,
-                asid: None
-            }
-        ))
+        Some(&(None, Fence::Vma { start: 0x1000, size: 0x1000, asid: None }))
     );
     // set_timer.
     sbi_call(&mut v, &mut h, 0, 0, [77, 0, 0, 0, 0, 0]);
@@ -777,10 +614,6 @@ fn random_guest_input_never_panics() {
         let trapped = v.regs.pc == 0x8030_0000 && v.csrs.sepc == pc;
         let sret = v.regs.pc == v.csrs.sepc;
         let restarted = matches!(action, Action::Wait | Action::Stop | Action::Reset(_));
-        assert!(
-            advanced || trapped || sret || restarted,
-            "iteration {i}: pc {:#x}",
-            v.regs.pc
-        );
+        assert!(advanced || trapped || sret || restarted, "iteration {i}: pc {:#x}", v.regs.pc);
     }
 }

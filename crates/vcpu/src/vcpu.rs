@@ -129,6 +129,9 @@ impl Vcpu {
             waiting: None,
             effects: CsrEffect::all(),
         };
+        if features.fp {
+            v.csrs.set_fs_dirty();
+        }
         v.reset_to(entry, arg1);
         v
     }
@@ -151,10 +154,7 @@ impl Vcpu {
 
     /// The interrupt lines as the host sees them now.
     fn lines(&self, host: &impl Host) -> Lines {
-        Lines {
-            now: host.now(),
-            external: host.external_irq(self.hart_id),
-        }
+        Lines { now: host.now(), external: host.external_irq(self.hart_id) }
     }
 
     /// Enters the guest's trap handler as a hart would: `sepc`, `scause`, `stval`, SPP,
@@ -168,8 +168,7 @@ impl Vcpu {
         let sie = self.csrs.status(Sstatus::SIE);
         self.csrs.set_status(Sstatus::SPIE, sie);
         self.csrs.set_status(Sstatus::SIE, false);
-        self.csrs
-            .set_status(Sstatus::SPP, self.privilege == Privilege::Supervisor);
+        self.csrs.set_status(Sstatus::SPP, self.privilege == Privilege::Supervisor);
         self.privilege = Privilege::Supervisor;
         let base = self.csrs.stvec & !3;
         self.regs.pc = match tvec_mode(self.csrs.stvec) {
@@ -190,11 +189,7 @@ impl Vcpu {
         self.csrs.set_status(Sstatus::SIE, spie);
         self.csrs.set_status(Sstatus::SPIE, true);
         self.csrs.set_status(Sstatus::SPP, false);
-        self.privilege = if to_supervisor {
-            Privilege::Supervisor
-        } else {
-            Privilege::User
-        };
+        self.privilege = if to_supervisor { Privilege::Supervisor } else { Privilege::User };
         self.regs.pc = self.csrs.sepc;
     }
 
@@ -208,13 +203,9 @@ impl Vcpu {
         {
             return None;
         }
-        [
-            Interrupt::SupervisorExternal,
-            Interrupt::SupervisorSoft,
-            Interrupt::SupervisorTimer,
-        ]
-        .into_iter()
-        .find(|i| pending & i.mask() != 0)
+        [Interrupt::SupervisorExternal, Interrupt::SupervisorSoft, Interrupt::SupervisorTimer]
+            .into_iter()
+            .find(|i| pending & i.mask() != 0)
     }
 
     /// Takes the deliverable interrupt, if there is one; returns it.
@@ -274,22 +265,13 @@ impl Vcpu {
                 }
             }
         };
-        let Some(Decoded {
-            instruction,
-            length,
-        }) = decode(bits)
-        else {
+        let Some(Decoded { instruction, length }) = decode(bits) else {
             self.raise(Exception::IllegalInstruction, stval);
             return Action::Resume;
         };
         let next = self.regs.pc.wrapping_add(length as u64);
         match instruction {
-            Instruction::Csr {
-                op,
-                csr,
-                rd,
-                source,
-            } => {
+            Instruction::Csr { op, csr, rd, source } => {
                 if self.emulate_csr(op, csr, rd, source, host).is_err() {
                     self.raise(Exception::IllegalInstruction, stval);
                 } else {

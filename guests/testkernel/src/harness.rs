@@ -33,10 +33,7 @@ pub struct Test {
 #[macro_export]
 macro_rules! test {
     ($name:literal, $f:path) => {
-        $crate::harness::Test {
-            name: $name,
-            run: $f,
-        }
+        $crate::harness::Test { name: $name, run: $f }
     };
 }
 
@@ -134,10 +131,7 @@ fn reset_hart_state() {
 /// Runs every test whose name contains `filter`, printing TAP.
 pub fn run(tests: &[&[Test]], filter: Option<&str>) -> Summary {
     let selected = || {
-        tests
-            .iter()
-            .flat_map(|t| t.iter())
-            .filter(|t| filter.is_none_or(|f| t.name.contains(f)))
+        tests.iter().flat_map(|t| t.iter()).filter(|t| filter.is_none_or(|f| t.name.contains(f)))
     };
     println!("1..{}", selected().count());
     let mut summary = Summary::default();
@@ -147,9 +141,7 @@ pub fn run(tests: &[&[Test]], filter: Option<&str>) -> Summary {
         *CURRENT.lock() = test.name;
         let result = match trap::catch(test.run) {
             Ok(r) => r,
-            Err(t) => Err(Outcome::Fail(alloc::format!(
-                "unexpected exception: {t:#x?}"
-            ))),
+            Err(t) => Err(Outcome::Fail(alloc::format!("unexpected exception: {t:#x?}"))),
         };
         reset_hart_state();
         match result {

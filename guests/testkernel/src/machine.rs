@@ -5,6 +5,8 @@ use spin::Once;
 
 /// Facts the tests consult.
 pub struct Machine {
+    /// The hart the kernel runs on.
+    pub hartid: usize,
     pub harts: usize,
     /// `riscv,isa` of the boot hart.
     pub isa: String,
@@ -24,10 +26,7 @@ impl Machine {
 
     /// Whether the boot hart's ISA string names multi-letter extension `ext`.
     pub fn has_extension(&self, ext: &str) -> bool {
-        self.isa
-            .split('_')
-            .skip(1)
-            .any(|e| e.eq_ignore_ascii_case(ext))
+        self.isa.split('_').skip(1).any(|e| e.eq_ignore_ascii_case(ext))
     }
 }
 
@@ -39,6 +38,7 @@ pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
     // overwrites it.
     let fdt = unsafe { fdt::Fdt::from_ptr(dtb as *const u8) }.expect("a valid device tree in a1");
     let mut machine = Machine {
+        hartid,
         harts: 0,
         isa: String::new(),
         mmu: String::new(),
@@ -49,19 +49,11 @@ pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
         machine.harts += 1;
         let reg = cpu.property("reg").and_then(|p| p.as_usize());
         if reg == Some(hartid) {
-            let s = |name| {
-                cpu.property(name)
-                    .and_then(|p| p.as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
+            let s = |name| cpu.property(name).and_then(|p| p.as_str()).unwrap_or("").to_string();
             machine.isa = s("riscv,isa");
             machine.mmu = s("mmu-type");
         }
-        if let Some(tb) = cpu
-            .property("timebase-frequency")
-            .and_then(|p| p.as_usize())
-        {
+        if let Some(tb) = cpu.property("timebase-frequency").and_then(|p| p.as_usize()) {
             machine.timebase_hz = tb as u64;
         }
     }

@@ -5,12 +5,15 @@
 //! is the oracle; under hypocaust the same binary must give the same results.
 //!
 //! Boot arguments (`/chosen/bootargs`): `filter=TEXT` runs only tests whose name contains
-//! TEXT.
+//! TEXT; `action=reboot` or `action=hart-stop` asks SBI for that first (for the tests of
+//! what hypocaust does when a guest reboots or stops its last hart).
+
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+mod codebuf;
 #[macro_use]
 mod console;
 mod ecall;
@@ -58,12 +61,22 @@ extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
         "# hypocaust testkernel: hart {hartid} of {}, isa {}, timebase {} Hz",
         machine.harts, machine.isa, machine.timebase_hz
     );
+    match machine.bootarg("action") {
+        Some("reboot") => {
+            println!("# action: cold reboot");
+            let _ = sbi_rt::system_reset(sbi_rt::ColdReboot, sbi_rt::NoReason);
+        }
+        Some("hart-stop") => {
+            println!("# action: stopping the only hart");
+            let _ = sbi_rt::hart_stop();
+        }
+        Some(other) => println!("# unknown action {other}"),
+        None => {}
+    }
     let filter = machine.bootarg("filter");
+
     let summary = harness::run(tests::ALL, filter);
-    println!(
-        "# {} passed, {} failed, {} skipped",
-        summary.passed, summary.failed, summary.skipped
-    );
+    println!("# {} passed, {} failed, {} skipped", summary.passed, summary.failed, summary.skipped);
     shutdown(summary.failed > 0)
 }
 

@@ -83,3 +83,34 @@ enter_user:
     mv      a0, a1
     mv      sp, a2
     sret
+
+/*
+ * A vectored trap table for stvec MODE = 1: entry i stores i in `vector_hit` and joins
+ * trap_entry. (It briefly uses the 16 bytes below the interrupted sp.)
+ */
+    .p2align 8
+    .globl vector_table
+vector_table:
+    .option push
+    .option norvc                   # entries are 4 bytes apart
+    .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    j       vector_stub_\i
+    .endr
+    .option pop
+    .irp i, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+vector_stub_\i:
+    sd      t0, -8(sp)
+    sd      t1, -16(sp)
+    lla     t0, vector_hit
+    li      t1, \i
+    sd      t1, 0(t0)
+    ld      t1, -16(sp)
+    ld      t0, -8(sp)
+    j       trap_entry
+    .endr
+
+    .section .data
+    .p2align 3
+    .globl vector_hit
+vector_hit:
+    .dword  -1

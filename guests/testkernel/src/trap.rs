@@ -41,9 +41,23 @@ struct JumpBuf {
 }
 
 unsafe extern "C" {
+    fn vector_table();
+    static mut vector_hit: u64;
     fn try_run(buf: *mut JumpBuf, f: extern "C" fn(*mut u8), arg: *mut u8) -> usize;
     fn try_run_resume();
     fn enter_user(entry: usize, arg: usize, user_sp: usize) -> !;
+}
+
+/// The `stvec` value of the vectored table (MODE = 1).
+pub fn vectored_stvec() -> u64 {
+    vector_table as *const () as u64 | 1
+}
+
+/// Which entry of the vectored table was taken last (`u64::MAX`: none since the reset).
+pub fn take_vector_hit() -> u64 {
+    let hit = &raw mut vector_hit;
+    // SAFETY: only the trap stubs and this function touch the word, on one hart.
+    unsafe { core::mem::replace(&mut *hit, u64::MAX) }
 }
 
 /// An exception that was caught.
@@ -96,10 +110,7 @@ mod heapless_stack {
 
     impl Stack {
         pub const fn new() -> Self {
-            Self {
-                items: [const { None }; MAX_DEPTH],
-                len: 0,
-            }
+            Self { items: [const { None }; MAX_DEPTH], len: 0 }
         }
 
         pub fn push(&mut self, c: Catcher) {
@@ -137,20 +148,12 @@ pub fn catch<F: FnOnce() -> R, R>(f: F) -> Result<R, Trap> {
     let mut buf = JumpBuf::default();
     let mut slot: (Option<F>, Option<R>) = (Some(f), None);
     let sie = riscv::register::sstatus::read().sie();
-    CATCHERS.lock().push(Catcher {
-        buf: &mut buf,
-        sie,
-        caught: None,
-    });
+    CATCHERS.lock().push(Catcher { buf: &mut buf, sie, caught: None });
     // SAFETY: try_run saves our callee-saved registers in `buf` and calls `call_closure`
     // with a pointer to `slot`; a trap unwinds to `try_run_resume`, which restores them.
     // Both live until the catcher is popped below.
     let unwound = unsafe {
-        try_run(
-            &mut buf,
-            call_closure::<F, R>,
-            &mut slot as *mut (Option<F>, Option<R>) as *mut u8,
-        )
+        try_run(&mut buf, call_closure::<F, R>, &mut slot as *mut (Option<F>, Option<R>) as *mut u8)
     };
     let catcher = CATCHERS.lock().pop().expect("pushed above");
     match (unwound, catcher.caught, slot.1) {
@@ -188,13 +191,42 @@ pub fn run_user(entry: UserFn, arg: u64) -> Trap {
 static INTERRUPTS: [AtomicUsize; 16] = [const { AtomicUsize::new(0) }; 16];
 /// `time` when the last supervisor timer interrupt was taken.
 pub static LAST_TIMER_AT: AtomicU64 = AtomicU64::new(0);
+/// `sepc` of the last interrupt taken: where it interrupted.
+pub static LAST_IRQ_SEPC: AtomicU64 = AtomicU64::new(0);
+/// `sstatus` when the last interrupt was taken.
+pub static LAST_IRQ_SSTATUS: AtomicU64 = AtomicU64::new(0);
+/// Causes of the interrupts taken, oldest first (the first 8 since `clear_irq_log`).
+static IRQ_LOG: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static IRQ_LOG_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Forgets logged interrupts.
+pub fn clear_irq_log() {
+    IRQ_LOG_LEN.store(0, Ordering::SeqCst);
+}
+
+/// The interrupt codes taken since `clear_irq_log`, oldest first (up to 8).
+pub fn irq_log() -> ([u64; 8], usize) {
+    let n = IRQ_LOG_LEN.load(Ordering::SeqCst).min(8);
+    (core::array::from_fn(|i| IRQ_LOG[i].load(Ordering::SeqCst)), n)
+}
+
+/// The address of the timer interrupt counter, for U-mode code that waits on it.
+pub fn timer_count_address() -> u64 {
+    &INTERRUPTS[Interrupt::SupervisorTimer as usize] as *const AtomicUsize as u64
+}
 
 /// How many interrupts of `irq` were taken so far.
 pub fn interrupt_count(irq: Interrupt) -> usize {
     INTERRUPTS[irq as usize].load(Ordering::SeqCst)
 }
 
-fn handle_interrupt(code: u64) {
+fn handle_interrupt(code: u64, frame: &Frame) {
+    LAST_IRQ_SEPC.store(frame.sepc, Ordering::SeqCst);
+    LAST_IRQ_SSTATUS.store(frame.sstatus, Ordering::SeqCst);
+    let n = IRQ_LOG_LEN.fetch_add(1, Ordering::SeqCst);
+    if let Some(slot) = IRQ_LOG.get(n) {
+        slot.store(code, Ordering::SeqCst);
+    }
     if let Some(counter) = INTERRUPTS.get(code as usize) {
         counter.fetch_add(1, Ordering::SeqCst);
     }
@@ -217,12 +249,8 @@ fn handle_interrupt(code: u64) {
 }
 
 extern "C" fn trap_handler(frame: &mut Frame) {
-    if let Cause::Interrupt(i) = Cause::from_scause(frame.scause) {
-        handle_interrupt(i as u64);
-        return;
-    }
     if frame.scause & rv::trap::INTERRUPT_BIT != 0 {
-        handle_interrupt(frame.scause & 0xff);
+        handle_interrupt(frame.scause & 0xff, frame);
         return;
     }
     let trap = Trap {
@@ -230,9 +258,7 @@ extern "C" fn trap_handler(frame: &mut Frame) {
         stval: frame.stval,
         sepc: frame.sepc,
         sstatus: frame.sstatus,
-        args: frame.regs[10..18]
-            .try_into()
-            .expect("eight argument registers"),
+        args: frame.regs[10..18].try_into().expect("eight argument registers"),
     };
     let mut catchers = CATCHERS.lock();
     let Some(catcher) = catchers.top() else {

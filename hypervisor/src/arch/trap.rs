@@ -46,10 +46,7 @@ pub struct GuestContext {
 impl GuestContext {
     /// A context for `vcpu`.
     pub fn new(vcpu: Vcpu) -> Self {
-        Self {
-            host: HostRegs::default(),
-            vcpu,
-        }
+        Self { host: HostRegs::default(), vcpu }
     }
 }
 

@@ -24,15 +24,11 @@ macro_rules! csr_write {
 
 mod csr;
 mod exceptions;
+mod fp;
 mod interrupts;
 mod paging;
 mod sbi;
 
 /// Every test, in the order they run.
-pub const ALL: &[&[Test]] = &[
-    csr::TESTS,
-    exceptions::TESTS,
-    interrupts::TESTS,
-    paging::TESTS,
-    sbi::TESTS,
-];
+pub const ALL: &[&[Test]] =
+    &[csr::TESTS, exceptions::TESTS, interrupts::TESTS, fp::TESTS, paging::TESTS, sbi::TESTS];
