@@ -131,8 +131,15 @@ pub struct Guest {
     initrd: Option<&'static [u8]>,
     bootargs: String,
     pub offer: Offer,
-    /// `satp` of the table the guest runs on.
-    pub satp: u64,
+    /// `satp` of the table the guest runs on while its own `satp` is Bare.
+    pub bare_satp: u64,
+    /// Frames for its shadow tables, until its vCPU takes them.
+    shadow_pool: spin::Mutex<Option<crate::paging::FramePool>>,
+}
+
+/// Frames of a guest's shadow table pool: 1/32 of its RAM, at least 256 (1 MiB).
+fn shadow_pool_frames(memory: u64) -> usize {
+    ((memory / 32 / rv::PAGE_SIZE) as usize).max(256)
 }
 
 impl Guest {
@@ -166,8 +173,10 @@ impl Guest {
             HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12),
             layout::HYPERVISOR_ROOT_SLOTS,
         );
-        // ASID 0 is hypocaust's own; guests count from 1.
-        let satp = Satp::new(SatpMode::Sv48, (id + 1) as u16, root.page_number()).0;
+        let bare_satp = Satp::new(SatpMode::Sv48, 0, root.page_number()).0;
+        let pool = crate::paging::FramePool::new(id, shadow_pool_frames(size)).ok_or(
+            GuestError::Memory { mib: mib + ((shadow_pool_frames(size) as u64 * 4096) >> 20) as u32 },
+        )?;
 
         Ok(Self {
             name: spec.name.to_string(),
@@ -176,8 +185,14 @@ impl Guest {
             initrd: spec.initrd,
             bootargs: spec.bootargs.to_string(),
             offer,
-            satp,
+            bare_satp,
+            shadow_pool: spin::Mutex::new(Some(pool)),
         })
+    }
+
+    /// The guest's shadow frame pool (once: its vCPU keeps it).
+    pub fn take_shadow_pool(&self) -> Option<crate::paging::FramePool> {
+        self.shadow_pool.lock().take()
     }
 
     /// (Re)loads the guest's RAM: zeroes it, places the kernel, initrd and device tree.
@@ -200,6 +215,7 @@ impl Guest {
         let dt = loader::fdt::GuestDt {
             model: "hypocaust,virt",
             harts: 1,
+
             isa: &self.offer.isa,
             mmu_type: self.offer.features.max_satp_mode.dt_name(),
             timebase_hz: self.offer.timebase_hz,

@@ -21,6 +21,7 @@ mod guest;
 mod hart;
 mod layout;
 mod mm;
+mod paging;
 mod panic;
 mod run;
 mod sbi;
@@ -199,6 +200,7 @@ extern "C" fn boot_main(state: usize) -> ! {
 
     summary::print(platform, state);
     println!("timer     {}", timer::init());
+    println!("asids     {} (guests: Sv39 on shadow tables)", paging::probe_asids());
     MACHINE_IDS.call_once(|| vcpu::MachineIds {
         mvendorid: sbi_rt::get_mvendorid() as u64,
         marchid: sbi_rt::get_marchid() as u64,
@@ -255,7 +257,7 @@ fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
         features: vcpu::Features {
             sstc,
             fp: boot_hart.is_some_and(|h| h.isa.has_letter('f') || h.isa.has_letter('d')),
-            max_satp_mode: SatpMode::Bare,
+            max_satp_mode: SatpMode::Sv39,
         },
 
         timebase_hz: platform.timebase_hz as u32,
@@ -285,7 +287,13 @@ fn run_guest(index: usize) -> ! {
     let guests = GUESTS.get().expect("guests are created before harts run them");
     let g = &guests[index];
     let mut stats = run::ExitStats::default();
+    let Some(pool) = g.take_shadow_pool() else {
+        println!("hypocaust: guest '{}' has no shadow table pool", g.name);
+        idle()
+    };
+    let mut mmu = paging::VcpuMmu::new(index, pool);
     loop {
+        mmu.reset();
         let vcpu = match g.load() {
             Ok(v) => v,
             Err(e) => {
@@ -294,7 +302,8 @@ fn run_guest(index: usize) -> ! {
             }
         };
         let mut ctx = Box::new(arch::trap::GuestContext::new(vcpu));
-        let end = run::run(g, &mut ctx, &mut stats);
+        let end = run::run(g, &mut ctx, &mut mmu, &mut stats);
+        log::debug!("guest '{}': shadow {:?}", g.name, mmu.stats());
         match end {
             run::End::Reset(vcpu::ResetKind::Shutdown) => {
                 println!("hypocaust: guest '{}' powered off", g.name);
@@ -307,6 +316,8 @@ fn run_guest(index: usize) -> ! {
             }
         }
     }
+    // Off the guest's tables for good.
+    mmu.reset();
     if RUNNING.fetch_sub(1, Ordering::AcqRel) == 1 {
         println!("hypocaust: all guests are off; powering off");
         sbi::shutdown(false)

@@ -1,12 +1,14 @@
 //! Running a vCPU on this hart: enter the guest, take its trap, let the vCPU logic handle
 //! it, deliver virtual interrupts, repeat.
 
+use mmu::walk::AccessType;
 use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
 use rv::trap::{Cause, Exception, Interrupt};
 use vcpu::{Action, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
 
 use crate::arch::trap::{GuestContext, enter_guest};
 use crate::guest::Guest;
+use crate::paging::{VcpuMmu, access_for};
 use crate::{arch, console, timer};
 
 /// Why a vCPU stopped running.
@@ -33,6 +35,15 @@ impl Default for ExitStats {
 /// The services a vCPU of `guest` gets while it handles an exit.
 struct GuestHost<'a> {
     guest: &'a Guest,
+    mmu: &'a mut VcpuMmu,
+}
+
+impl GuestHost<'_> {
+    /// Reads `buf.len()` bytes at guest-virtual `va` as an access of `kind` by the vCPU.
+    fn read_virt(&self, v: &Vcpu, va: u64, kind: AccessType, buf: &mut [u8]) -> Result<(), Fault> {
+        let gpa = self.mmu.translate(self.guest, v, va, access_for(v, kind))?;
+        if self.guest.memory.read(gpa, buf) { Ok(()) } else { Err((kind.access_fault(), va)) }
+    }
 }
 
 impl Host for GuestHost<'_> {
@@ -40,31 +51,23 @@ impl Host for GuestHost<'_> {
         arch::time()
     }
 
-    fn fetch_instruction(&mut self, _vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
-        // satp is Bare: the pc is a guest-physical address.
-        let fault = (Exception::InstructionAccessFault, pc);
+    fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
+        // Halves: a 32-bit instruction may straddle a page boundary.
         let mut low = [0u8; 2];
-        if !self.guest.memory.read(pc, &mut low) {
-            return Err(fault);
-        }
+        self.read_virt(vcpu, pc, AccessType::Execute, &mut low)?;
         let low = u16::from_le_bytes(low);
         if rv::insn::length(low) == 2 {
             return Ok(low as u32);
         }
         let mut high = [0u8; 2];
-        if !self.guest.memory.read(pc.wrapping_add(2), &mut high) {
-            return Err((Exception::InstructionAccessFault, pc.wrapping_add(2)));
-        }
+        self.read_virt(vcpu, pc.wrapping_add(2), AccessType::Execute, &mut high)?;
         Ok(low as u32 | (u16::from_le_bytes(high) as u32) << 16)
     }
 
-    fn load_u64(&mut self, _vcpu: &Vcpu, va: u64) -> Result<u64, Fault> {
+    fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault> {
         let mut b = [0u8; 8];
-        if self.guest.memory.read(va, &mut b) {
-            Ok(u64::from_le_bytes(b))
-        } else {
-            Err((Exception::LoadAccessFault, va))
-        }
+        self.read_virt(vcpu, va, AccessType::Read, &mut b)?;
+        Ok(u64::from_le_bytes(b))
     }
 
     fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
@@ -111,20 +114,22 @@ impl Host for GuestHost<'_> {
         match fence {
             // SAFETY: `fence.i` only orders instruction fetch after earlier stores.
             Fence::I => unsafe { core::arch::asm!("fence.i") },
-            // satp is Bare: there are no guest translations to drop.
-            Fence::Vma { .. } => {}
+            Fence::Vma { start, size, asid } => self.mmu.fence(start, size, asid),
         }
     }
 }
 
 /// The real CSRs hypocaust last set for the guest, so unchanged ones are not rewritten.
 struct RealCsrs {
-    satp: u64,
-    fs: u64,
+    /// `sstatus` bits mirrored from the guest: FS and MXR.
+    status: u64,
     scounteren: u64,
     /// What the real timer is armed for.
     timer: u64,
 }
+
+/// The `sstatus` bits the real hart takes from the guest's.
+const MIRRORED: u64 = Sstatus::FS.bits() | Sstatus::MXR.bits();
 
 fn read_csr_scause_stval() -> (u64, u64) {
     let (scause, stval): (u64, u64);
@@ -136,20 +141,16 @@ fn read_csr_scause_stval() -> (u64, u64) {
 }
 
 /// Sets the real CSRs the vCPU's state calls for.
-fn prepare(real: &mut RealCsrs, guest: &Guest, v: &Vcpu) {
-    if real.satp != guest.satp {
-        // SAFETY: the guest's table maps hypocaust exactly as the kernel table does.
-        unsafe { arch::switch_page_table(guest.satp) };
-        real.satp = guest.satp;
-    }
-    let fs = v.fs() as u64;
-    if real.fs != fs {
-        let mask = Sstatus::FS.bits();
-        // SAFETY: FS only gates the guest's FP use; hypocaust (built without F/D) has none.
+fn prepare(real: &mut RealCsrs, guest: &Guest, mmu: &mut VcpuMmu, v: &Vcpu) {
+    mmu.load(guest, v);
+    let status = v.csrs.sstatus & MIRRORED;
+    if real.status != status {
+        // SAFETY: FS gates the guest's FP use (hypocaust, built without F/D, has none); MXR
+        // acts on the guest's shadow entries, never on hypocaust's own (no X-only pages).
         unsafe {
-            core::arch::asm!("csrc sstatus, {0}", "csrs sstatus, {1}", in(reg) mask, in(reg) fs << SSTATUS_FS_SHIFT)
+            core::arch::asm!("csrc sstatus, {0}", "csrs sstatus, {1}", in(reg) MIRRORED, in(reg) status)
         };
-        real.fs = fs;
+        real.status = status;
     }
     let counters = v.real_scounteren();
     if real.scounteren != counters {
@@ -191,26 +192,24 @@ fn acknowledge(irq: Option<Interrupt>, real: &mut RealCsrs) {
     }
 }
 
-/// A guest access to an address that is not its RAM (satp is Bare, so every mapped
-/// address is RAM): the access fault real hardware gives for a missing device.
-fn missing_memory(e: Exception) -> Option<Exception> {
+/// A page fault while the guest's `satp` is Bare: every RAM address is mapped, so this
+/// address is not RAM — the access fault real hardware gives for a missing device.
+fn bare_fault(e: Exception) -> Exception {
     match e {
-        Exception::InstructionPageFault => Some(Exception::InstructionAccessFault),
-        Exception::LoadPageFault => Some(Exception::LoadAccessFault),
-        Exception::StorePageFault => Some(Exception::StoreAccessFault),
-        _ => None,
+        Exception::InstructionPageFault => Exception::InstructionAccessFault,
+        Exception::LoadPageFault => Exception::LoadAccessFault,
+        _ => Exception::StoreAccessFault,
     }
 }
 
 /// Runs the vCPU in `ctx` until the guest resets or stops its hart.
-pub fn run(guest: &Guest, ctx: &mut GuestContext, stats: &mut ExitStats) -> End {
-    let mut real = RealCsrs { satp: 0, fs: u64::MAX, scounteren: u64::MAX, timer: 0 };
+pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut ExitStats) -> End {
+    let mut real = RealCsrs { status: u64::MAX, scounteren: u64::MAX, timer: 0 };
     // SAFETY: host timer and software interrupts trap while the guest runs (U-mode); in
     // hypocaust sstatus.SIE stays clear, so they only wake `wfi` there.
     unsafe {
         core::arch::asm!("csrs sie, {0}", in(reg) (Interrupts::STI | Interrupts::SSI).bits())
     };
-    let mut host = GuestHost { guest };
     loop {
         let now = arch::time();
         let lines = Lines { now, external: false };
@@ -231,30 +230,41 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, stats: &mut ExitStats) -> End 
         }
         v.take_interrupt(lines);
         set_timer(&mut real, wanted_timer(v, now));
-        prepare(&mut real, guest, v);
+        prepare(&mut real, guest, mmu, v);
 
         // SAFETY: `prepare` set up satp, sstatus and scounteren for this guest.
         unsafe { enter_guest(ctx) };
 
         let (scause, stval) = read_csr_scause_stval();
         let v = &mut ctx.vcpu;
-        if real.fs != ExtState::Off as u64 && real_fs() == ExtState::Dirty as u64 {
+        if real.status & Sstatus::FS.bits() != 0 && real_fs() == ExtState::Dirty as u64 {
             v.csrs.set_fs_dirty();
-            real.fs = ExtState::Dirty as u64;
+            real.status |= Sstatus::FS.bits();
         }
         let slot = (scause & 63) as usize + if scause >> 63 != 0 { 64 } else { 0 };
         stats.counts[slot] += 1;
+
         match Cause::from_scause(scause) {
             Cause::Interrupt(irq) => acknowledge(Some(irq), &mut real),
-            Cause::Exception(e) => {
-                let action = match missing_memory(e) {
-                    Some(fault) => {
-                        v.raise(fault, stval);
-                        Action::Resume
-                    }
-                    None => v.handle_exception(e, stval, &mut host),
+            Cause::Exception(
+                e @ (Exception::InstructionPageFault
+                | Exception::LoadPageFault
+                | Exception::StorePageFault),
+            ) => {
+                let result = if mmu::shadow::is_paged(v.csrs.satp) {
+                    mmu.page_fault(guest, v, e, stval)
+                } else {
+                    Err((bare_fault(e), stval))
                 };
-                match action {
+                log::trace!("{e:?} at {stval:#x} (pc {:#x}): {result:x?}", v.regs.pc);
+
+                if let Err((fault, tval)) = result {
+                    v.raise(fault, tval);
+                }
+            }
+            Cause::Exception(e) => {
+                let mut host = GuestHost { guest, mmu };
+                match v.handle_exception(e, stval, &mut host) {
                     Action::Resume | Action::Wait => {}
                     Action::Stop => return End::Stopped,
                     Action::Reset(kind) => return End::Reset(kind),

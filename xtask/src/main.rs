@@ -46,6 +46,9 @@ enum Cmd {
         /// Guest RAM in MiB.
         #[arg(long, default_value_t = 256)]
         guest_memory: u32,
+        /// Hypocaust's log level (error, warn, info, debug, trace).
+        #[arg(long, default_value = "info")]
+        log: String,
     },
     /// Run every test: host unit tests, then the QEMU tests.
     Test,
@@ -65,7 +68,7 @@ enum Cmd {
 fn run() -> Result<bool> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Run { smp, memory, timeout, kernel, initrd, append, guest_memory } => {
+        Cmd::Run { smp, memory, timeout, kernel, initrd, append, guest_memory, log } => {
             provision::all()?;
             let (name, kernel) = match kernel {
                 Some(k) => {
@@ -89,6 +92,8 @@ fn run() -> Result<bool> {
             let mut machine = suite::hypocaust_machine(bundle)?;
             machine.smp = smp;
             machine.memory_mib = memory;
+            machine.append = Some(format!("hypocaust.log={log}"));
+
             eprintln!("xtask: {}", machine.command_line());
             let status = qemu::run_interactive(&machine, timeout.map(Duration::from_secs))?;
             Ok(status.success())

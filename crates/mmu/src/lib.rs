@@ -5,7 +5,10 @@
 //!   shadow tables it runs guests on.
 #![no_std]
 
+extern crate alloc;
+
 pub mod map;
+pub mod shadow;
 pub mod walk;
 
 #[cfg(test)]

@@ -67,17 +67,29 @@ impl GuestMemory for SparseMemory {
     }
 }
 
-/// Table frames handed out from a fake physical range, for testing the mapper.
+/// Table frames handed out from a fake physical range, for testing the mapper and the
+/// shadow cache.
 pub struct TestFrames {
     pub mem: SparseMemory,
     next: u64,
+    free: std::vec::Vec<u64>,
+    /// Frames in use.
     pub allocated: usize,
     pub limit: usize,
+    /// Real-TLB flushes asked for: (tree slot, address).
+    pub tlb_flushes: std::vec::Vec<(usize, Option<u64>)>,
 }
 
 impl TestFrames {
     pub fn new(limit: usize) -> Self {
-        Self { mem: SparseMemory::default(), next: 0x1_0000_0000, allocated: 0, limit }
+        Self {
+            mem: SparseMemory::default(),
+            next: 0x1_0000_0000,
+            free: std::vec::Vec::new(),
+            allocated: 0,
+            limit,
+            tlb_flushes: std::vec::Vec::new(),
+        }
     }
 }
 
@@ -87,8 +99,13 @@ impl Frames for TestFrames {
             return None;
         }
         self.allocated += 1;
-        let pa = self.next;
-        self.next += 4096;
+        let pa = self.free.pop().unwrap_or_else(|| {
+            self.next += 4096;
+            self.next - 4096
+        });
+        for i in 0..512 {
+            self.mem.write(pa + 8 * i, 0);
+        }
         Some(HostPhysAddr::new(pa))
     }
 
@@ -98,5 +115,17 @@ impl Frames for TestFrames {
 
     fn write_pte(&mut self, table: HostPhysAddr, index: usize, pte: Pte) {
         self.mem.write(table.raw() + 8 * index as u64, pte.0);
+    }
+}
+
+impl crate::shadow::ShadowFrames for TestFrames {
+    fn free(&mut self, frame: HostPhysAddr) {
+        assert!(!self.free.contains(&frame.raw()), "frame {frame:?} freed twice");
+        self.allocated -= 1;
+        self.free.push(frame.raw());
+    }
+
+    fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {
+        self.tlb_flushes.push((tree, va));
     }
 }

@@ -126,6 +126,7 @@ fn reset_hart_state() {
         core::arch::asm!("csrc sstatus, {0}", in(reg) sum_mxr.bits());
     }
     crate::timer::disarm();
+    crate::vm::reset();
 }
 
 /// Runs every test whose name contains `filter`, printing TAP.

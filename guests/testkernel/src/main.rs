@@ -22,6 +22,7 @@ mod machine;
 mod tests;
 mod timer;
 mod trap;
+mod vm;
 
 use buddy_system_allocator::LockedHeap;
 use core::arch::global_asm;

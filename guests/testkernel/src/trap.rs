@@ -172,15 +172,22 @@ pub fn run_user(entry: UserFn, arg: u64) -> Trap {
     #[repr(align(16))]
     struct UserStack(#[allow(dead_code)] [u8; 16 * 1024]);
     static mut USER_STACK: UserStack = UserStack([0; 16 * 1024]);
-    let top = (&raw mut USER_STACK) as usize + 16 * 1024;
+    let top = (&raw mut USER_STACK) as u64 + 16 * 1024;
+    run_user_at(entry as *const () as u64, arg, top)
+}
+
+/// Runs U-mode code at address `entry` (any virtual address the current space maps for
+/// U-mode) with a0 = `arg` and sp = `sp`, until it traps; returns the trap.
+pub fn run_user_at(entry: u64, arg: u64, sp: u64) -> Trap {
     let result = catch(|| -> () {
         // SAFETY: SPP = U so `sret` in enter_user drops to U-mode; any trap from there
         // unwinds to this catch.
         unsafe {
             riscv::register::sstatus::set_spp(riscv::register::sstatus::SPP::User);
-            enter_user(entry as *const () as usize, arg as usize, top)
+            enter_user(entry as usize, arg as usize, sp as usize)
         }
     });
+
     match result {
         Ok(()) => unreachable!("U-mode code returns only by trapping"),
         Err(trap) => trap,

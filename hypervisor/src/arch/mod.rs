@@ -59,6 +59,16 @@ pub unsafe fn switch_page_table(satp: u64) {
     unsafe { asm!("sfence.vma", "csrw satp, {0}", "sfence.vma", in(reg) satp) };
 }
 
+/// Switches to another root page table without flushing: the tables are told apart by
+/// their ASIDs, and the caller flushes an ASID before reusing it for other translations.
+///
+/// # Safety
+/// As for [`switch_page_table`].
+pub unsafe fn switch_page_table_keep_tlb(satp: u64) {
+    // SAFETY: the caller guarantees the new table keeps the running context mapped.
+    unsafe { asm!("csrw satp, {0}", in(reg) satp) };
+}
+
 /// Waits for an interrupt (returns on any pending enabled one, or spuriously).
 #[inline]
 pub fn wait_for_interrupt() {

@@ -1,0 +1,332 @@
+//! A vCPU's memory view: the table it runs on (the fixed Bare view, or a shadow tree from
+//! its cache), shadow fills on page faults, and TLB fences.
+//!
+//! Shadow tables come from a frame pool reserved for the guest when it is created, so a
+//! guest that maps millions of pages or spins on `satp` writes can use up its own pool and
+//! nothing else (crates/mmu/src/shadow.rs then evicts and flushes).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+
+use mmu::map::Frames;
+use mmu::shadow::{Fill, GuestRam, Key, ShadowCache, ShadowFrames, View, access_of, is_paged};
+use mmu::walk::{Access, AccessType, WalkFeatures};
+use rv::HostPhysAddr;
+use rv::csr::{Satp, SatpMode, Sstatus};
+use rv::pte::Pte;
+use rv::trap::Exception;
+use vcpu::{Fault, Privilege, Vcpu};
+
+use crate::guest::{Guest, GuestMemory};
+use crate::{arch, layout, mm};
+
+/// Shadow trees a vCPU keeps (address spaces × views).
+pub const MAX_TREES: usize = 31;
+
+/// Real ASIDs each guest uses: its Bare view and one per tree slot.
+const ASIDS_PER_GUEST: u16 = MAX_TREES as u16 + 1;
+
+/// Highest real ASID the harts implement (probed at boot); 0 means none.
+static MAX_ASID: AtomicU16 = AtomicU16::new(0);
+
+/// Finds how many ASID bits `satp` keeps (writes all ones to the field of the current
+/// table's `satp`, reads back, restores).
+pub fn probe_asids() -> u16 {
+    let current = mm::kernel_satp();
+    let probe = current | (0xFFFF << Satp::ASID_SHIFT);
+    let read: u64;
+    // SAFETY: the same table with a different ASID maps exactly the same; the original
+    // value is restored before anything else runs.
+    unsafe {
+        core::arch::asm!(
+            "csrw satp, {probe}",
+            "csrr {read}, satp",
+            "csrw satp, {current}",
+            "sfence.vma",
+            probe = in(reg) probe,
+            current = in(reg) current,
+            read = out(reg) read,
+        )
+    };
+    let max = Satp(read).asid();
+    MAX_ASID.store(max, Ordering::Relaxed);
+    max
+}
+
+/// The real ASID for a guest's Bare view (`slot` None) or tree slot; 0 (with full flushes on
+/// every switch) when the harts have too few.
+fn real_asid(guest: usize, slot: Option<usize>) -> u16 {
+    let asid = (guest as u16 + 1) * ASIDS_PER_GUEST + slot.map_or(0, |s| s as u16 + 1);
+    if asid <= MAX_ASID.load(Ordering::Relaxed) { asid } else { 0 }
+}
+
+/// Frames reserved for one guest's shadow tables.
+pub struct FramePool {
+    free: Vec<u64>,
+    guest: usize,
+}
+
+impl FramePool {
+    /// A pool of `frames` frames from the frame allocator; `None` if memory is short.
+    pub fn new(guest: usize, frames: usize) -> Option<Self> {
+        let base = mm::alloc_frames_uninit(frames)?;
+        let free = (0..frames as u64).rev().map(|i| base.raw() + i * rv::PAGE_SIZE).collect();
+        Some(Self { free, guest })
+    }
+
+    fn entry(table: HostPhysAddr, index: usize) -> *mut u64 {
+        assert!(index < 512);
+        (layout::phys_to_virt(table).raw() as *mut u64).wrapping_add(index)
+    }
+}
+
+impl Frames for FramePool {
+    fn alloc_zeroed(&mut self) -> Option<HostPhysAddr> {
+        let pa = HostPhysAddr::new(self.free.pop()?);
+        // SAFETY: the frame came off this pool's free list, so only this pool owns it; the
+        // direct map covers it.
+        unsafe {
+            core::ptr::write_bytes(
+                layout::phys_to_virt(pa).raw() as *mut u8,
+                0,
+                rv::PAGE_SIZE as usize,
+            )
+        };
+        Some(pa)
+    }
+
+    fn read_pte(&self, table: HostPhysAddr, index: usize) -> Pte {
+        // SAFETY: `table` is a table frame of this pool (or hypocaust's root, read-only here).
+        Pte(unsafe { Self::entry(table, index).read_volatile() })
+    }
+
+    fn write_pte(&mut self, table: HostPhysAddr, index: usize, pte: Pte) {
+        // SAFETY: `table` is a table frame this pool handed out.
+        unsafe { Self::entry(table, index).write_volatile(pte.0) }
+    }
+}
+
+impl ShadowFrames for FramePool {
+    fn free(&mut self, frame: HostPhysAddr) {
+        self.free.push(frame.raw());
+    }
+
+    fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {
+        let asid = real_asid(self.guest, Some(tree)) as u64;
+        // SAFETY: dropping translations never breaks hypocaust: its own entries are global,
+        // and only the tree's (non-global) entries are named.
+        unsafe {
+            match va {
+                Some(va) if asid != 0 => {
+                    core::arch::asm!("sfence.vma {0}, {1}", in(reg) va, in(reg) asid)
+                }
+                None if asid != 0 => core::arch::asm!("sfence.vma zero, {0}", in(reg) asid),
+                _ => core::arch::asm!("sfence.vma"),
+            }
+        }
+    }
+}
+
+impl mmu::walk::GuestMemory for GuestMemory {
+    fn read_u64(&self, gpa: rv::GuestPhysAddr) -> Option<u64> {
+        let mut b = [0u8; 8];
+        (gpa.is_aligned(8) && self.read(gpa.raw(), &mut b)).then(|| u64::from_le_bytes(b))
+    }
+
+    fn compare_exchange_u64(&self, gpa: rv::GuestPhysAddr, old: u64, new: u64) -> Option<u64> {
+        if !gpa.is_aligned(8) {
+            return None;
+        }
+        let hpa = self.translate(gpa.raw(), 8)?;
+        // SAFETY: an aligned word of this guest's RAM, reached through the direct map; other
+        // vCPUs update it only atomically too.
+        let word = unsafe { AtomicU64::from_ptr(layout::phys_to_virt(hpa).raw() as *mut u64) };
+        Some(match word.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(v) | Err(v) => v,
+        })
+    }
+}
+
+impl GuestRam for GuestMemory {
+    fn host_addr(&self, gpa: u64, len: u64) -> Option<HostPhysAddr> {
+        self.translate(gpa, len)
+    }
+}
+
+/// What a guest's PTEs may contain (no Svpbmt, no Svnapot offered).
+const FEATURES: WalkFeatures = WalkFeatures { svpbmt: false };
+
+/// The memory side of one vCPU.
+pub struct VcpuMmu {
+    guest_index: usize,
+    pool: FramePool,
+    cache: ShadowCache,
+    /// The key and slot the vCPU runs on now (None: the Bare view).
+    current: Option<(Key, usize)>,
+    /// The `satp` this hart runs on now (hypocaust's own table between exits that change
+    /// the cache).
+    loaded: u64,
+    /// The last shadow or Bare `satp` loaded: without ASIDs, loading another one flushes.
+    last_guest_satp: u64,
+}
+
+impl VcpuMmu {
+    /// The memory view of a vCPU of guest `guest_index`, with `pool` for its shadow tables.
+    pub fn new(guest_index: usize, pool: FramePool) -> Self {
+        let host_root = HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12);
+        Self {
+            guest_index,
+            pool,
+            cache: ShadowCache::new(MAX_TREES, host_root, layout::HYPERVISOR_ROOT_SLOTS),
+            current: None,
+            loaded: mm::kernel_satp(),
+            last_guest_satp: 0,
+        }
+    }
+
+    /// Moves this hart onto hypocaust's own table. Every change to the cache that may free
+    /// a table frame goes through here first, so the hart never runs on a table that is
+    /// being freed or reused.
+    fn leave_tree(&mut self) {
+        let kernel = mm::kernel_satp();
+        if self.loaded != kernel {
+            // SAFETY: hypocaust's own table maps hypocaust as every shadow tree does; its
+            // entries are global, so no fence is needed.
+            unsafe { arch::switch_page_table_keep_tlb(kernel) };
+            self.loaded = kernel;
+        }
+    }
+
+    /// Puts the hart on the table the vCPU must run on now.
+    pub fn load(&mut self, guest: &Guest, v: &Vcpu) {
+        let satp = self.satp_for(guest, v);
+        if self.loaded == satp {
+            return;
+        }
+        // SAFETY: every table a guest runs on maps hypocaust exactly as its own table does.
+        // Tables are told apart by ASID; without ASIDs, loading another one flushes.
+        unsafe {
+            arch::switch_page_table_keep_tlb(satp);
+            if Satp(satp).asid() == 0 && satp != self.last_guest_satp {
+                core::arch::asm!("sfence.vma");
+            }
+        }
+        self.loaded = satp;
+        self.last_guest_satp = satp;
+    }
+
+    /// The shadow statistics.
+    pub fn stats(&self) -> mmu::shadow::Stats {
+        self.cache.stats
+    }
+
+    /// The real `satp` the vCPU must run on now: the Bare view, or the shadow tree of its
+    /// address space and view (made empty if new).
+    fn satp_for(&mut self, guest: &Guest, v: &Vcpu) -> u64 {
+        let satp = v.csrs.satp;
+        if !is_paged(satp) {
+            self.current = None;
+            return Satp(guest.bare_satp).0 & !(0xFFFF << Satp::ASID_SHIFT)
+                | (real_asid(self.guest_index, None) as u64) << Satp::ASID_SHIFT;
+        }
+        let view = View::of(v.privilege == Privilege::User, v.csrs.status(Sstatus::SUM));
+        let key = Key { satp, view };
+        let slot = match self.current {
+            Some((k, slot)) if k == key => slot,
+            _ => {
+                // A miss may evict a tree, perhaps the one loaded now.
+                self.leave_tree();
+                let slot = match self.cache.select(key, &mut self.pool) {
+                    Ok((slot, _)) => slot,
+                    Err(_) => panic!("the shadow frame pool cannot hold even one table"),
+                };
+                self.current = Some((key, slot));
+                slot
+            }
+        };
+        let root = self.cache.tree(slot).expect("selected above").root;
+        Satp::new(SatpMode::Sv48, real_asid(self.guest_index, Some(slot)), root.page_number()).0
+    }
+
+    /// Drops shadow translations as `sfence.vma` asks.
+    pub fn fence(&mut self, start: u64, size: u64, asid: Option<u16>) {
+        self.leave_tree();
+        self.cache.invalidate(start, size, asid, &mut self.pool);
+        // The current tree may have been evicted by a whole-space flush.
+        self.current =
+            self.current.filter(|(k, slot)| self.cache.tree(*slot).is_some_and(|t| t.key == *k));
+    }
+
+    /// Drops everything (the guest restarts).
+    pub fn reset(&mut self) {
+        self.leave_tree();
+        self.cache.flush_all(&mut self.pool);
+        self.current = None;
+    }
+
+    /// Handles a real page fault of the guest at `va` while paged: a shadow fill, or the
+    /// exception the guest must see.
+    pub fn page_fault(
+        &mut self,
+        guest: &Guest,
+        v: &Vcpu,
+        cause: Exception,
+        va: u64,
+    ) -> Result<(), Fault> {
+        let Some(kind) = access_of(cause) else { return Err((cause, va)) };
+        let Some((_, slot)) = self.current else { return Err((cause, va)) };
+        let access = access_for(v, kind);
+        // A fill may evict trees or empty this one to make room.
+        self.leave_tree();
+        match self.cache.fill(
+            slot,
+            &guest.memory,
+            &guest.memory,
+            v.csrs.satp,
+            va,
+            access,
+            FEATURES,
+            &mut self.pool,
+        ) {
+            Ok(Fill::Installed { .. }) => Ok(()),
+            Ok(Fill::GuestFault(e)) => Err((e, va)),
+            // The guest translates to an address that is not its RAM: the access fault
+            // a hart raises for memory that does not exist.
+            Ok(Fill::NotRam { .. }) => Err((kind.access_fault(), va)),
+            Err(_) => panic!("the shadow frame pool cannot hold even one path"),
+        }
+    }
+
+    /// Translates guest-virtual `va` for an access by the vCPU (through its table, setting
+    /// A/D as the hardware would), to a guest-physical address.
+    pub fn translate(
+        &self,
+        guest: &Guest,
+        v: &Vcpu,
+        va: u64,
+        access: Access,
+    ) -> Result<u64, Fault> {
+        if !is_paged(v.csrs.satp) {
+            return Ok(va);
+        }
+        mmu::walk::translate(
+            &guest.memory,
+            Satp(v.csrs.satp),
+            rv::GuestVirtAddr::new(va),
+            access,
+            FEATURES,
+        )
+        .map(|t| t.gpa.raw())
+        .map_err(|e| (e, va))
+    }
+}
+
+/// The access the vCPU makes at its current privilege, SUM and MXR.
+pub fn access_for(v: &Vcpu, kind: AccessType) -> Access {
+    Access {
+        kind,
+        user: v.privilege == Privilege::User,
+        sum: v.csrs.status(Sstatus::SUM),
+        mxr: v.csrs.status(Sstatus::MXR),
+    }
+}
