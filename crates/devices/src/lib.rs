@@ -1,1 +1,31 @@
+//! Device models a guest sees: the 16550 UART, the PLIC, and the virtio-mmio passthrough
+//! proxy. Pure logic, `no_std`, tested on the host; hypocaust's binary wires them to guest
+//! MMIO traps, the physical devices and the virtual interrupt lines.
+//!
+//! Every model answers guest loads and stores at a byte offset from its base with an access
+//! [`Width`]; an access the real bus would refuse (a width the device does not decode, an
+//! offset past its registers where the real device faults) is a [`BusError`], which the
+//! guest sees as an access fault.
+
 #![no_std]
+
+extern crate alloc;
+
+pub mod plic;
+pub mod uart;
+pub mod virtio;
+
+pub use rv::insn::Width;
+
+/// The bus refuses the access: the guest gets a load or store access fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusError;
+
+/// A device's register window.
+pub trait Mmio {
+    /// Reads `width` bytes at `offset` from the window's base; the value is zero-extended.
+    fn read(&mut self, offset: u64, width: Width) -> Result<u64, BusError>;
+
+    /// Writes the low `width` bytes of `value` at `offset`.
+    fn write(&mut self, offset: u64, width: Width, value: u64) -> Result<(), BusError>;
+}

@@ -1,0 +1,1 @@
+//! PLIC (placeholder; being written).

@@ -1,0 +1,1 @@
+//! 16550 UART (placeholder; being written).

@@ -1,0 +1,1 @@
+//! virtio-mmio passthrough (placeholder; being written).
