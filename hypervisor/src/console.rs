@@ -1,8 +1,11 @@
 //! hypocaust's console: the physical UART (16550) or, without one, the SBI console; and
 //! the `log` backend that writes to it.
 
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use log::{LevelFilter, Log, Metadata, Record};
 use spin::Mutex;
@@ -21,6 +24,8 @@ unsafe impl Send for Uart16550 {}
 
 const THR: usize = 0;
 const RBR: usize = 0;
+const IER: usize = 1;
+const IER_RX: u8 = 1 << 0;
 const LSR: usize = 5;
 const LSR_DR: u8 = 1 << 0;
 const LSR_THRE: u8 = 1 << 5;
@@ -64,6 +69,11 @@ impl Uart16550 {
         (self.read(LSR) & LSR_DR != 0).then(|| self.read(RBR))
     }
 
+    /// Makes the UART raise its interrupt while received data waits.
+    pub fn enable_rx_interrupt(&self) {
+        self.write(IER, IER_RX);
+    }
+
     /// Sends one byte, waiting for room in the transmitter.
     pub fn put(&self, byte: u8) {
         while self.read(LSR) & LSR_THRE == 0 {
@@ -81,6 +91,14 @@ enum Backend {
 
 struct Console {
     backend: Backend,
+    /// Guests' names, when output is tagged with them (several guests run).
+    tags: Vec<String>,
+    /// Per guest: whether its next output byte starts a line.
+    line_start: Vec<bool>,
+    /// The last byte written was the first of the focus escape.
+    escape: bool,
+    /// The guest that wrote last.
+    last_writer: Option<usize>,
 }
 
 impl Console {
@@ -131,33 +149,141 @@ impl Write for Console {
     }
 }
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console { backend: Backend::Sbi });
+static CONSOLE: Mutex<Console> = Mutex::new(Console {
+    backend: Backend::Sbi,
+    tags: Vec::new(),
+    line_start: Vec::new(),
+    escape: false,
+    last_writer: None,
+});
+
+/// Input waiting for each guest.
+static INPUT: Mutex<Vec<VecDeque<u8>>> = Mutex::new(Vec::new());
+
+/// Most input bytes kept for a guest that does not read them.
+const INPUT_LIMIT: usize = 4096;
+
+/// The guest that console input goes to.
+static FOCUS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether some guest has input waiting (a cheap check for the run loop).
+static INPUT_WAITING: AtomicBool = AtomicBool::new(false);
+
+/// The byte that, followed by a digit, moves input to another guest: Ctrl-].
+pub const FOCUS_ESCAPE: u8 = 0x1d;
 
 /// Switches the console to the physical UART.
 pub fn use_uart(uart: Uart16550) {
     CONSOLE.lock().backend = Backend::Uart(uart);
 }
 
-/// Writes what a guest sent to its console, byte for byte.
-pub fn guest_output(_guest: &crate::guest::Guest, bytes: &[u8]) {
-    let console = CONSOLE.lock();
+/// Prepares input queues and output tags for `names.len()` guests; tags are used when
+/// there are several.
+pub fn set_guests(names: &[&str]) {
+    let mut console = CONSOLE.lock();
+    console.tags =
+        if names.len() > 1 { names.iter().map(|n| String::from(*n)).collect() } else { Vec::new() };
+    console.line_start = alloc::vec![true; names.len()];
+    *INPUT.lock() = names.iter().map(|_| VecDeque::new()).collect();
+}
+
+/// Turns on the physical UART's receive interrupt (its source is routed by the caller).
+pub fn enable_input_interrupt() {
+    if let Backend::Uart(uart) = &CONSOLE.lock().backend {
+        uart.enable_rx_interrupt();
+    }
+}
+
+/// Writes what guest `index` sent to its console, byte for byte; each line starts with the
+/// guest's name when several guests run.
+pub fn guest_output(index: usize, bytes: &[u8]) {
+    let mut console = CONSOLE.lock();
+    if !console.tags.is_empty() && console.last_writer != Some(index) {
+        // Another guest's line is unfinished: end it here, and tag its rest when it goes on.
+        if let Some(last) = console.last_writer
+            && console.line_start.get(last) == Some(&false)
+        {
+            console.put(b'\r');
+            console.put(b'\n');
+            console.line_start[last] = true;
+        }
+        console.last_writer = Some(index);
+    }
     for &b in bytes {
+        if console.line_start.get(index) == Some(&true)
+            && let Some(tag) = console.tags.get(index).cloned()
+        {
+            let _ = write!(console, "[{tag}] ");
+        }
+        if let Some(start) = console.line_start.get_mut(index) {
+            *start = b == b'\n';
+        }
         console.put(b);
     }
 }
 
-/// Reads console input that is waiting, without blocking; returns the count.
-pub fn read_input(buf: &mut [u8]) -> usize {
-    let console = CONSOLE.lock();
-    let mut n = 0;
-    while n < buf.len() {
-        match console.get() {
-            Some(b) => {
-                buf[n] = b;
-                n += 1;
+/// Moves bytes waiting in the physical UART into the focused guest's input queue,
+/// handling the focus escape. Returns the guest that got input, if any.
+pub fn pump_input() -> Option<usize> {
+    let mut console = CONSOLE.lock();
+    let mut input = INPUT.lock();
+    let mut got = None;
+    while let Some(b) = console.get() {
+        if console.escape {
+            console.escape = false;
+            if let Some(index) = (b as char).to_digit(10).map(|d| d as usize)
+                && index < input.len()
+            {
+                FOCUS.store(index, Ordering::Relaxed);
+                let _ = write!(console, "\r\nhypocaust: input goes to guest {index}\r\n");
+                continue;
             }
-            None => break,
+            if b != FOCUS_ESCAPE {
+                // Not an escape after all: the guest gets both bytes.
+                push_input(&mut input, FOCUS_ESCAPE);
+            }
+        } else if b == FOCUS_ESCAPE && input.len() > 1 {
+            console.escape = true;
+            continue;
         }
+        push_input(&mut input, b);
+        got = Some(FOCUS.load(Ordering::Relaxed));
+    }
+    got
+}
+
+fn push_input(input: &mut [VecDeque<u8>], b: u8) {
+    if let Some(q) = input.get_mut(FOCUS.load(Ordering::Relaxed))
+        && q.len() < INPUT_LIMIT
+    {
+        q.push_back(b);
+        INPUT_WAITING.store(true, Ordering::Release);
+    }
+}
+
+/// Whether any guest may have input waiting.
+pub fn input_waiting() -> bool {
+    INPUT_WAITING.load(Ordering::Acquire)
+}
+
+/// Takes up to `buf.len()` bytes of guest `index`'s input, without blocking.
+pub fn read_input(index: usize, buf: &mut [u8]) -> usize {
+    pump_input();
+    take_input(index, buf.len(), |i, b| buf[i] = b)
+}
+
+/// Hands up to `max` input bytes of guest `index` to `put` (index, byte); returns the count.
+pub fn take_input(index: usize, max: usize, mut put: impl FnMut(usize, u8)) -> usize {
+    let mut input = INPUT.lock();
+    let Some(q) = input.get_mut(index) else { return 0 };
+    let mut n = 0;
+    while n < max {
+        let Some(b) = q.pop_front() else { break };
+        put(n, b);
+        n += 1;
+    }
+    if input.iter().all(VecDeque::is_empty) {
+        INPUT_WAITING.store(false, Ordering::Release);
     }
     n
 }

@@ -1,9 +1,10 @@
 //! Guests: their memory, images, device tree, and the page table they run on.
 //!
 //! A guest's RAM is one contiguous block of host RAM that it sees at guest-physical
-//! `0x8000_0000`; GPA → HPA is an offset plus a bounds check. While guest paging is not
-//! shadowed yet, a guest runs with `satp` Bare: its page table maps its RAM at GVA = GPA
-//! with U pages, and hypocaust's own slots without U.
+//! `0x8000_0000`; GPA → HPA is an offset plus a bounds check. While the guest's `satp` is
+//! Bare it runs on a table that maps its RAM at GVA = GPA with U pages, and hypocaust's own
+//! slots without U; paged, it runs on shadow tables (paging.rs). Its devices are in
+//! board.rs.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -57,8 +58,9 @@ impl GuestMemory {
             return false;
         };
         // SAFETY: `ptr` checked that the range is this guest's RAM, which the direct map
-        // covers and which is never hypocaust's own memory.
-        unsafe { core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) };
+        // covers and which is never hypocaust's own memory. The guest's vCPUs and devices
+        // may change it meanwhile: small aligned reads do not tear.
+        unsafe { mm::read_shared(src, buf) };
         true
     }
 
@@ -68,7 +70,7 @@ impl GuestMemory {
             return false;
         };
         // SAFETY: as in `read`.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+        unsafe { mm::write_shared(dst, data) };
         true
     }
 
@@ -125,6 +127,8 @@ pub struct Offer {
 
 /// A guest.
 pub struct Guest {
+    /// Its place in the bundle; guest `i` runs on hart index `i`.
+    pub index: usize,
     pub name: String,
     pub memory: GuestMemory,
     kernel: &'static [u8],
@@ -135,6 +139,10 @@ pub struct Guest {
     pub bare_satp: u64,
     /// Frames for its shadow tables, until its vCPU takes them.
     shadow_pool: spin::Mutex<Option<crate::paging::FramePool>>,
+    /// Where its devices are.
+    devices: crate::board::Layout,
+    /// Its devices' state.
+    pub board: spin::Mutex<crate::board::Board>,
 }
 
 /// Frames of a guest's shadow table pool: 1/32 of its RAM, at least 256 (1 MiB).
@@ -148,6 +156,7 @@ impl Guest {
         id: usize,
         spec: &bundle::Guest<'static>,
         offer: Offer,
+        devices: crate::board::Layout,
     ) -> Result<Self, GuestError> {
         let mib = spec.memory_mib;
         if mib < MIN_MEMORY_MIB {
@@ -175,10 +184,14 @@ impl Guest {
         );
         let bare_satp = Satp::new(SatpMode::Sv48, 0, root.page_number()).0;
         let pool = crate::paging::FramePool::new(id, shadow_pool_frames(size)).ok_or(
-            GuestError::Memory { mib: mib + ((shadow_pool_frames(size) as u64 * 4096) >> 20) as u32 },
+            GuestError::Memory {
+                mib: mib + ((shadow_pool_frames(size) as u64 * 4096) >> 20) as u32,
+            },
         )?;
 
+        let board = spin::Mutex::new(crate::board::Board::new(id, &devices));
         Ok(Self {
+            index: id,
             name: spec.name.to_string(),
             memory,
             kernel: spec.kernel,
@@ -187,6 +200,8 @@ impl Guest {
             offer,
             bare_satp,
             shadow_pool: spin::Mutex::new(Some(pool)),
+            devices,
+            board,
         })
     }
 
@@ -212,10 +227,10 @@ impl Guest {
             dtb_bound,
         )
         .map_err(GuestError::Layout)?;
+        let virtio = self.devices.virtio_nodes();
         let dt = loader::fdt::GuestDt {
             model: "hypocaust,virt",
             harts: 1,
-
             isa: &self.offer.isa,
             mmu_type: self.offer.features.max_satp_mode.dt_name(),
             timebase_hz: self.offer.timebase_hz,
@@ -226,6 +241,11 @@ impl Guest {
                 .initrd
                 .zip(self.initrd)
                 .map(|(start, i)| (start, start + i.len() as u64)),
+            devices: loader::fdt::Devices {
+                uart: self.devices.uart,
+                plic: self.devices.plic,
+                virtio: &virtio,
+            },
         };
         let dtb: Vec<u8> = loader::fdt::build(&dt).map_err(|_| GuestError::DeviceTree)?;
         if dtb.len() as u64 > dtb_bound {
@@ -241,6 +261,7 @@ impl Guest {
             self.memory.write(start, initrd);
         }
         self.memory.write(layout.dtb, &dtb);
+        self.board.lock().reset(&self.memory);
         Ok(vcpu::Vcpu::new(0, self.offer.features, plan.entry, layout.dtb))
     }
 }

@@ -97,9 +97,22 @@ pub fn start(hartid: usize, index: usize) -> Result<(), StartError> {
             local,
         });
     }
-    let ret =
-        sbi_rt::hart_start(hartid, arch::secondary_entry_phys() as usize, page.raw() as usize);
-    if ret.error != 0 { Err(StartError::Sbi(ret.error as isize)) } else { Ok(()) }
+    // Right after boot the firmware may still be parking a hart (OpenSBI picks its boot hart
+    // by lottery, and the others report ALREADY_AVAILABLE until they are stopped): retry
+    // for up to a second.
+    let deadline = arch::time() + crate::PLATFORM.get().map_or(10_000_000, |p| p.timebase_hz);
+    loop {
+        let ret =
+            sbi_rt::hart_start(hartid, arch::secondary_entry_phys() as usize, page.raw() as usize);
+        let already = ret.error == sbi_spec::binary::RET_ERR_ALREADY_AVAILABLE;
+        if ret.error == 0 {
+            return Ok(());
+        }
+        if !already || arch::time() > deadline {
+            return Err(StartError::Sbi(ret.error as isize));
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// Rust entry of a secondary hart: on the kernel page table and its own stack.

@@ -17,8 +17,10 @@ extern crate alloc;
 mod console;
 
 mod arch;
+mod board;
 mod guest;
 mod hart;
+mod irq;
 mod layout;
 mod mm;
 mod paging;
@@ -55,6 +57,9 @@ static GUESTS: Once<Vec<guest::Guest>> = Once::new();
 
 /// Guests still running; the hart that ends the last one powers the machine off.
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Hart IDs by hart index (index i runs guest i).
+static HART_IDS: Once<Vec<usize>> = Once::new();
 
 /// The physical machine's identity, for guests' SBI BASE calls.
 static MACHINE_IDS: Once<vcpu::MachineIds> = Once::new();
@@ -220,6 +225,18 @@ extern "C" fn boot_main(state: usize) -> ! {
             state.harts.len()
         );
     }
+    HART_IDS.call_once(|| state.harts.clone());
+    irq::init(platform, &state.harts);
+    let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+    console::set_guests(&names);
+    // Console input comes by interrupt to the boot hart, which hands it to the guest in
+    // focus (Ctrl-] and a digit move the focus).
+    if let Some(irq) = platform.uart.as_ref().and_then(|u| u.irq)
+        && platform.plic.is_some()
+    {
+        irq::route_console(irq, state.hartid);
+        console::enable_input_interrupt();
+    }
     RUNNING.store(runnable, Ordering::Release);
     GUESTS.call_once(|| guests);
     // Wake the other harts: hart index i runs guest i.
@@ -263,8 +280,10 @@ fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
         timebase_hz: platform.timebase_hz as u32,
     };
     let mut guests = Vec::new();
+    let mut taken_slots = 0;
     for (id, spec) in bundle.guests().enumerate() {
-        match guest::Guest::create(guests.len(), &spec, offer.clone()) {
+        let devices = board::Layout::for_guest(platform, spec.virtio_slots, &mut taken_slots);
+        match guest::Guest::create(guests.len(), &spec, offer.clone(), devices) {
             Ok(g) => {
                 println!(
                     "guest     '{}': {} MiB RAM, {} vCPU, isa {}",
@@ -273,6 +292,9 @@ fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
                     spec.vcpus,
                     g.offer.isa
                 );
+                for (base, id) in g.board.lock().passed_through() {
+                    println!("          virtio {} at {base:#x} passed through", virtio_name(id));
+                }
                 guests.push(g);
             }
             Err(e) => println!("hypocaust: guest {id} '{}' cannot start: {e}", spec.name),
@@ -325,11 +347,34 @@ fn run_guest(index: usize) -> ! {
     idle()
 }
 
-/// Parks the hart for good.
+/// Parks the hart for good (still serving the host interrupts routed to it).
 fn idle() -> ! {
+    // SAFETY: an external interrupt only wakes `wfi` (sstatus.SIE stays clear).
+    unsafe { core::arch::asm!("csrs sie, {0}", in(reg) rv::csr::Interrupts::SEI.bits()) };
     loop {
         arch::wait_for_interrupt();
+        run::host_external(None);
     }
+}
+
+/// The name of virtio device type `id`.
+fn virtio_name(id: u32) -> &'static str {
+    match id {
+        1 => "net",
+        2 => "block",
+        3 => "console",
+        4 => "entropy",
+        8 => "scsi",
+        9 => "9p",
+        18 => "input",
+        19 => "vsock",
+        _ => "device",
+    }
+}
+
+/// The hart ID of the hart that runs guest `index`.
+pub fn guest_hart(index: usize) -> Option<usize> {
+    HART_IDS.get()?.get(index).copied()
 }
 
 /// What every hart but the boot hart does once online: wait for a guest to run.

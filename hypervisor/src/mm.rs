@@ -167,6 +167,12 @@ pub fn alloc_frames(count: usize) -> Option<HostPhysAddr> {
     Some(pa)
 }
 
+/// Gives back `count` frames from [`alloc_frames`] or [`alloc_frames_uninit`] at `pa`.
+pub fn free_frames(pa: HostPhysAddr, count: usize) {
+    FRAMES.lock().dealloc((pa.raw() / PAGE_SIZE) as usize, count);
+    FREE_BYTES.fetch_add(count.next_power_of_two() as u64 * PAGE_SIZE, Ordering::Relaxed);
+}
+
 /// Bytes of free RAM left in the frame allocator.
 pub fn free_bytes() -> u64 {
     FREE_BYTES.load(Ordering::Relaxed)
@@ -270,4 +276,56 @@ pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64
 /// `satp` of hypocaust's own page table (0 before it is built).
 pub fn kernel_satp() -> u64 {
     KERNEL_SATP.load(Ordering::Acquire)
+}
+
+/// Copies `buf.len()` bytes from `src`, which another agent (a device, another hart) may
+/// write concurrently: an aligned 2-, 4- or 8-byte copy is one access, so it cannot tear.
+///
+/// # Safety
+/// `src` must be valid for reads of `buf.len()` bytes.
+pub unsafe fn read_shared(src: *const u8, buf: &mut [u8]) {
+    let aligned = (src as usize).is_multiple_of(buf.len().max(1));
+    // SAFETY: the caller vouches for `src`; sized reads happen only when aligned.
+    unsafe {
+        match buf.len() {
+            2 if aligned => buf.copy_from_slice(&src.cast::<u16>().read_volatile().to_ne_bytes()),
+            4 if aligned => buf.copy_from_slice(&src.cast::<u32>().read_volatile().to_ne_bytes()),
+            8 if aligned => buf.copy_from_slice(&src.cast::<u64>().read_volatile().to_ne_bytes()),
+            // Larger copies are bulk data (images, descriptors the caller validates after
+            // copying): tearing between their words is harmless.
+            n if n > 8 => core::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n),
+            _ => {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = src.add(i).read_volatile();
+                }
+            }
+        }
+    }
+}
+
+/// Copies `data` to `dst`, which another agent may read concurrently; aligned 2-, 4- and
+/// 8-byte copies are one access.
+///
+/// # Safety
+/// `dst` must be valid for writes of `data.len()` bytes.
+pub unsafe fn write_shared(dst: *mut u8, data: &[u8]) {
+    let aligned = (dst as usize).is_multiple_of(data.len().max(1));
+    // SAFETY: the caller vouches for `dst`; sized writes happen only when aligned.
+    unsafe {
+        match (data.len(), aligned) {
+            (2, true) => dst.cast::<u16>().write_volatile(u16::from_ne_bytes([data[0], data[1]])),
+            (4, true) => dst
+                .cast::<u32>()
+                .write_volatile(u32::from_ne_bytes(data.try_into().unwrap_or_default())),
+            (8, true) => dst
+                .cast::<u64>()
+                .write_volatile(u64::from_ne_bytes(data.try_into().unwrap_or_default())),
+            (n, _) if n > 8 => core::ptr::copy_nonoverlapping(data.as_ptr(), dst, n),
+            _ => {
+                for (i, b) in data.iter().enumerate() {
+                    dst.add(i).write_volatile(*b);
+                }
+            }
+        }
+    }
 }

@@ -156,6 +156,18 @@ impl GuestRam for GuestMemory {
 /// What a guest's PTEs may contain (no Svpbmt, no Svnapot offered).
 const FEATURES: WalkFeatures = WalkFeatures { svpbmt: false };
 
+/// What became of a page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageFault {
+    /// A shadow leaf was installed: the access is retried.
+    Filled,
+    /// The guest gets this exception.
+    Guest(Fault),
+    /// The guest's translation leads to guest-physical `gpa`, which is not RAM: a device,
+    /// or nothing.
+    NotRam { kind: AccessType, gpa: u64 },
+}
+
 /// The memory side of one vCPU.
 pub struct VcpuMmu {
     guest_index: usize,
@@ -264,17 +276,11 @@ impl VcpuMmu {
         self.current = None;
     }
 
-    /// Handles a real page fault of the guest at `va` while paged: a shadow fill, or the
-    /// exception the guest must see.
-    pub fn page_fault(
-        &mut self,
-        guest: &Guest,
-        v: &Vcpu,
-        cause: Exception,
-        va: u64,
-    ) -> Result<(), Fault> {
-        let Some(kind) = access_of(cause) else { return Err((cause, va)) };
-        let Some((_, slot)) = self.current else { return Err((cause, va)) };
+    /// Handles a real page fault of the guest at `va` while paged: a shadow fill, the
+    /// exception the guest must see, or an access to guest-physical memory that is no RAM.
+    pub fn page_fault(&mut self, guest: &Guest, v: &Vcpu, cause: Exception, va: u64) -> PageFault {
+        let Some(kind) = access_of(cause) else { return PageFault::Guest((cause, va)) };
+        let Some((_, slot)) = self.current else { return PageFault::Guest((cause, va)) };
         let access = access_for(v, kind);
         // A fill may evict trees or empty this one to make room.
         self.leave_tree();
@@ -288,11 +294,9 @@ impl VcpuMmu {
             FEATURES,
             &mut self.pool,
         ) {
-            Ok(Fill::Installed { .. }) => Ok(()),
-            Ok(Fill::GuestFault(e)) => Err((e, va)),
-            // The guest translates to an address that is not its RAM: the access fault
-            // a hart raises for memory that does not exist.
-            Ok(Fill::NotRam { .. }) => Err((kind.access_fault(), va)),
+            Ok(Fill::Installed { .. }) => PageFault::Filled,
+            Ok(Fill::GuestFault(e)) => PageFault::Guest((e, va)),
+            Ok(Fill::NotRam { gpa }) => PageFault::NotRam { kind, gpa },
             Err(_) => panic!("the shadow frame pool cannot hold even one path"),
         }
     }

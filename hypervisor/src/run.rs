@@ -4,12 +4,13 @@
 use mmu::walk::AccessType;
 use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
 use rv::trap::{Cause, Exception, Interrupt};
+use vcpu::mmio::Direction;
 use vcpu::{Action, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
 
 use crate::arch::trap::{GuestContext, enter_guest};
 use crate::guest::Guest;
-use crate::paging::{VcpuMmu, access_for};
-use crate::{arch, console, timer};
+use crate::paging::{PageFault, VcpuMmu, access_for};
+use crate::{arch, console, hart, irq, timer};
 
 /// Why a vCPU stopped running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +52,10 @@ impl Host for GuestHost<'_> {
         arch::time()
     }
 
+    fn external_irq(&self, _hart: usize) -> bool {
+        self.guest.board.lock().external()
+    }
+
     fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
         // Halves: a 32-bit instruction may straddle a page boundary.
         let mut low = [0u8; 2];
@@ -82,12 +87,28 @@ impl Host for GuestHost<'_> {
         self.guest.memory.contains(gpa)
     }
 
+    fn mmio_read(&mut self, gpa: u64, width: rv::insn::Width) -> Option<u64> {
+        self.guest.board.lock().read(&self.guest.memory, gpa, width)
+    }
+
+    fn mmio_write(&mut self, gpa: u64, width: rv::insn::Width, value: u64) -> bool {
+        self.guest.board.lock().write(&self.guest.memory, gpa, width, value)
+    }
+
+    fn fp_read(&mut self, reg: u8) -> u64 {
+        arch::fp::read(reg)
+    }
+
+    fn fp_write(&mut self, reg: u8, value: u64) {
+        arch::fp::write(reg, value)
+    }
+
     fn console_write(&mut self, bytes: &[u8]) {
-        console::guest_output(self.guest, bytes);
+        console::guest_output(self.guest.index, bytes);
     }
 
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
-        console::read_input(buf)
+        console::read_input(self.guest.index, buf)
     }
 
     fn machine_ids(&self) -> MachineIds {
@@ -178,8 +199,9 @@ fn set_timer(real: &mut RealCsrs, deadline: u64) {
 
 /// Acknowledges what woke or interrupted the hart. Timer interrupts need nothing: the
 /// next pass re-arms the timer from the vCPU's deadline.
-fn acknowledge(irq: Option<Interrupt>, real: &mut RealCsrs) {
+fn acknowledge(irq: Option<Interrupt>, real: &mut RealCsrs, guest: &Guest) {
     match irq {
+        Some(Interrupt::SupervisorExternal) => host_external(Some(guest)),
         Some(Interrupt::SupervisorTimer) | None => {
             // Force the next `set_timer` to write, which clears STIP.
             real.timer = 0;
@@ -192,27 +214,62 @@ fn acknowledge(irq: Option<Interrupt>, real: &mut RealCsrs) {
     }
 }
 
-/// A page fault while the guest's `satp` is Bare: every RAM address is mapped, so this
-/// address is not RAM — the access fault real hardware gives for a missing device.
-fn bare_fault(e: Exception) -> Exception {
-    match e {
-        Exception::InstructionPageFault => Exception::InstructionAccessFault,
-        Exception::LoadPageFault => Exception::LoadAccessFault,
-        _ => Exception::StoreAccessFault,
+/// Serves the host's external interrupts pending for this hart: console input, and the
+/// passed-through devices of `guest` (the guest this hart runs, if any).
+pub fn host_external(guest: Option<&Guest>) {
+    let hart = hart::current_hart_id();
+    loop {
+        let source = irq::claim(hart);
+        if source == 0 {
+            return;
+        }
+        if irq::is_console(source) {
+            let got = console::pump_input();
+            irq::complete(hart, source);
+            // The guest in focus may run on another hart, perhaps waiting in `wfi`.
+            if let Some(index) = got.filter(|&i| guest.map(|g| g.index) != Some(i))
+                && let Some(id) = crate::guest_hart(index)
+            {
+                let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, id));
+            }
+            continue;
+        }
+        log::trace!("host interrupt {source}");
+        let taken = guest.is_some_and(|g| g.board.lock().host_interrupt(&g.memory, source, hart));
+        if !taken {
+            // Nobody owns it here (its guest is gone): stop it from coming back.
+            log::warn!("host interrupt {source} has no guest on this hart; masking it");
+            irq::route(source, None);
+            irq::complete(hart, source);
+        }
+    }
+}
+
+/// The device access a page fault stands for, at guest-physical `gpa` (no RAM there).
+fn device_access(v: &mut Vcpu, host: &mut GuestHost, kind: AccessType, va: u64, gpa: u64) {
+    match kind {
+        AccessType::Read => v.emulate_mmio(host, Direction::Load, va, gpa),
+        AccessType::Write => v.emulate_mmio(host, Direction::Store, va, gpa),
+        // Executing from a device or from nowhere.
+        AccessType::Execute => v.raise(Exception::InstructionAccessFault, va),
     }
 }
 
 /// Runs the vCPU in `ctx` until the guest resets or stops its hart.
 pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut ExitStats) -> End {
     let mut real = RealCsrs { status: u64::MAX, scounteren: u64::MAX, timer: 0 };
-    // SAFETY: host timer and software interrupts trap while the guest runs (U-mode); in
+    // SAFETY: host timer, software and external interrupts trap while the guest runs (U-mode); in
     // hypocaust sstatus.SIE stays clear, so they only wake `wfi` there.
     unsafe {
-        core::arch::asm!("csrs sie, {0}", in(reg) (Interrupts::STI | Interrupts::SSI).bits())
+        core::arch::asm!("csrs sie, {0}", in(reg) (Interrupts::STI | Interrupts::SSI | Interrupts::SEI).bits())
     };
     loop {
         let now = arch::time();
         let lines = Lines { now, external: false };
+        if console::input_waiting() {
+            guest.board.lock().pump_uart();
+        }
+        let lines = Lines { external: guest.board.lock().external(), ..lines };
         let v = &mut ctx.vcpu;
         v.effects = vcpu::CsrEffect::empty();
         if v.waiting.is_some() {
@@ -221,7 +278,7 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
             } else {
                 set_timer(&mut real, wanted_timer(v, now));
                 arch::wait_for_interrupt();
-                acknowledge(pending_host_interrupt(), &mut real);
+                acknowledge(pending_host_interrupt(), &mut real, guest);
                 continue;
             }
         }
@@ -243,9 +300,8 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
         }
         let slot = (scause & 63) as usize + if scause >> 63 != 0 { 64 } else { 0 };
         stats.counts[slot] += 1;
-
         match Cause::from_scause(scause) {
-            Cause::Interrupt(irq) => acknowledge(Some(irq), &mut real),
+            Cause::Interrupt(irq) => acknowledge(Some(irq), &mut real, guest),
             Cause::Exception(
                 e @ (Exception::InstructionPageFault
                 | Exception::LoadPageFault
@@ -254,12 +310,18 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
                 let result = if mmu::shadow::is_paged(v.csrs.satp) {
                     mmu.page_fault(guest, v, e, stval)
                 } else {
-                    Err((bare_fault(e), stval))
+                    // Bare: all of the guest's RAM is mapped, so this is no RAM.
+                    let kind = mmu::shadow::access_of(e).expect("a page fault");
+                    PageFault::NotRam { kind, gpa: stval }
                 };
                 log::trace!("{e:?} at {stval:#x} (pc {:#x}): {result:x?}", v.regs.pc);
-
-                if let Err((fault, tval)) = result {
-                    v.raise(fault, tval);
+                match result {
+                    PageFault::Filled => {}
+                    PageFault::Guest((fault, tval)) => v.raise(fault, tval),
+                    PageFault::NotRam { kind, gpa } => {
+                        let mut host = GuestHost { guest, mmu };
+                        device_access(v, &mut host, kind, stval, gpa);
+                    }
                 }
             }
             Cause::Exception(e) => {

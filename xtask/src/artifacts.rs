@@ -74,6 +74,8 @@ pub struct GuestFiles {
     pub bootargs: String,
     pub memory_mib: u32,
     pub vcpus: u32,
+    /// Bit `i`: the host's virtio-mmio slot `i` is passed through to the guest.
+    pub virtio_slots: u64,
 }
 
 /// Packs guests into a bundle file (hypocaust's initrd) at `out`.
@@ -92,7 +94,7 @@ pub fn bundle(guests: &[GuestFiles], out: &Path) -> Result<()> {
                 kernel: read(&g.kernel)?,
                 initrd: g.initrd.as_deref().map(read).transpose()?,
                 bootargs: g.bootargs.clone(),
-                virtio_slots: 0,
+                virtio_slots: g.virtio_slots,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -101,4 +103,48 @@ pub fn bundle(guests: &[GuestFiles], out: &Path) -> Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(out, data).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Sectors of the suite's disk (1 MiB).
+pub const DISK_SECTORS: u64 = 2048;
+
+/// Word `k` (0..64) of sector `sector` of the suite's disk: every 512-byte sector is 64
+/// little-endian 64-bit words `0xD15C_0000_0000_0000 | sector << 16 | k`. The test kernel
+/// (guests/testkernel/src/tests/virtio.rs) checks the same pattern.
+pub fn disk_word(sector: u64, k: u64) -> u64 {
+    0xD15C_0000_0000_0000 | sector << 16 | k
+}
+
+/// Writes a fresh suite disk (raw, [`DISK_SECTORS`] sectors of the [`disk_word`] pattern)
+/// to `path`, replacing what was there.
+pub fn suite_disk(path: &Path) -> Result<()> {
+    let mut data = Vec::with_capacity(DISK_SECTORS as usize * 512);
+    for sector in 0..DISK_SECTORS {
+        for k in 0..64 {
+            data.extend_from_slice(&disk_word(sector, k).to_le_bytes());
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_pattern() {
+        let path = std::env::temp_dir().join(format!("xtask-disk-{}.img", std::process::id()));
+        suite_disk(&path).expect("writes the disk");
+        let data = std::fs::read(&path).expect("reads it back");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(data.len(), 1 << 20);
+        let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        assert_eq!(word(0), 0xD15C_0000_0000_0000);
+        assert_eq!(word(8), 0xD15C_0000_0000_0001);
+        assert_eq!(word(512), 0xD15C_0000_0001_0000);
+        assert_eq!(word(2047 * 512 + 63 * 8), 0xD15C_0000_07FF_003F);
+    }
 }

@@ -34,7 +34,8 @@ enum Cmd {
         /// Stop QEMU after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
-        /// Guest kernel (Linux Image, ELF or raw binary); default: the guest test kernel.
+        /// Guest kernel (Linux Image, ELF or raw binary); default: the guest test kernel,
+        /// with the suite's virtio disk and network device passed through.
         #[arg(long)]
         kernel: Option<std::path::PathBuf>,
         /// Guest initrd.
@@ -62,6 +63,9 @@ enum Cmd {
         /// Only tests whose name contains this text.
         #[arg(long)]
         filter: Option<String>,
+        /// Legacy virtio-mmio transports (Version 1) instead of modern ones (Version 2).
+        #[arg(long)]
+        legacy: bool,
     },
 }
 
@@ -70,6 +74,8 @@ fn run() -> Result<bool> {
     match cli.command {
         Cmd::Run { smp, memory, timeout, kernel, initrd, append, guest_memory, log } => {
             provision::all()?;
+            // The test kernel gets the suite's machine: its devices, passed through.
+            let test_kernel = kernel.is_none();
             let (name, kernel) = match kernel {
                 Some(k) => {
                     (k.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned()), k)
@@ -86,10 +92,14 @@ fn run() -> Result<bool> {
                     bootargs: append,
                     memory_mib: guest_memory,
                     vcpus: 1,
+                    virtio_slots: if test_kernel { suite::ALL_VIRTIO_SLOTS } else { 0 },
                 }],
                 &bundle,
             )?;
             let mut machine = suite::hypocaust_machine(bundle)?;
+            if test_kernel {
+                suite::add_devices(&mut machine, "run", false)?;
+            }
             machine.smp = smp;
             machine.memory_mib = memory;
             machine.append = Some(format!("hypocaust.log={log}"));
@@ -100,7 +110,9 @@ fn run() -> Result<bool> {
         }
         Cmd::Test => test::command(),
         Cmd::Lint => lint(),
-        Cmd::Suite { native, filter } => suite::command(native, &suite::Options { filter }),
+        Cmd::Suite { native, filter, legacy } => {
+            suite::command(native, &suite::Options { filter, legacy })
+        }
     }
 }
 

@@ -16,6 +16,29 @@ use crate::util::root;
 /// hypocaust is for.
 pub const DEFAULT_CPU: &str = "rv64,h=false";
 
+/// QEMU arguments for the devices of the suite machine: a virtio block device on `disk`
+/// (raw) and a virtio network device on QEMU's user network (10.0.2.0/24, gateway
+/// 10.0.2.2). Both sit on `virt`'s virtio-mmio transports, which QEMU 7.2 makes legacy
+/// (Version 1) unless told otherwise: `legacy = false` asks for modern ones (Version 2).
+pub fn virtio_devices(disk: &Path, legacy: bool) -> Vec<String> {
+    // A comma in an option value is written twice.
+    let file = disk.to_string_lossy().replace(',', ",,");
+    let mut args: Vec<String> = vec![
+        "-drive".into(),
+        format!("file={file},if=none,format=raw,id=hd0"),
+        "-device".into(),
+        "virtio-blk-device,drive=hd0".into(),
+        "-netdev".into(),
+        "user,id=net0".into(),
+        "-device".into(),
+        "virtio-net-device,netdev=net0".into(),
+    ];
+    if !legacy {
+        args.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()]);
+    }
+    args
+}
+
 /// One QEMU `virt` machine.
 #[derive(Clone, Debug)]
 pub struct Machine {
@@ -29,6 +52,9 @@ pub struct Machine {
     pub dtb: Option<PathBuf>,
     /// Further QEMU arguments (devices, `-icount`, ...).
     pub extra: Vec<String>,
+    /// Console input for captured runs: each text is typed once the output so far shows
+    /// its trigger (in order).
+    pub input: Vec<(String, String)>,
 }
 
 impl Machine {
@@ -43,6 +69,7 @@ impl Machine {
             initrd: None,
             dtb: None,
             extra: Vec::new(),
+            input: Vec::new(),
         }
     }
 
@@ -195,7 +222,7 @@ pub fn run_until(
     let mut cmd = Command::new(QEMU);
     cmd.args(machine.args())
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::null())
+        .stdin(if machine.input.is_empty() { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
@@ -205,9 +232,19 @@ pub fn run_until(
         pump(child.0.stdout.take().expect("piped"), output.clone(), echo),
         pump(child.0.stderr.take().expect("piped"), output.clone(), echo),
     ];
+    let mut stdin = child.0.stdin.take();
+    let mut typed = 0;
     let ending = loop {
         if let Some(status) = child.0.try_wait()? {
             break Ending::Exited(status.code());
+        }
+        if let (Some((trigger, text)), Some(pipe)) = (machine.input.get(typed), stdin.as_mut())
+            && output.lock().expect("output lock").contains(trigger.as_str())
+        {
+            use std::io::Write;
+            pipe.write_all(text.as_bytes())?;
+            pipe.flush()?;
+            typed += 1;
         }
         if start.elapsed() > timeout {
             let _ = child.0.kill();
@@ -252,5 +289,20 @@ pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<E
             );
         }
         thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_arguments() {
+        let modern = virtio_devices(Path::new("/tmp/a,b.img"), false);
+        assert_eq!(modern[1], "file=/tmp/a,,b.img,if=none,format=raw,id=hd0");
+        assert!(modern.ends_with(&["-global".into(), "virtio-mmio.force-legacy=false".into()]));
+        let legacy = virtio_devices(Path::new("d.img"), true);
+        assert!(!legacy.iter().any(|a| a.contains("force-legacy")));
+        assert_eq!(legacy.len() + 2, modern.len());
     }
 }

@@ -36,11 +36,54 @@ pub const ONLY_UNDER_HYPOCAUST: &[(&str, &str)] = &[
     ("sbi/dbcn-read-without-input", "DBCN is SBI v2.0; the native OpenSBI v1.1 has SBI v1.0"),
 ];
 
+/// `# obs` key/value pairs a run must show.
+type Observations = &'static [(&'static str, &'static str)];
+
+/// Tests where hypocaust is deliberately stricter than QEMU: both runs must pass, and the
+/// hypocaust run must show the listed observations (the request refused).
+pub const STRICTER_UNDER_HYPOCAUST: &[(&str, &str, Observations)] = &[
+    (
+        "virtio/blk-buffer-outside-ram",
+        "QEMU bounces a buffer of up to a page at a non-RAM address (writes zeros to the disk); \
+         hypocaust refuses any buffer outside the guest's RAM, as QEMU does for larger ones",
+        &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")],
+    ),
+    (
+        "virtio/blk-read-into-outside-ram",
+        "QEMU bounces a buffer of up to a page at a non-RAM address (the data goes nowhere); \
+         hypocaust refuses any buffer outside the guest's RAM, as QEMU does for larger ones",
+        &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")],
+    ),
+];
+
 /// Options of a suite run.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Only tests whose name contains this.
     pub filter: Option<String>,
+    /// Legacy virtio-mmio transports (Version 1, QEMU 7.2's default) instead of modern
+    /// ones (Version 2).
+    pub legacy: bool,
+}
+
+/// All eight virtio-mmio slots of `virt` go to the suite's guest, so it finds its devices
+/// where the native run does.
+pub const ALL_VIRTIO_SLOTS: u64 = 0xff;
+
+/// The name of a run (`suite-native`, `suite-hypocaust-legacy`, ...): its log is
+/// `target/logs/<name>.log`, its disk `target/logs/<name>-disk.img`.
+fn run_name(side: &str, opts: &Options) -> String {
+    let legacy = if opts.legacy { "-legacy" } else { "" };
+    format!("suite-{side}{legacy}")
+}
+
+/// Gives `machine` the suite's devices, on a fresh disk of its own for run `name`
+/// (`target/logs/<name>-disk.img`).
+pub fn add_devices(machine: &mut Machine, name: &str, legacy: bool) -> Result<()> {
+    let disk = qemu::log_dir().join(format!("{name}-disk.img"));
+    artifacts::suite_disk(&disk)?;
+    machine.extra.extend(qemu::virtio_devices(&disk, legacy));
+    Ok(())
 }
 
 fn bootargs(opts: &Options) -> String {
@@ -54,7 +97,9 @@ pub fn run_native(opts: &Options) -> Result<(Report, Run)> {
     machine.memory_mib = GUEST_MIB as u64;
     let args = bootargs(opts);
     machine.append = (!args.is_empty()).then_some(args);
-    let run = qemu::run_captured(&machine, "suite-native", TIMEOUT, false)?;
+    let name = run_name("native", opts);
+    add_devices(&mut machine, &name, opts.legacy)?;
+    let run = qemu::run_captured(&machine, &name, TIMEOUT, false)?;
     Ok((Report::parse(&run.output), run))
 }
 
@@ -70,11 +115,14 @@ pub fn run_hypocaust(opts: &Options) -> Result<(Report, Run)> {
             bootargs: bootargs(opts),
             memory_mib: GUEST_MIB,
             vcpus: 1,
+            virtio_slots: ALL_VIRTIO_SLOTS,
         }],
         &bundle,
     )?;
-    let machine = hypocaust_machine(bundle)?;
-    let run = qemu::run_captured(&machine, "suite-hypocaust", TIMEOUT, false)?;
+    let mut machine = hypocaust_machine(bundle)?;
+    let name = run_name("hypocaust", opts);
+    add_devices(&mut machine, &name, opts.legacy)?;
+    let run = qemu::run_captured(&machine, &name, TIMEOUT, false)?;
     Ok((Report::parse(&run.output), run))
 }
 
@@ -95,6 +143,8 @@ pub enum Verdict {
     NotOffered(&'static str),
     /// Listed in [`ONLY_UNDER_HYPOCAUST`]: skipped natively, passed under hypocaust.
     OnlyHypocaust(&'static str),
+    /// Listed in [`STRICTER_UNDER_HYPOCAUST`]: passed in both, hypocaust refused.
+    Stricter(&'static str),
     /// Anything else; the reason says what differs.
     Differs(String),
 }
@@ -127,6 +177,13 @@ pub fn compare(name: &str, native: Option<&TestResult>, hyp: Option<&TestResult>
         && h.status == Status::Pass
     {
         return Verdict::OnlyHypocaust(why);
+    }
+    if let Some((_, why, wanted)) = STRICTER_UNDER_HYPOCAUST.iter().find(|(t, ..)| *t == name)
+        && n.status == Status::Pass
+        && h.status == Status::Pass
+        && wanted.iter().all(|(k, v)| h.observations.iter().any(|(hk, hv)| hk == k && hv == v))
+    {
+        return Verdict::Stricter(why);
     }
 
     if n.status != h.status {
@@ -189,7 +246,7 @@ impl Comparison {
 
     /// Prints the table, and the end of a run's log if it did not complete.
     pub fn print(&self, verbose: bool) {
-        println!("  {:<36} {:<8} {:<12}", "test", "native", "hypocaust");
+        println!("  {:<40} {:<8} {:<12}", "test", "native", "hypocaust");
         for (name, n, h, verdict) in &self.rows {
             let quiet = matches!(verdict, Verdict::Identical) && !verbose;
             if quiet {
@@ -197,11 +254,13 @@ impl Comparison {
             }
             let note = match verdict {
                 Verdict::Identical => String::new(),
-                Verdict::NotOffered(why) | Verdict::OnlyHypocaust(why) => format!("({why})"),
+                Verdict::NotOffered(why) | Verdict::OnlyHypocaust(why) | Verdict::Stricter(why) => {
+                    format!("({why})")
+                }
                 Verdict::Differs(why) => format!("<- DIFFERS: {why}"),
             };
             println!(
-                "  {name:<36} {:<8} {:<12} {note}",
+                "  {name:<40} {:<8} {:<12} {note}",
                 status_word(n.as_ref().map(|t| &t.status)),
                 status_word(h.as_ref().map(|t| &t.status))
             );
@@ -214,9 +273,10 @@ impl Comparison {
         let identical = self.rows.iter().filter(|r| r.3 == Verdict::Identical).count();
         let offered = self.rows.iter().filter(|r| matches!(r.3, Verdict::NotOffered(_))).count();
         let extra = self.rows.iter().filter(|r| matches!(r.3, Verdict::OnlyHypocaust(_))).count();
-        let differ = self.rows.len() - identical - offered - extra;
+        let stricter = self.rows.iter().filter(|r| matches!(r.3, Verdict::Stricter(_))).count();
+        let differ = self.rows.len() - identical - offered - extra - stricter;
         println!(
-            "{} tests: {identical} identical, {offered} not offered and {extra} offered only under hypocaust, {differ} differ (native {:.1} s, hypocaust {:.1} s)",
+            "{} tests: {identical} identical, {offered} not offered, {extra} offered only and {stricter} stricter under hypocaust, {differ} differ (native {:.1} s, hypocaust {:.1} s)",
             self.rows.len(),
             self.native.1.elapsed.as_secs_f64(),
             self.hypocaust.1.elapsed.as_secs_f64()
@@ -267,13 +327,21 @@ pub fn print_report(title: &str, report: &Report, run: &Run) {
 /// `cargo xtask suite`.
 pub fn command(native: bool, opts: &Options) -> Result<bool> {
     provision::all()?;
+    let transport = if opts.legacy { "legacy" } else { "modern" };
     if native {
         let (report, run) = run_native(opts)?;
-        print_report("guest test suite, native (QEMU rv64,h=false on OpenSBI):", &report, &run);
+        print_report(
+            &format!(
+                "guest test suite, native (QEMU rv64,h=false on OpenSBI, {transport} virtio-mmio):"
+            ),
+            &report,
+            &run,
+        );
         return Ok(report.complete_and_green());
     }
     let c = Comparison::run(opts)?;
-    println!("guest test suite: natively on QEMU (rv64,h=false, OpenSBI) and under hypocaust");
+    let what = "natively on QEMU (rv64,h=false, OpenSBI) and under hypocaust";
+    println!("guest test suite: {what}, {transport} virtio-mmio");
     c.print(true);
     Ok(c.agrees())
 }
@@ -311,6 +379,14 @@ mod tests {
             compare("paging/sv48-gigapage-alias", Some(&native), Some(&skipped)),
             Verdict::NotOffered(_)
         ));
+        // Stricter: only with the listed observations under hypocaust.
+        let name = "virtio/blk-buffer-outside-ram";
+        let native = result(name, Status::Pass, &[("used-idx", "0x1"), ("sectors-zeroed", "0x1")]);
+        let refused = result(name, Status::Pass, &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")]);
+        assert!(matches!(compare(name, Some(&native), Some(&refused)), Verdict::Stricter(_)));
+        assert!(matches!(compare(name, Some(&native), Some(&native)), Verdict::Identical));
+        let leaked = result(name, Status::Pass, &[("used-idx", "0x1"), ("sectors-zeroed", "0x0")]);
+        assert!(matches!(compare(name, Some(&native), Some(&leaked)), Verdict::Differs(_)));
         // Not in the list: a skip that differs from the native result is a difference.
         let skipped = result("csr/x", Status::Skip("not offered: X".into()), &[]);
         let native = result("csr/x", Status::Pass, &[]);

@@ -21,7 +21,49 @@ pub struct GuestDt<'a> {
     pub bootargs: &'a str,
     /// `[start, end)` of the initrd.
     pub initrd: Option<(u64, u64)>,
+    /// The emulated and passed-through devices.
+    pub devices: Devices<'a>,
 }
+
+/// A device's registers and interrupt source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub base: u64,
+    pub size: u64,
+    /// Its source on the PLIC.
+    pub irq: u32,
+}
+
+/// The PLIC a guest sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlicNode {
+    pub base: u64,
+    pub size: u64,
+    /// `riscv,ndev`: the highest source number.
+    pub ndev: u32,
+}
+
+/// The devices under `/soc`, laid out as on QEMU's `virt` machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Devices<'a> {
+    /// An `ns16550a` UART; it becomes `/chosen/stdout-path`.
+    pub uart: Option<Device>,
+    /// The PLIC, with an M-mode and an S-mode context per hart (as `virt` has them: the
+    /// M-mode one is there so context numbers match; it never signals).
+    pub plic: Option<PlicNode>,
+    /// `virtio,mmio` transports.
+    pub virtio: &'a [Device],
+}
+
+/// phandle of the PLIC.
+const PLIC_PHANDLE: u32 = 0x1000;
+
+/// `clock-frequency` of QEMU's `virt` 16550 (3.6864 MHz).
+const UART_CLOCK_HZ: u32 = 3_686_400;
+
+/// Interrupt numbers of the hart-local interrupt controller.
+const IRQ_M_EXT: u32 = 11;
+const IRQ_S_EXT: u32 = 9;
 
 /// phandle of hart `i`'s interrupt controller.
 pub fn intc_phandle(hart: usize) -> u32 {
@@ -39,6 +81,9 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
 
     let chosen = w.begin_node("chosen")?;
     w.property_string("bootargs", dt.bootargs)?;
+    if let Some(uart) = dt.devices.uart {
+        w.property_string("stdout-path", &format!("/soc/serial@{:x}", uart.base))?;
+    }
     if let Some((start, end)) = dt.initrd {
         w.property_u64("linux,initrd-start", start)?;
         w.property_u64("linux,initrd-end", end)?;
@@ -71,8 +116,59 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
         w.end_node(cpu)?;
     }
     w.end_node(cpus)?;
+    soc(&mut w, dt)?;
     w.end_node(root)?;
     w.finish()
+}
+
+/// The `/soc` bus with the guest's devices.
+fn soc(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let d = &dt.devices;
+    let soc = w.begin_node("soc")?;
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_string("compatible", "simple-bus")?;
+    w.property_null("ranges")?;
+    if let Some(plic) = d.plic {
+        let node = w.begin_node(&format!("plic@{:x}", plic.base))?;
+        w.property_string_list(
+            "compatible",
+            alloc::vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
+        )?;
+        w.property_array_u64("reg", &[plic.base, plic.size])?;
+        w.property_u32("#address-cells", 0)?;
+        w.property_u32("#interrupt-cells", 1)?;
+        w.property_null("interrupt-controller")?;
+        w.property_u32("riscv,ndev", plic.ndev)?;
+        let contexts: Vec<u32> = (0..dt.harts)
+            .flat_map(|h| [intc_phandle(h), IRQ_M_EXT, intc_phandle(h), IRQ_S_EXT])
+            .collect();
+        w.property_array_u32("interrupts-extended", &contexts)?;
+        w.property_phandle(PLIC_PHANDLE)?;
+        w.end_node(node)?;
+    }
+    let with_irq = |w: &mut FdtWriter, dev: &Device| -> Result<(), Error> {
+        w.property_array_u64("reg", &[dev.base, dev.size])?;
+        if d.plic.is_some() {
+            w.property_u32("interrupt-parent", PLIC_PHANDLE)?;
+            w.property_u32("interrupts", dev.irq)?;
+        }
+        Ok(())
+    };
+    if let Some(uart) = &d.uart {
+        let node = w.begin_node(&format!("serial@{:x}", uart.base))?;
+        w.property_string("compatible", "ns16550a")?;
+        w.property_u32("clock-frequency", UART_CLOCK_HZ)?;
+        with_irq(w, uart)?;
+        w.end_node(node)?;
+    }
+    for dev in d.virtio {
+        let node = w.begin_node(&format!("virtio_mmio@{:x}", dev.base))?;
+        w.property_string("compatible", "virtio,mmio")?;
+        with_irq(w, dev)?;
+        w.end_node(node)?;
+    }
+    w.end_node(soc)
 }
 
 #[cfg(test)]
@@ -91,6 +187,7 @@ mod tests {
             ram_size: 256 << 20,
             bootargs: "console=hvc0",
             initrd: Some((0x8800_0000, 0x8810_0000)),
+            devices: Devices::default(),
         })
         .unwrap();
         let fdt = fdt::Fdt::new(&blob).unwrap();
@@ -112,5 +209,58 @@ mod tests {
             Some(0x8800_0000)
         );
         assert!(fdt.find_node("/cpus/cpu@1/interrupt-controller").is_some());
+        assert!(fdt.find_node("/soc/plic@c000000").is_none());
+        assert!(chosen.property("stdout-path").is_none());
+    }
+
+    #[test]
+    fn describes_devices_as_virt_does() {
+        let virtio = [
+            Device { base: 0x1000_8000, size: 0x1000, irq: 8 },
+            Device { base: 0x1000_1000, size: 0x1000, irq: 1 },
+        ];
+        let blob = build(&GuestDt {
+            model: "hypocaust,guest",
+            harts: 2,
+            isa: "rv64imac",
+            mmu_type: "riscv,sv39",
+            timebase_hz: 10_000_000,
+            ram_base: 0x8000_0000,
+            ram_size: 64 << 20,
+            bootargs: "",
+            initrd: None,
+            devices: Devices {
+                uart: Some(Device { base: 0x1000_0000, size: 0x100, irq: 10 }),
+                plic: Some(PlicNode { base: 0xc00_0000, size: 0x60_0000, ndev: 96 }),
+                virtio: &virtio,
+            },
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(
+            chosen.property("stdout-path").and_then(|p| p.as_str()),
+            Some("/soc/serial@10000000")
+        );
+        let plic = fdt.find_node("/soc/plic@c000000").unwrap();
+        assert_eq!(plic.property("riscv,ndev").and_then(|p| p.as_usize()), Some(96));
+        let ext: Vec<u32> = plic
+            .property("interrupts-extended")
+            .unwrap()
+            .value
+            .chunks(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(ext, [1, 11, 1, 9, 2, 11, 2, 9]);
+        let phandle = plic.property("phandle").and_then(|p| p.as_usize()).unwrap();
+        let uart = fdt.find_node("/soc/serial@10000000").unwrap();
+        assert_eq!(uart.compatible().unwrap().first(), "ns16550a");
+        assert_eq!(uart.property("interrupts").and_then(|p| p.as_usize()), Some(10));
+        assert_eq!(uart.property("interrupt-parent").and_then(|p| p.as_usize()), Some(phandle));
+        let v = fdt.find_node("/soc/virtio_mmio@10008000").unwrap();
+        assert_eq!(v.property("interrupts").and_then(|p| p.as_usize()), Some(8));
+        let r = v.reg().unwrap().next().unwrap();
+        assert_eq!((r.starting_address as u64, r.size), (0x1000_8000, Some(0x1000)));
+        assert_eq!(fdt.all_nodes().filter(|n| n.name.starts_with("virtio_mmio")).count(), 2);
     }
 }

@@ -1,6 +1,7 @@
 //! What a vCPU needs from hypocaust while it handles an exit: time, guest memory, the
 //! console, the other vCPUs of its guest. Tests implement it with plain data.
 
+use rv::insn::Width;
 use rv::trap::Exception;
 
 use crate::Vcpu;
@@ -53,6 +54,19 @@ pub trait Host {
     /// Copies `data` to guest-physical memory at `gpa`; `false` (nothing written) unless all
     /// of it is guest RAM.
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool;
+
+    /// Reads a device register at guest-physical `gpa`; `None` if the bus refuses (no
+    /// device there, or one that does not decode the access).
+    fn mmio_read(&mut self, gpa: u64, width: Width) -> Option<u64>;
+
+    /// Writes a device register; `false` if the bus refuses.
+    fn mmio_write(&mut self, gpa: u64, width: Width, value: u64) -> bool;
+
+    /// The guest's FP register `reg` (the guest's FP state lives in the hart), raw 64 bits.
+    fn fp_read(&mut self, reg: u8) -> u64;
+
+    /// Sets the guest's FP register `reg`.
+    fn fp_write(&mut self, reg: u8, value: u64);
 
     /// Whether `gpa` is guest RAM (where a hart may start executing).
     fn is_ram(&self, gpa: u64) -> bool;

@@ -8,6 +8,7 @@
 
 pub mod csr;
 mod host;
+pub mod mmio;
 pub mod sbi;
 mod vcpu;
 

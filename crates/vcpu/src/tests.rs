@@ -26,7 +26,14 @@ struct FakeHost {
     fetch: Option<u32>,
     /// What `load_u64` returns for legacy pointers.
     load: Option<Result<u64, Fault>>,
+    /// A device at [`DEVICE`]: register values by address, and the accesses made.
+    device: std::collections::BTreeMap<u64, u64>,
+    device_log: Vec<(u64, u64, Option<u64>)>,
+    fregs: [u64; 32],
 }
+
+/// Where the fake device answers.
+const DEVICE: std::ops::Range<u64> = 0x1000_0000..0x1000_1000;
 
 impl FakeHost {
     fn new() -> Self {
@@ -66,6 +73,23 @@ impl Host for FakeHost {
     }
     fn is_ram(&self, gpa: u64) -> bool {
         RAM.contains(&gpa)
+    }
+    fn mmio_read(&mut self, gpa: u64, width: rv::insn::Width) -> Option<u64> {
+        self.device_log.push((gpa, width.bytes(), None));
+        DEVICE.contains(&gpa).then(|| *self.device.get(&gpa).unwrap_or(&0))
+    }
+    fn mmio_write(&mut self, gpa: u64, width: rv::insn::Width, value: u64) -> bool {
+        self.device_log.push((gpa, width.bytes(), Some(value)));
+        if DEVICE.contains(&gpa) {
+            self.device.insert(gpa, value);
+        }
+        DEVICE.contains(&gpa)
+    }
+    fn fp_read(&mut self, reg: u8) -> u64 {
+        self.fregs[reg as usize]
+    }
+    fn fp_write(&mut self, reg: u8, value: u64) {
+        self.fregs[reg as usize] = value;
     }
     fn console_write(&mut self, bytes: &[u8]) {
         self.console_out.extend_from_slice(bytes);
@@ -615,5 +639,103 @@ fn random_guest_input_never_panics() {
         let sret = v.regs.pc == v.csrs.sepc;
         let restarted = matches!(action, Action::Wait | Action::Stop | Action::Reset(_));
         assert!(advanced || trapped || sret || restarted, "iteration {i}: pc {:#x}", v.regs.pc);
+    }
+}
+
+mod mmio {
+    use super::*;
+    use crate::mmio::Direction;
+
+    /// Runs instruction `bits` at the pc as a device access to `gpa` (a1 holds the address).
+    fn access(bits: u32, dir: Direction, gpa: u64, h: &mut FakeHost) -> Vcpu {
+        let mut v = vcpu();
+        h.fetch = Some(bits);
+        v.regs.set(11, gpa);
+        v.emulate_mmio(h, dir, 0x4000_0000 + (gpa & 0xfff), gpa);
+        v
+    }
+
+    #[test]
+    fn loads_extend_as_the_instruction_says() {
+        let mut h = FakeHost::new();
+        h.device.insert(0x1000_0010, 0xffff_ffff_8000_0001);
+        // lw a0, 0(a1): sign-extends the low word; the pc moves 4.
+        let v = access(0x0005_a503, Direction::Load, 0x1000_0010, &mut h);
+        assert_eq!(v.regs.get(10), 0xffff_ffff_8000_0001);
+        assert_eq!(v.regs.pc, 0x8020_0004);
+        // lwu: zero-extends.
+        let v = access(0x0005_e503, Direction::Load, 0x1000_0010, &mut h);
+        assert_eq!(v.regs.get(10), 0x8000_0001);
+        // lhu a0, 2(a1) and lb a0, 3(a1): the device is asked for the width the instruction has.
+        h.device.insert(0x1000_0020, 0x80);
+        let v = access(0x0035_8503, Direction::Load, 0x1000_0020, &mut h);
+        assert_eq!(v.regs.get(10), u64::MAX - 0x7f);
+        assert_eq!(h.device_log.last(), Some(&(0x1000_0020, 1, None)));
+        let v = access(0x0025_d503, Direction::Load, 0x1000_0020, &mut h);
+        assert_eq!(v.regs.get(10), 0x80);
+        assert_eq!(h.device_log.last(), Some(&(0x1000_0020, 2, None)));
+        // ld a0, 8(a1).
+        h.device.insert(0x1000_0030, 0x1234_5678_9abc_def0);
+        let v = access(0x0085_b503, Direction::Load, 0x1000_0030, &mut h);
+        assert_eq!(v.regs.get(10), 0x1234_5678_9abc_def0);
+        // c.lw a0, 0(a1): 2 bytes long.
+        let v = access(0x4188, Direction::Load, 0x1000_0010, &mut h);
+        assert_eq!((v.regs.get(10), v.regs.pc), (0xffff_ffff_8000_0001, 0x8020_0002));
+    }
+
+    #[test]
+    fn stores_write_the_low_bytes() {
+        let mut h = FakeHost::new();
+        let mut v = vcpu();
+        h.fetch = Some(0x00c5_a223); // sw a2, 4(a1)
+        v.regs.set(12, 0xaaaa_bbbb_cccc_dddd);
+        v.emulate_mmio(&mut h, Direction::Store, 0x4000_0004, 0x1000_0004);
+        assert_eq!(h.device_log, [(0x1000_0004, 4, Some(0xcccc_dddd))]);
+        assert_eq!(v.regs.pc, 0x8020_0004);
+        h.fetch = Some(0x00c5_8023); // sb a2, 0(a1)
+        v.emulate_mmio(&mut h, Direction::Store, 0x4000_0000, 0x1000_0000);
+        assert_eq!(h.device_log[1], (0x1000_0000, 1, Some(0xdd)));
+    }
+
+    #[test]
+    fn fp_loads_nan_box_and_dirty_fs() {
+        let mut h = FakeHost::new();
+        h.device.insert(0x1000_0040, 0x3f80_0000);
+        let v = access(0x0005_a507, Direction::Load, 0x1000_0040, &mut h); // flw fa0, 0(a1)
+        assert_eq!(h.fregs[10], 0xffff_ffff_3f80_0000);
+        assert_eq!(v.csrs.sstatus & Sstatus::FS.bits(), Sstatus::FS.bits());
+        h.device.insert(0x1000_0048, 0x4000_0000_0000_0000);
+        let v = access(0x218c, Direction::Load, 0x1000_0048, &mut h); // c.fld fa1, 0(a1)
+        assert_eq!((h.fregs[11], v.regs.pc), (0x4000_0000_0000_0000, 0x8020_0002));
+        h.fregs[10] = 0xffff_ffff_4049_0fdb;
+        access(0x00a5_a027, Direction::Store, 0x1000_0050, &mut h); // fsw fa0, 0(a1)
+        assert_eq!(h.device_log.last(), Some(&(0x1000_0050, 4, Some(0x4049_0fdb))));
+    }
+
+    #[test]
+    fn refusals_are_access_faults_at_the_address() {
+        let mut h = FakeHost::new();
+        // The bus refuses: load access fault, stval = the virtual address, from the pc.
+        let v = access(0x0005_a503, Direction::Load, 0x2000_0000, &mut h);
+        assert_eq!((v.csrs.scause, v.csrs.stval, v.csrs.sepc), (5, 0x4000_0000, 0x8020_0000));
+        assert_eq!(v.regs.pc, 0x8030_0000);
+        // An AMO on a device: store access fault, the device untouched.
+        h.device_log.clear();
+        let v = access(0x00c5_a52f, Direction::Store, 0x1000_0000, &mut h);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (7, 0x4000_0000));
+        assert!(h.device_log.is_empty());
+        // The instruction at the pc is no load although the fault was a load's (the guest
+        // rewrote it): the original fault stands.
+        let v = access(0x00c5_a223, Direction::Load, 0x1000_0000, &mut h);
+        assert_eq!(v.csrs.scause, 5);
+        assert!(h.device_log.is_empty());
+        // Garbage at the pc.
+        let v = access(0xffff_ffff, Direction::Load, 0x1000_0000, &mut h);
+        assert_eq!(v.csrs.scause, 5);
+        // The pc cannot be fetched: that fault.
+        let mut v = vcpu();
+        h.fetch = None;
+        v.emulate_mmio(&mut h, Direction::Load, 0x4000_0000, 0x1000_0000);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (1, 0x8020_0000));
     }
 }

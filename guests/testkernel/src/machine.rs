@@ -14,6 +14,8 @@ pub struct Machine {
     pub mmu: String,
     pub timebase_hz: u64,
     pub bootargs: String,
+    /// The first address past the RAM that holds the kernel.
+    pub ram_end: u64,
 }
 
 impl Machine {
@@ -44,7 +46,16 @@ pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
         mmu: String::new(),
         timebase_hz: 10_000_000,
         bootargs: fdt.chosen().bootargs().unwrap_or("").to_string(),
+        ram_end: 0,
     };
+    let here = init as *const () as u64;
+    for region in fdt.memory().regions() {
+        let start = region.starting_address as u64;
+        let end = start + region.size.unwrap_or(0) as u64;
+        if (start..end).contains(&here) {
+            machine.ram_end = end;
+        }
+    }
     for cpu in fdt.cpus() {
         machine.harts += 1;
         let reg = cpu.property("reg").and_then(|p| p.as_usize());

@@ -6,7 +6,8 @@
 //!
 //! Boot arguments (`/chosen/bootargs`): `filter=TEXT` runs only tests whose name contains
 //! TEXT; `action=reboot` or `action=hart-stop` asks SBI for that first (for the tests of
-//! what hypocaust does when a guest reboots or stops its last hart).
+//! what hypocaust does when a guest reboots or stops its last hart); `action=echo` reads one
+//! line from the UART, prints it and powers off (console input tests).
 
 #![no_std]
 #![no_main]
@@ -19,9 +20,12 @@ mod console;
 mod ecall;
 mod harness;
 mod machine;
+mod plic;
 mod tests;
 mod timer;
 mod trap;
+mod uart16550;
+mod virtio;
 mod vm;
 
 use buddy_system_allocator::LockedHeap;
@@ -71,6 +75,7 @@ extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
             println!("# action: stopping the only hart");
             let _ = sbi_rt::hart_stop();
         }
+        Some("echo") => echo_line(),
         Some(other) => println!("# unknown action {other}"),
         None => {}
     }
@@ -88,6 +93,24 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 }
 
 /// Waits for an interrupt.
+/// `action=echo`: reads one line from the UART (polled), says what it got, powers off.
+fn echo_line() -> ! {
+    use uart16550::{LSR, LSR_DR, RBR, read};
+    println!("# echo: ready");
+    let mut line = alloc::string::String::new();
+    loop {
+        while read(LSR) & LSR_DR == 0 {
+            core::hint::spin_loop();
+        }
+        match read(RBR) {
+            b'\r' | b'\n' => break,
+            b => line.push(b as char),
+        }
+    }
+    println!("# echo: got '{line}'");
+    shutdown(false)
+}
+
 pub fn arch_wfi() {
     // SAFETY: `wfi` has no memory effects.
     unsafe { core::arch::asm!("wfi") };

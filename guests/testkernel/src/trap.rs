@@ -202,6 +202,8 @@ pub static LAST_TIMER_AT: AtomicU64 = AtomicU64::new(0);
 pub static LAST_IRQ_SEPC: AtomicU64 = AtomicU64::new(0);
 /// `sstatus` when the last interrupt was taken.
 pub static LAST_IRQ_SSTATUS: AtomicU64 = AtomicU64::new(0);
+/// `scause` of the last interrupt taken.
+pub static LAST_IRQ_SCAUSE: AtomicU64 = AtomicU64::new(0);
 /// Causes of the interrupts taken, oldest first (the first 8 since `clear_irq_log`).
 static IRQ_LOG: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 static IRQ_LOG_LEN: AtomicUsize = AtomicUsize::new(0);
@@ -230,6 +232,7 @@ pub fn interrupt_count(irq: Interrupt) -> usize {
 fn handle_interrupt(code: u64, frame: &Frame) {
     LAST_IRQ_SEPC.store(frame.sepc, Ordering::SeqCst);
     LAST_IRQ_SSTATUS.store(frame.sstatus, Ordering::SeqCst);
+    LAST_IRQ_SCAUSE.store(frame.scause, Ordering::SeqCst);
     let n = IRQ_LOG_LEN.fetch_add(1, Ordering::SeqCst);
     if let Some(slot) = IRQ_LOG.get(n) {
         slot.store(code, Ordering::SeqCst);

@@ -1,5 +1,6 @@
 //! Address spaces for the paging tests: page frames from a fixed arena, page tables built
 //! by hand, and the kernel's own memory kept mapped (its gigabyte, identity, S-mode only).
+//! The device tests take their rings and buffers from the same arena.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -22,11 +23,16 @@ pub fn reset() {
 
 /// A zeroed page from the arena: its (physical = kernel virtual) address.
 pub fn alloc_page() -> u64 {
-    let i = NEXT.fetch_add(1, Ordering::SeqCst);
-    assert!(i < ARENA_PAGES, "the paging test arena is exhausted");
+    alloc_pages(1)
+}
+
+/// `n` zeroed, contiguous pages from the arena: the address of the first.
+pub fn alloc_pages(n: usize) -> u64 {
+    let i = NEXT.fetch_add(n, Ordering::SeqCst);
+    assert!(i + n <= ARENA_PAGES, "the test arena is exhausted");
     let page = (&raw mut ARENA) as u64 + i as u64 * 4096;
-    // SAFETY: the page belongs to the arena and was just handed out.
-    unsafe { core::ptr::write_bytes(page as *mut u8, 0, 4096) };
+    // SAFETY: the pages belong to the arena and were just handed out.
+    unsafe { core::ptr::write_bytes(page as *mut u8, 0, 4096 * n) };
     page
 }
 

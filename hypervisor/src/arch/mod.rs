@@ -5,6 +5,7 @@ use core::arch::{asm, global_asm};
 
 use crate::layout::VIRT_OFFSET;
 
+pub mod fp;
 pub mod trap;
 
 /// Size of the stack the boot hart uses until its own stack is mapped.

@@ -27,8 +27,20 @@ mod exceptions;
 mod fp;
 mod interrupts;
 mod paging;
+mod plic;
 mod sbi;
+mod uart;
+mod virtio;
 
 /// Every test, in the order they run.
-pub const ALL: &[&[Test]] =
-    &[csr::TESTS, exceptions::TESTS, interrupts::TESTS, fp::TESTS, paging::TESTS, sbi::TESTS];
+pub const ALL: &[&[Test]] = &[
+    csr::TESTS,
+    exceptions::TESTS,
+    interrupts::TESTS,
+    fp::TESTS,
+    paging::TESTS,
+    sbi::TESTS,
+    uart::TESTS,
+    plic::TESTS,
+    virtio::TESTS,
+];

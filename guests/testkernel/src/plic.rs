@@ -1,0 +1,128 @@
+//! The PLIC of QEMU `virt` (0x0c00_0000) as seen from the S-mode context of hart 0
+//! (context 1): register access for the tests, and [`Saved`], which restores what a test
+//! changed.
+
+/// The PLIC's base address.
+pub const BASE: u64 = 0x0c00_0000;
+/// The S-mode context of hart 0 (context 0 is its M-mode one).
+pub const CONTEXT: u64 = 1;
+/// Sources on `virt` (`riscv,ndev` = 95, plus the non-existent source 0).
+pub const SOURCES: u32 = 96;
+/// 32-bit words of pending and enable bits.
+pub const WORDS: usize = SOURCES as usize / 32;
+
+/// The priority register of `source`.
+pub fn priority_addr(source: u32) -> u64 {
+    BASE + 4 * source as u64
+}
+
+/// Pending word `word` (sources `32 * word ..`).
+pub fn pending_addr(word: usize) -> u64 {
+    BASE + 0x1000 + 4 * word as u64
+}
+
+/// Enable word `word` of the S-mode context.
+pub fn enable_addr(word: usize) -> u64 {
+    BASE + 0x2000 + 0x80 * CONTEXT + 4 * word as u64
+}
+
+/// The priority threshold of the S-mode context.
+pub const THRESHOLD: u64 = BASE + 0x20_0000 + 0x1000 * CONTEXT;
+/// The claim/complete register of the S-mode context.
+pub const CLAIM: u64 = THRESHOLD + 4;
+
+/// Reads the 32-bit register at `addr`.
+pub fn read(addr: u64) -> u32 {
+    // SAFETY: the callers pass addresses of PLIC registers (built by the functions above),
+    // which S-mode may access natively and under hypocaust; they are 32 bits wide.
+    unsafe { (addr as *const u32).read_volatile() }
+}
+
+/// Writes the 32-bit register at `addr`.
+pub fn write(addr: u64, value: u32) {
+    // SAFETY: as in `read`; tests change the PLIC only while holding a `Saved`.
+    unsafe { (addr as *mut u32).write_volatile(value) }
+}
+
+/// Whether `source` is pending.
+pub fn pending(source: u32) -> bool {
+    read(pending_addr(source as usize / 32)) & 1 << (source % 32) != 0
+}
+
+/// Enables or disables `source` for the S-mode context.
+pub fn set_enabled(source: u32, on: bool) {
+    let addr = enable_addr(source as usize / 32);
+    let bit = 1 << (source % 32);
+    let word = read(addr);
+    write(addr, if on { word | bit } else { word & !bit });
+}
+
+/// Claims the highest-priority pending interrupt (0: none).
+pub fn claim() -> u32 {
+    read(CLAIM)
+}
+
+/// Signals the completion of `source`.
+pub fn complete(source: u32) {
+    write(CLAIM, source)
+}
+
+/// Prepares `source` for a test: priority 1, threshold 0, enabled; then claims and
+/// completes whatever is pending. A level source that was asserted earlier (say by a UART
+/// test that never touched the PLIC) stays pending until claimed, as on real PLICs.
+pub fn take_over(source: u32) {
+    write(priority_addr(source), 1);
+    write(THRESHOLD, 0);
+    set_enabled(source, true);
+    for _ in 0..8 {
+        match claim() {
+            0 => break,
+            stale => complete(stale),
+        }
+    }
+}
+
+/// The sources' priorities, the context's enables and its threshold as a test found them;
+/// dropping it restores them.
+pub struct Saved {
+    sources: [(u32, u32); 4],
+    count: usize,
+    enables: [u32; WORDS],
+    threshold: u32,
+}
+
+impl Saved {
+    /// Records the state, with the priorities of `sources` (at most four).
+    pub fn take(sources: &[u32]) -> Self {
+        assert!(sources.len() <= 4, "plic::Saved keeps four priorities");
+        let mut saved = Self {
+            sources: [(0, 0); 4],
+            count: sources.len(),
+            enables: core::array::from_fn(|w| read(enable_addr(w))),
+            threshold: read(THRESHOLD),
+        };
+        for (slot, &s) in saved.sources.iter_mut().zip(sources) {
+            *slot = (s, read(priority_addr(s)));
+        }
+        saved
+    }
+}
+
+impl Drop for Saved {
+    fn drop(&mut self) {
+        // A test that stopped half-way may have left a source claimed: complete each one
+        // (a completion is only heard while the source is enabled; it is harmless when
+        // nothing was claimed).
+        for &(source, _) in &self.sources[..self.count] {
+            set_enabled(source, true);
+            complete(source);
+        }
+        for (w, &e) in self.enables.iter().enumerate() {
+            write(enable_addr(w), e);
+        }
+        for &(source, priority) in &self.sources[..self.count] {
+            write(priority_addr(source), priority);
+        }
+        write(THRESHOLD, self.threshold);
+    }
+}
