@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+mod access;
 pub mod plic;
 pub mod uart;
 pub mod virtio;

@@ -29,7 +29,7 @@
 //! - Only 4-byte accesses are decoded; other widths fault, as do offsets past the window. A
 //!   misaligned 4-byte load is made by the CPU of the two aligned words that cover it (with
 //!   both reads' side effects); a misaligned store becomes byte stores, which fault (see
-//!   `cpu_read` in `uart.rs`).
+//!   `access.rs`).
 //!
 //! The M-mode contexts are registers like any other, but nothing reports their lines: the
 //! guest has no M-mode.
@@ -38,7 +38,7 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::uart::{cpu_read, cpu_write};
+use crate::access::{cpu_read, cpu_write};
 use crate::{BusError, Mmio, Width};
 
 /// The number of sources, counting the nonexistent source 0 (`VIRT_IRQCHIP_NUM_SOURCES`).

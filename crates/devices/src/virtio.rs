@@ -110,6 +110,7 @@ use core::sync::atomic::{Ordering, fence};
 
 use rv::GuestPhysAddr;
 
+use crate::access::{cpu_read, cpu_write, low_bytes_mask};
 use crate::{BusError, Width};
 
 mod queue;
@@ -890,47 +891,4 @@ fn set_half(value: u64, high: bool, half: u32) -> u64 {
 
 fn low32(value: u64) -> u32 {
     (value & 0xffff_ffff) as u32
-}
-
-/// All ones in the low `bytes` bytes.
-const fn low_bytes_mask(bytes: u64) -> u64 {
-    if bytes >= 8 { u64::MAX } else { (1 << (bytes * 8)) - 1 }
-}
-
-/// A load as QEMU 7.2's CPU makes it on an MMIO page: an aligned load as it is; a misaligned
-/// one as the two aligned loads of the same width that cover it, lower first, combined.
-/// (`uart.rs` has the same helper; they could move to one place.)
-fn cpu_read(
-    offset: u64,
-    width: Width,
-    mut aligned: impl FnMut(u64) -> Result<u64, BusError>,
-) -> Result<u64, BusError> {
-    let size = width.bytes();
-    let lead = offset & (size - 1);
-    if lead == 0 {
-        return aligned(offset);
-    }
-    let first = offset - lead;
-    let low = aligned(first)?;
-    let high = aligned(first.checked_add(size).ok_or(BusError)?)?;
-    let shift = lead * 8;
-    Ok(((low >> shift) | (high << (size * 8 - shift))) & low_bytes_mask(size))
-}
-
-/// A store as QEMU 7.2's CPU makes it on an MMIO page: an aligned store as it is; a
-/// misaligned one as byte stores, lowest address first, up to the first that faults.
-fn cpu_write(
-    offset: u64,
-    width: Width,
-    value: u64,
-    mut aligned: impl FnMut(u64, Width, u64) -> Result<(), BusError>,
-) -> Result<(), BusError> {
-    let size = width.bytes();
-    if offset & (size - 1) == 0 {
-        return aligned(offset, width, value & low_bytes_mask(size));
-    }
-    for i in 0..size {
-        aligned(offset.checked_add(i).ok_or(BusError)?, Width::Byte, (value >> (i * 8)) & 0xff)?;
-    }
-    Ok(())
 }
