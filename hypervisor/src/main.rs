@@ -326,6 +326,7 @@ fn run_guest(index: usize) -> ! {
         let mut ctx = Box::new(arch::trap::GuestContext::new(vcpu));
         let end = run::run(g, &mut ctx, &mut mmu, &mut stats);
         log::debug!("guest '{}': shadow {:?}", g.name, mmu.stats());
+        log::debug!("guest '{}': exits {}", g.name, stats);
         match end {
             run::End::Reset(vcpu::ResetKind::Shutdown) => {
                 println!("hypocaust: guest '{}' powered off", g.name);

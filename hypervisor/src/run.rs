@@ -27,6 +27,26 @@ pub struct ExitStats {
     pub counts: [u64; 128],
 }
 
+impl core::fmt::Display for ExitStats {
+    /// The causes with the most exits, most first: `name count, ...`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut top: alloc::vec::Vec<(usize, u64)> =
+            self.counts.iter().copied().enumerate().filter(|&(_, n)| n > 0).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1));
+        let total: u64 = top.iter().map(|t| t.1).sum();
+        write!(f, "{total} in all")?;
+        for (slot, n) in top.iter().take(8) {
+            let cause = if *slot >= 64 {
+                Cause::from_scause(1 << 63 | (*slot as u64 - 64))
+            } else {
+                Cause::from_scause(*slot as u64)
+            };
+            write!(f, ", {cause:?} {n}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for ExitStats {
     fn default() -> Self {
         Self { counts: [0; 128] }
