@@ -32,7 +32,7 @@ impl core::fmt::Display for ExitStats {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let mut top: alloc::vec::Vec<(usize, u64)> =
             self.counts.iter().copied().enumerate().filter(|&(_, n)| n > 0).collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|t| core::cmp::Reverse(t.1));
         let total: u64 = top.iter().map(|t| t.1).sum();
         write!(f, "{total} in all")?;
         for (slot, n) in top.iter().take(8) {
