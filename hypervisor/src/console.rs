@@ -93,8 +93,10 @@ struct Console {
     backend: Backend,
     /// Guests' names, when output is tagged with them (several guests run).
     tags: Vec<String>,
-    /// Per guest: whether its next output byte starts a line.
-    line_start: Vec<bool>,
+    /// Per guest: output held back until its line is complete (several guests only).
+    pending: Vec<Vec<u8>>,
+    /// The last line written is unfinished.
+    line_open: bool,
     /// The last byte written was the first of the focus escape.
     escape: bool,
     /// The guest that wrote last.
@@ -152,7 +154,8 @@ impl Write for Console {
 static CONSOLE: Mutex<Console> = Mutex::new(Console {
     backend: Backend::Sbi,
     tags: Vec::new(),
-    line_start: Vec::new(),
+    pending: Vec::new(),
+    line_open: false,
     escape: false,
     last_writer: None,
 });
@@ -183,7 +186,7 @@ pub fn set_guests(names: &[&str]) {
     let mut console = CONSOLE.lock();
     console.tags =
         if names.len() > 1 { names.iter().map(|n| String::from(*n)).collect() } else { Vec::new() };
-    console.line_start = alloc::vec![true; names.len()];
+    console.pending = names.iter().map(|_| Vec::new()).collect();
     *INPUT.lock() = names.iter().map(|_| VecDeque::new()).collect();
 }
 
@@ -194,31 +197,58 @@ pub fn enable_input_interrupt() {
     }
 }
 
-/// Writes what guest `index` sent to its console, byte for byte; each line starts with the
-/// guest's name when several guests run.
+/// Writes what guest `index` sent to its console. When several guests run, each line
+/// starts with the guest's name and is written whole (or when the guest waits).
 pub fn guest_output(index: usize, bytes: &[u8]) {
     let mut console = CONSOLE.lock();
-    if !console.tags.is_empty() && console.last_writer != Some(index) {
-        // Another guest's line is unfinished: end it here, and tag its rest when it goes on.
-        if let Some(last) = console.last_writer
-            && console.line_start.get(last) == Some(&false)
-        {
-            console.put(b'\r');
-            console.put(b'\n');
-            console.line_start[last] = true;
+    if console.tags.is_empty() {
+        for &b in bytes {
+            console.put(b);
         }
-        console.last_writer = Some(index);
+        return;
     }
+    // Several guests: whole lines, so that theirs do not mix mid-line.
     for &b in bytes {
-        if console.line_start.get(index) == Some(&true)
-            && let Some(tag) = console.tags.get(index).cloned()
-        {
-            let _ = write!(console, "[{tag}] ");
+        let Some(line) = console.pending.get_mut(index) else { return };
+        line.push(b);
+        if b == b'\n' || line.len() >= LINE_LIMIT {
+            console.emit(index);
         }
-        if let Some(start) = console.line_start.get_mut(index) {
-            *start = b == b'\n';
+    }
+}
+
+/// Writes out what guest `index` has of an unfinished line (it is about to wait, for
+/// input or an interrupt: a prompt must show).
+pub fn flush_guest(index: usize) {
+    let mut console = CONSOLE.lock();
+    if console.pending.get(index).is_some_and(|l| !l.is_empty()) {
+        console.emit(index);
+    }
+}
+
+/// Longest piece of a line held back before it is written anyway.
+const LINE_LIMIT: usize = 160;
+
+impl Console {
+    /// Writes guest `index`'s held-back output, tagged with its name at a line start.
+    fn emit(&mut self, index: usize) {
+        let data = core::mem::take(&mut self.pending[index]);
+        let continues = self.line_open && self.last_writer == Some(index);
+        if self.line_open && !continues {
+            self.put(b'\r');
+            self.put(b'\n');
         }
-        console.put(b);
+        if !continues {
+            let tag = self.tags[index].clone();
+            let _ = write!(self, "[{tag}] ");
+        }
+        for &b in &data {
+            self.put(b);
+        }
+        self.line_open = data.last() != Some(&b'\n');
+        self.last_writer = Some(index);
+        self.pending[index] = data;
+        self.pending[index].clear();
     }
 }
 

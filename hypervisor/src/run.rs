@@ -128,6 +128,7 @@ impl Host for GuestHost<'_> {
     }
 
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        console::flush_guest(self.guest.index);
         console::read_input(self.guest.index, buf)
     }
 
@@ -297,6 +298,7 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
                 v.wake();
             } else {
                 set_timer(&mut real, wanted_timer(v, now));
+                console::flush_guest(guest.index);
                 arch::wait_for_interrupt();
                 acknowledge(pending_host_interrupt(), &mut real, guest);
                 continue;

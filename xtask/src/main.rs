@@ -1,6 +1,9 @@
 //! `cargo xtask`: build, run and test hypocaust. See `cargo xtask --help`.
 
 mod artifacts;
+mod cpio;
+mod debian;
+mod linux;
 mod provision;
 mod qemu;
 mod suite;
@@ -23,34 +26,83 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build hypocaust and boot it in QEMU `virt` (serial on this terminal; Ctrl-A X quits).
+    /// Build hypocaust and boot it in QEMU `virt` with the Debian Linux guest (console on
+    /// this terminal, virtio disk and network, the guest's sshd forwarded; Ctrl-A X quits).
     Run {
         /// Number of harts.
         #[arg(long, default_value_t = 1)]
         smp: usize,
-        /// RAM in MiB.
+        /// RAM of the QEMU machine in MiB (under hypocaust).
         #[arg(long, default_value_t = 1024)]
         memory: u64,
         /// Stop QEMU after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
-        /// Guest kernel (Linux Image, ELF or raw binary); default: the guest test kernel,
-        /// with the suite's virtio disk and network device passed through.
+        /// Boot the guest directly on QEMU, without hypocaust.
+        #[arg(long)]
+        native: bool,
+        /// The guest test suite's kernel as the guest, with the suite's virtio disk and
+        /// network device.
+        #[arg(long, conflicts_with = "kernel")]
+        testkernel: bool,
+        /// A guest kernel of your own (Linux Image, ELF or raw binary), without devices.
         #[arg(long)]
         kernel: Option<std::path::PathBuf>,
-        /// Guest initrd.
+        /// Guest initrd (with --kernel).
         #[arg(long, requires = "kernel")]
         initrd: Option<std::path::PathBuf>,
-        /// Guest kernel command line.
+        /// Guest kernel command line (with the Linux guest: added to its own).
         #[arg(long, default_value = "")]
         append: String,
-        /// Guest RAM in MiB.
-        #[arg(long, default_value_t = 256)]
-        guest_memory: u32,
+        /// Guest RAM in MiB (default 256).
+        #[arg(long)]
+        guest_memory: Option<u32>,
+        /// Host port forwarded to the Linux guest's sshd (default 10022, or a free one).
+        #[arg(long)]
+        ssh_port: Option<u16>,
         /// Hypocaust's log level (error, warn, info, debug, trace).
         #[arg(long, default_value = "info")]
         log: String,
     },
+    /// Boot the Debian Linux guest under hypocaust (or natively), interactively or to run
+    /// shell commands.
+    Linux {
+        /// Boot directly on QEMU, without hypocaust.
+        #[arg(long)]
+        native: bool,
+        /// Shell commands to run in the guest instead of a console shell: their output is
+        /// printed between marker lines and their exit status becomes xtask's.
+        #[arg(long)]
+        cmd: Option<String>,
+        /// Harts natively; vCPUs (and harts) under hypocaust.
+        #[arg(long, default_value_t = 1)]
+        smp: usize,
+        /// Stop QEMU after this many seconds (with --cmd, default 180 natively, 900 under
+        /// hypocaust).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Guest RAM in MiB.
+        #[arg(long, default_value_t = linux::run::GUEST_MIB)]
+        guest_memory: u32,
+        /// RAM of the QEMU machine in MiB (under hypocaust).
+        #[arg(long, default_value_t = 1024)]
+        memory: u64,
+        /// More guest kernel command-line arguments.
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Host port forwarded to the guest's sshd (default 10022, or a free one).
+        #[arg(long)]
+        ssh_port: Option<u16>,
+        /// Hypocaust's log level.
+        #[arg(long, default_value = "info")]
+        log: String,
+        /// With --cmd: print only the command's output, not the whole console.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Download Debian's riscv64 kernel, busybox and dropbear (unstable) and build the Linux
+    /// guest's images (kernel, initramfs, disk) in the user cache directory.
+    FetchGuests,
     /// Run every test: host unit tests, then the QEMU tests.
     Test,
     /// Check formatting and run clippy on the host crates and the bare-metal binaries.
@@ -69,49 +121,141 @@ enum Cmd {
     },
 }
 
-fn run() -> Result<bool> {
+fn code(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The options of `cargo xtask run`.
+struct RunOptions {
+    smp: usize,
+    memory: u64,
+    timeout: Option<Duration>,
+    native: bool,
+    testkernel: bool,
+    kernel: Option<std::path::PathBuf>,
+    initrd: Option<std::path::PathBuf>,
+    append: String,
+    guest_memory: Option<u32>,
+    ssh_port: Option<u16>,
+    log: String,
+}
+
+/// `cargo xtask run`: the Linux guest by default, the test kernel or a kernel of one's own.
+fn run_command(o: RunOptions) -> Result<bool> {
+    provision::all()?;
+    if o.kernel.is_none() && !o.testkernel {
+        let images = linux::images()?;
+        let mut boot = linux::run::Boot::new("run", o.native);
+        boot.smp = o.smp;
+        boot.host_mib = o.memory;
+        boot.guest_mib = o.guest_memory.unwrap_or(linux::run::GUEST_MIB);
+        boot.append = o.append;
+        boot.ssh_port = Some(linux::run::pick_ssh_port(o.ssh_port)?);
+        boot.log = o.log;
+        return linux::run::interactive(&images, &boot, o.timeout);
+    }
+    // The test kernel gets the suite's machine: its devices, passed through.
+    let test_kernel = o.kernel.is_none();
+    let (name, kernel) = match o.kernel {
+        Some(k) => (k.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned()), k),
+        None => ("testkernel".to_string(), artifacts::testkernel()?),
+    };
+    let guest_memory = o.guest_memory.unwrap_or(suite::GUEST_MIB);
+    let mut machine = if o.native {
+        let mut m = qemu::Machine::new(&kernel);
+        m.memory_mib = u64::from(guest_memory);
+        m.initrd = o.initrd;
+        m.append = (!o.append.is_empty()).then_some(o.append);
+        m
+    } else {
+        let bundle = qemu::log_dir().join("run-bundle.img");
+        let name: String = name.chars().take(bundle::NAME_LEN).collect();
+        artifacts::bundle(
+            &[artifacts::GuestFiles {
+                name,
+                kernel,
+                initrd: o.initrd,
+                bootargs: o.append,
+                memory_mib: guest_memory,
+                vcpus: 1,
+                virtio_slots: if test_kernel { suite::ALL_VIRTIO_SLOTS } else { 0 },
+            }],
+            &bundle,
+        )?;
+        let mut m = suite::hypocaust_machine(bundle)?;
+        m.memory_mib = o.memory;
+        m.append = Some(format!("hypocaust.log={}", o.log));
+        m
+    };
+    if test_kernel {
+        suite::add_devices(&mut machine, "run", false)?;
+    }
+    machine.smp = o.smp;
+    eprintln!("xtask: {}", machine.command_line());
+    let status = qemu::run_interactive(&machine, o.timeout)?;
+    Ok(status.success())
+}
+
+fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Run { smp, memory, timeout, kernel, initrd, append, guest_memory, log } => {
-            provision::all()?;
-            // The test kernel gets the suite's machine: its devices, passed through.
-            let test_kernel = kernel.is_none();
-            let (name, kernel) = match kernel {
-                Some(k) => {
-                    (k.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned()), k)
-                }
-                None => ("testkernel".to_string(), artifacts::testkernel()?),
-            };
-            let bundle = qemu::log_dir().join("run-bundle.img");
-            let name: String = name.chars().take(bundle::NAME_LEN).collect();
-            artifacts::bundle(
-                &[artifacts::GuestFiles {
-                    name,
-                    kernel,
-                    initrd,
-                    bootargs: append,
-                    memory_mib: guest_memory,
-                    vcpus: 1,
-                    virtio_slots: if test_kernel { suite::ALL_VIRTIO_SLOTS } else { 0 },
-                }],
-                &bundle,
-            )?;
-            let mut machine = suite::hypocaust_machine(bundle)?;
-            if test_kernel {
-                suite::add_devices(&mut machine, "run", false)?;
-            }
-            machine.smp = smp;
-            machine.memory_mib = memory;
-            machine.append = Some(format!("hypocaust.log={log}"));
-
-            eprintln!("xtask: {}", machine.command_line());
-            let status = qemu::run_interactive(&machine, timeout.map(Duration::from_secs))?;
-            Ok(status.success())
+        Cmd::Run {
+            smp,
+            memory,
+            timeout,
+            native,
+            testkernel,
+            kernel,
+            initrd,
+            append,
+            guest_memory,
+            ssh_port,
+            log,
+        } => run_command(RunOptions {
+            smp,
+            memory,
+            timeout: timeout.map(Duration::from_secs),
+            native,
+            testkernel,
+            kernel,
+            initrd,
+            append,
+            guest_memory,
+            ssh_port,
+            log,
+        })
+        .map(code),
+        Cmd::Linux {
+            native,
+            cmd,
+            smp,
+            timeout,
+            guest_memory,
+            memory,
+            append,
+            ssh_port,
+            log,
+            quiet,
+        } => {
+            let mut boot = linux::run::Boot::new("linux", native);
+            boot.smp = smp;
+            boot.guest_mib = guest_memory;
+            boot.host_mib = memory;
+            boot.append = append;
+            boot.cmd = cmd;
+            boot.ssh_port = ssh_port;
+            boot.log = log;
+            linux::run::command(linux::run::Options {
+                boot,
+                timeout: timeout.map(Duration::from_secs),
+                quiet,
+            })
         }
-        Cmd::Test => test::command(),
-        Cmd::Lint => lint(),
+        Cmd::FetchGuests => linux::fetch_command().map(code),
+        Cmd::Test => test::command().map(code),
+        Cmd::Lint => lint().map(code),
         Cmd::Suite { native, filter, legacy } => {
-            suite::command(native, &suite::Options { filter, legacy })
+            suite::command(native, &suite::Options { filter, legacy }).map(code)
         }
     }
 }
@@ -146,8 +290,7 @@ fn lint() -> Result<bool> {
 
 fn main() -> ExitCode {
     match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE

@@ -1,7 +1,7 @@
 //! Making sure the tools exist: the Rust target, QEMU with OpenSBI. Installs what is
 //! missing when it can (rustup; apt-get as root), otherwise says exactly what to run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -20,7 +20,7 @@ pub const QEMU: &str = "qemu-system-riscv64";
 /// OpenSBI as QEMU's `-bios default` loads it (Debian's qemu-system-data).
 const OPENSBI: &str = "/usr/share/qemu/opensbi-riscv64-generic-fw_dynamic.bin";
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     command_output(Command::new("id").arg("-u")).map(|s| s.trim() == "0").unwrap_or(false)
 }
 
@@ -86,6 +86,26 @@ pub fn qemu() -> Result<()> {
         bail!("{QEMU} is still not on PATH after installing qemu-system-misc");
     }
     Ok(())
+}
+
+/// Where `program` is: on PATH, or in the sbin directories a non-root PATH may lack.
+pub fn find_tool(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The path of host tool `program`, installing Debian package `package` if it is missing
+/// (as root; otherwise the error names the command to run).
+pub fn host_tool(program: &str, package: &str) -> Result<PathBuf> {
+    if let Some(path) = find_tool(program) {
+        return Ok(path);
+    }
+    apt_install(&[package], &format!("`{program}` ({package})"))?;
+    find_tool(program)
+        .with_context(|| format!("`{program}` is still missing after installing {package}"))
 }
 
 /// Everything `run`, `suite` and `test` need.

@@ -21,15 +21,22 @@ pub const DEFAULT_CPU: &str = "rv64,h=false";
 /// 10.0.2.2). Both sit on `virt`'s virtio-mmio transports, which QEMU 7.2 makes legacy
 /// (Version 1) unless told otherwise: `legacy = false` asks for modern ones (Version 2).
 pub fn virtio_devices(disk: &Path, legacy: bool) -> Vec<String> {
+    virtio_devices_forwarding(disk, legacy, None)
+}
+
+/// [`virtio_devices`], with host port `ssh` (on 127.0.0.1), if given, forwarded to the
+/// guest's TCP port 22 (10.0.2.15).
+pub fn virtio_devices_forwarding(disk: &Path, legacy: bool, ssh: Option<u16>) -> Vec<String> {
     // A comma in an option value is written twice.
     let file = disk.to_string_lossy().replace(',', ",,");
+    let forward = ssh.map(|port| format!(",hostfwd=tcp:127.0.0.1:{port}-:22")).unwrap_or_default();
     let mut args: Vec<String> = vec![
         "-drive".into(),
         format!("file={file},if=none,format=raw,id=hd0"),
         "-device".into(),
         "virtio-blk-device,drive=hd0".into(),
         "-netdev".into(),
-        "user,id=net0".into(),
+        format!("user,id=net0{forward}"),
         "-device".into(),
         "virtio-net-device,netdev=net0".into(),
     ];
@@ -304,5 +311,7 @@ mod tests {
         let legacy = virtio_devices(Path::new("d.img"), true);
         assert!(!legacy.iter().any(|a| a.contains("force-legacy")));
         assert_eq!(legacy.len() + 2, modern.len());
+        let ssh = virtio_devices_forwarding(Path::new("d.img"), false, Some(10022));
+        assert!(ssh.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:10022-:22".to_string()));
     }
 }

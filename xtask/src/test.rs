@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::artifacts::GuestFiles;
+use crate::linux::run::{Boot, CmdRun};
+use crate::linux::{self, build as guest};
 use crate::qemu::{self, Machine};
-use crate::util::root;
+use crate::util::{output_within, root};
 use crate::{artifacts, provision, suite};
 
 /// Results of one group of tests.
@@ -404,17 +406,406 @@ fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
     Ok(group)
 }
 
-/// `cargo xtask test`. Returns whether everything passed.
+/// What one Linux test expects of its command run.
+type Check<'a> = Box<dyn Fn(&str) -> Result<(), String> + 'a>;
+
+/// Requires every line of `wanted` among the output's lines (trimmed), in order.
+fn lines_in_order(output: &str, wanted: &[String]) -> Result<(), String> {
+    let mut lines = output.lines().map(str::trim);
+    for w in wanted {
+        if !lines.any(|l| l == w) {
+            return Err(format!("no line {w:?} (in order) in the output {output:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The value of the first line `key: value` or `key<tab>: value` in `text`.
+fn field<'t>(text: &'t str, key: &str) -> Option<&'t str> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim())
+    })
+}
+
+/// Checks `/proc/cpuinfo`'s isa line: rv64 and no `h` among the single-letter extensions.
+fn check_isa(isa: &str) -> Result<(), String> {
+    let letters = isa.strip_prefix("rv64").ok_or(format!("isa {isa:?} is not rv64"))?;
+    let letters = letters.split('_').next().unwrap_or("");
+    if !letters.contains('i') {
+        return Err(format!("isa {isa:?} lacks i"));
+    }
+    if letters.contains('h') {
+        return Err(format!("isa {isa:?} has the H extension"));
+    }
+    Ok(())
+}
+
+/// Bytes `seq 1 n` prints.
+fn seq_bytes(n: u64) -> u64 {
+    (1..=n).map(|i| i.to_string().len() as u64 + 1).sum()
+}
+
+/// A one-shot HTTP server on 127.0.0.1 for the guest's wget: answers up to `max`
+/// requests with `body` until stopped or `limit` has passed.
+struct HttpServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl HttpServer {
+    fn start(body: String, max: usize, limit: Duration) -> Result<Self> {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut served = 0;
+            while served < max && start.elapsed() < limit && !stopped.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 65536 {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+                served += 1;
+            }
+            served
+        });
+        Ok(Self { port, stop, thread })
+    }
+
+    /// Stops the server; returns how many requests it answered.
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// Logs into the guest with ssh (retrying until `limit`) and runs `echo ok; touch
+/// /tmp/ssh-done`; returns what the session printed.
+fn ssh_session(port: u16, key: &std::path::Path, limit: Duration) -> Result<String, String> {
+    let ssh = provision::find_tool("ssh").ok_or("no ssh")?;
+    let start = Instant::now();
+    let mut last = String::from("never tried");
+    while start.elapsed() < limit {
+        let out = output_within(
+            Command::new(&ssh).args(["-p", &port.to_string(), "-i"]).arg(key).args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
+                "-o",
+                "LogLevel=ERROR",
+                "root@127.0.0.1",
+                "echo ok; touch /tmp/ssh-done",
+            ]),
+            Duration::from_secs(60),
+        );
+        match out {
+            Ok(o) if o.status.success() => {
+                return Ok(String::from_utf8_lossy(&o.stdout).into_owned());
+            }
+            Ok(o) => {
+                last = format!("ssh: {} {}", o.status, String::from_utf8_lossy(&o.stderr).trim())
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Err(format!("no ssh session within {} s; last: {last}", limit.as_secs()))
+}
+
+/// The Linux guest's tests, each a command run (`cargo xtask linux --cmd`), natively or
+/// under hypocaust.
+fn linux_tests(native: bool) -> Result<Group> {
+    let side = if native { "native" } else { "hypocaust" };
+    let name: &'static str = if native { "linux (native)" } else { "linux (hypocaust)" };
+    println!("== Linux guest, {}", if native { "natively on QEMU" } else { "under hypocaust" });
+    let start = Instant::now();
+    let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let images = match linux::images() {
+        Ok(images) => images,
+        Err(e) => {
+            println!("   FAIL  the guest images: {e:#}");
+            group.failed += 1;
+            group.elapsed = start.elapsed();
+            return Ok(group);
+        }
+    };
+    println!("   kernel {}, modules {}", images.release, images.modules.join(" "));
+    let logs = qemu::log_dir();
+    let report =
+        |group: &mut Group, test: &str, r: &Result<CmdRun>, verdict: Result<(), String>| {
+            let full = format!("linux-{side}/{test}");
+            match (r, verdict) {
+                (Ok(run), Ok(())) => {
+                    group.passed += 1;
+                    // The log stays; the images of a run that passed are of no further use.
+                    for suffix in ["initramfs.cpio", "disk.img", "bundle.img"] {
+                        let stem = format!("linux-{side}-{test}-{suffix}");
+                        let _ = std::fs::remove_file(logs.join(stem));
+                    }
+                    let ready = run.ready_after.map_or(String::new(), |d| {
+                        format!(", ready after {:.1} s", d.as_secs_f64())
+                    });
+                    println!("   ok    {test:<24} ({:.1} s{ready})", run.run.elapsed.as_secs_f64());
+                }
+                (Ok(run), Err(why)) => {
+                    group.failed += 1;
+                    println!("   FAIL  {test:<24} {why}");
+                    println!(
+                        "         log: {}; its end:\n{}",
+                        run.run.log.display(),
+                        indent(&run.run.tail(15))
+                    );
+                }
+                (Err(e), _) => {
+                    group.failed += 1;
+                    println!("   FAIL  {test:<24} {full}: {e:#}");
+                }
+            }
+        };
+    // Runs `cmd` and judges it: the status must be `status`, QEMU must exit cleanly (the
+    // guest powered off), and `check` must accept the output.
+    let run = |test: &str,
+               cmd: &str,
+               disk: Option<std::path::PathBuf>,
+               ssh: Option<u16>|
+     -> Result<CmdRun> {
+        let mut boot = Boot::new(&format!("linux-{side}-{test}"), native);
+        boot.cmd = Some(cmd.to_string());
+        boot.disk = disk;
+        boot.ssh_port = ssh;
+        linux::run::run_cmd(&images, &boot, boot.timeout(), false)
+    };
+    let judge = |r: &Result<CmdRun>, status: i32, check: Check| -> Result<(), String> {
+        let Ok(run) = r else { return Err("could not run".into()) };
+        if let Some(problem) = run.problem() {
+            return Err(problem);
+        }
+        if run.status != Some(status) {
+            return Err(format!(
+                "exit status {:?}, expected {status}; output {:?}",
+                run.status, run.output
+            ));
+        }
+        check(run.output.as_deref().unwrap_or(""))
+    };
+
+    let release = images.release.clone();
+    let simple: Vec<(&str, String, Check)> = vec![
+        (
+            "uname",
+            "uname -a".into(),
+            Box::new(move |out: &str| {
+                let want = format!("Linux hypocaust-guest {release} ");
+                if out.starts_with(&want) && out.trim_end().ends_with("riscv64 GNU/Linux") {
+                    Ok(())
+                } else {
+                    Err(format!("expected {want:?}... riscv64 GNU/Linux, got {out:?}"))
+                }
+            }),
+        ),
+        (
+            "cpuinfo-isa",
+            "grep -m1 '^isa' /proc/cpuinfo; grep -c '^processor' /proc/cpuinfo".into(),
+            Box::new(|out: &str| {
+                let isa = field(out, "isa").ok_or(format!("no isa line in {out:?}"))?;
+                check_isa(isa)?;
+                lines_in_order(out, &["1".into()])
+            }),
+        ),
+        (
+            "meminfo",
+            "grep MemTotal /proc/meminfo".into(),
+            Box::new(|out: &str| {
+                let kb: u64 = field(out, "MemTotal")
+                    .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+                    .ok_or(format!("no MemTotal in {out:?}"))?;
+                let ram = u64::from(linux::run::GUEST_MIB) * 1024;
+                // The kernel image, its page tables and firmware take their share.
+                if kb > ram / 2 && kb <= ram {
+                    Ok(())
+                } else {
+                    Err(format!("MemTotal {kb} kB for {ram} kB of RAM"))
+                }
+            }),
+        ),
+        (
+            "busybox-workload",
+            "i=0; while [ $i -lt 200 ]; do /bin/true || exit 1; i=$((i + 1)); done; echo \"forks $i\"\n\
+             seq 1 20000 | sort -rn | head -1\n\
+             dd if=/dev/zero bs=64k count=64 2>/dev/null | wc -c\n\
+             seq 1 300000 > /tmp/numbers; wc -c < /tmp/numbers\n\
+             sort -r /tmp/numbers | head -1\n\
+             sort -n /tmp/numbers | tail -1"
+                .into(),
+            Box::new(|out: &str| {
+                let want = ["forks 200".to_string(), "20000".into(), (64 * 65536).to_string(), seq_bytes(300_000).to_string(), "99999".into(), "300000".into()];
+                lines_in_order(out, &want)
+            }),
+        ),
+        (
+            "exit-status",
+            "echo bye; exit 7".into(),
+            Box::new(|out: &str| lines_in_order(out, &["bye".into()])),
+        ),
+    ];
+    for (test, cmd, check) in simple {
+        let r = run(test, &cmd, None, None);
+        let status = if test == "exit-status" { 7 } else { 0 };
+        let verdict = judge(&r, status, check);
+        report(&mut group, test, &r, verdict);
+    }
+
+    // The disk: write in one boot, read back in the next (same disk copy).
+    let disk = linux::run::fresh_disk(&images, &logs.join(format!("linux-{side}-disk.img")))?;
+    let nonce = format!(
+        "written by the guest, run {}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let r = run(
+        "disk-write",
+        &format!(
+            "mount -t ext4 /dev/vda /mnt || exit 1\ncat /mnt/{}\necho '{nonce}' > /mnt/written.txt\n\
+             sync\numount /mnt && echo unmounted",
+            guest::DISK_MARKER_FILE
+        ),
+        Some(disk.clone()),
+        None,
+    );
+    let verdict = judge(
+        &r,
+        0,
+        Box::new(|out: &str| lines_in_order(out, &[guest::DISK_MARKER.into(), "unmounted".into()])),
+    );
+    let wrote = verdict.is_ok();
+    report(&mut group, "disk-write", &r, verdict);
+    if wrote {
+        let r = run(
+            "disk-read-back",
+            "mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/written.txt",
+            Some(disk.clone()),
+            None,
+        );
+        let verdict =
+            judge(&r, 0, Box::new(|out: &str| lines_in_order(out, std::slice::from_ref(&nonce))));
+        if verdict.is_ok() {
+            let _ = std::fs::remove_file(&disk);
+        }
+        report(&mut group, "disk-read-back", &r, verdict);
+    } else {
+        println!("   skip  disk-read-back           (disk-write failed)");
+        group.skipped += 1;
+    }
+
+    // The network: wget from a server of ours through QEMU's user network (10.0.2.2 is
+    // the host).
+    let body = format!("hello from the host, {}\n", std::process::id());
+    let server = HttpServer::start(body.clone(), 4, Duration::from_secs(300))?;
+    let r = run(
+        "net-wget",
+        &format!("wget -q -O - http://{}:{}/hypocaust", guest::GATEWAY, server.port),
+        None,
+        None,
+    );
+    let served = server.stop();
+    let verdict = judge(
+        &r,
+        0,
+        Box::new(|out: &str| {
+            if out == body {
+                Ok(())
+            } else {
+                Err(format!("expected {body:?}, got {out:?} ({served} requests served)"))
+            }
+        }),
+    );
+    report(&mut group, "net-wget", &r, verdict);
+
+    // ssh into the guest through the forwarded port while it waits for us.
+    match (&images.ssh_key, provision::find_tool("ssh")) {
+        (Some(key), Some(_)) => {
+            let port = crate::util::free_port()?;
+            let key = key.clone();
+            let session = std::thread::spawn(move || {
+                ssh_session(port, &key, Duration::from_secs(if native { 150 } else { 800 }))
+            });
+            let r = run(
+                "ssh",
+                "i=0\nwhile [ ! -e /tmp/ssh-done ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done\n\
+                 [ -e /tmp/ssh-done ] && echo 'ssh session seen'",
+                None,
+                Some(port),
+            );
+            let host_side =
+                session.join().unwrap_or_else(|_| Err("the ssh thread panicked".into()));
+            let verdict = judge(
+                &r,
+                0,
+                Box::new(|out: &str| {
+                    let said = host_side.clone()?;
+                    if said.trim() != "ok" {
+                        return Err(format!("the ssh session printed {said:?}"));
+                    }
+                    lines_in_order(out, &["ssh session seen".into()])
+                }),
+            );
+            report(&mut group, "ssh", &r, verdict);
+        }
+        _ => {
+            println!(
+                "   skip  ssh                      (no ssh client or ssh-keygen on this host)"
+            );
+            group.skipped += 1;
+        }
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+/// `cargo xtask test`. Returns whether everything passed. The Linux tests run natively
+/// (checking the tests themselves) and under hypocaust.
 pub fn command() -> Result<bool> {
     provision::all()?;
     let start = Instant::now();
     let modern = suite::Options::default();
     let legacy = suite::Options { filter: Some("virtio/".into()), legacy: true };
-    let groups = [
+    let groups = vec![
         host_tests()?,
         boot_tests()?,
         suite_tests("guest suite (compared)", &modern)?,
         suite_tests("virtio legacy (compared)", &legacy)?,
+        linux_tests(true)?,
+        linux_tests(false)?,
     ];
     println!();
     println!("summary:");
