@@ -141,8 +141,11 @@ pub struct Guest {
     shadow_pool: spin::Mutex<Option<crate::paging::FramePool>>,
     /// Where its devices are.
     devices: crate::board::Layout,
-    /// Its devices' state.
+    /// Its devices' state; change it through [`Guest::with_board`].
     pub board: spin::Mutex<crate::board::Board>,
+    /// Whether its PLIC asserts the vCPU's external interrupt, as of the last change to the
+    /// board (read on every exit without taking the board's lock).
+    external: core::sync::atomic::AtomicBool,
 }
 
 /// Frames of a guest's shadow table pool: 1/32 of its RAM, at least 256 (1 MiB).
@@ -202,7 +205,21 @@ impl Guest {
             shadow_pool: spin::Mutex::new(Some(pool)),
             devices,
             board,
+            external: core::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Runs `f` on the guest's devices, then notes the level of its external interrupt.
+    pub fn with_board<R>(&self, f: impl FnOnce(&mut crate::board::Board) -> R) -> R {
+        let mut board = self.board.lock();
+        let r = f(&mut board);
+        self.external.store(board.external(), core::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    /// Whether the guest's PLIC asserts its vCPU's external interrupt.
+    pub fn external(&self) -> bool {
+        self.external.load(core::sync::atomic::Ordering::Relaxed)
     }
 
     /// The guest's shadow frame pool (once: its vCPU keeps it).
@@ -261,7 +278,7 @@ impl Guest {
             self.memory.write(start, initrd);
         }
         self.memory.write(layout.dtb, &dtb);
-        self.board.lock().reset(&self.memory);
+        self.with_board(|b| b.reset(&self.memory));
         Ok(vcpu::Vcpu::new(0, self.offer.features, plan.entry, layout.dtb))
     }
 }

@@ -73,7 +73,7 @@ impl Host for GuestHost<'_> {
     }
 
     fn external_irq(&self, _hart: usize) -> bool {
-        self.guest.board.lock().external()
+        self.guest.external()
     }
 
     fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
@@ -108,11 +108,11 @@ impl Host for GuestHost<'_> {
     }
 
     fn mmio_read(&mut self, gpa: u64, width: rv::insn::Width) -> Option<u64> {
-        self.guest.board.lock().read(&self.guest.memory, gpa, width)
+        self.guest.with_board(|b| b.read(&self.guest.memory, gpa, width))
     }
 
     fn mmio_write(&mut self, gpa: u64, width: rv::insn::Width, value: u64) -> bool {
-        self.guest.board.lock().write(&self.guest.memory, gpa, width, value)
+        self.guest.with_board(|b| b.write(&self.guest.memory, gpa, width, value))
     }
 
     fn fp_read(&mut self, reg: u8) -> u64 {
@@ -256,7 +256,8 @@ pub fn host_external(guest: Option<&Guest>) {
             continue;
         }
         log::trace!("host interrupt {source}");
-        let taken = guest.is_some_and(|g| g.board.lock().host_interrupt(&g.memory, source, hart));
+        let taken =
+            guest.is_some_and(|g| g.with_board(|b| b.host_interrupt(&g.memory, source, hart)));
         if !taken {
             // Nobody owns it here (its guest is gone): stop it from coming back.
             log::warn!("host interrupt {source} has no guest on this hart; masking it");
@@ -288,9 +289,9 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
         let now = arch::time();
         let lines = Lines { now, external: false };
         if console::input_waiting() {
-            guest.board.lock().pump_uart();
+            guest.with_board(|b| b.pump_uart());
         }
-        let lines = Lines { external: guest.board.lock().external(), ..lines };
+        let lines = Lines { external: guest.external(), ..lines };
         let v = &mut ctx.vcpu;
         v.effects = vcpu::CsrEffect::empty();
         if v.waiting.is_some() {
