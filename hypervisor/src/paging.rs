@@ -173,8 +173,8 @@ pub struct VcpuMmu {
     guest_index: usize,
     pool: FramePool,
     cache: ShadowCache,
-    /// The key and slot the vCPU runs on now (None: the Bare view).
-    current: Option<(Key, usize)>,
+    /// The key, slot and real `satp` of the tree the vCPU runs on now (None: the Bare view).
+    current: Option<(Key, usize, u64)>,
     /// The `satp` this hart runs on now (hypocaust's own table between exits that change
     /// the cache).
     loaded: u64,
@@ -243,21 +243,23 @@ impl VcpuMmu {
         }
         let view = View::of(v.privilege == Privilege::User, v.csrs.status(Sstatus::SUM));
         let key = Key { satp, view };
-        let slot = match self.current {
-            Some((k, slot)) if k == key => slot,
-            _ => {
-                // A miss may evict a tree, perhaps the one loaded now.
-                self.leave_tree();
-                let slot = match self.cache.select(key, &mut self.pool) {
-                    Ok((slot, _)) => slot,
-                    Err(_) => panic!("the shadow frame pool cannot hold even one table"),
-                };
-                self.current = Some((key, slot));
-                slot
-            }
+        if let Some((k, _, real)) = self.current
+            && k == key
+        {
+            return real;
+        }
+        // A miss may evict a tree, perhaps the one loaded now.
+        self.leave_tree();
+        let slot = match self.cache.select(key, &mut self.pool) {
+            Ok((slot, _)) => slot,
+            Err(_) => panic!("the shadow frame pool cannot hold even one table"),
         };
         let root = self.cache.tree(slot).expect("selected above").root;
-        Satp::new(SatpMode::Sv48, real_asid(self.guest_index, Some(slot)), root.page_number()).0
+        let real =
+            Satp::new(SatpMode::Sv48, real_asid(self.guest_index, Some(slot)), root.page_number())
+                .0;
+        self.current = Some((key, slot, real));
+        real
     }
 
     /// Drops shadow translations as `sfence.vma` asks.
@@ -266,7 +268,7 @@ impl VcpuMmu {
         self.cache.invalidate(start, size, asid, &mut self.pool);
         // The current tree may have been evicted by a whole-space flush.
         self.current =
-            self.current.filter(|(k, slot)| self.cache.tree(*slot).is_some_and(|t| t.key == *k));
+            self.current.filter(|(k, slot, _)| self.cache.tree(*slot).is_some_and(|t| t.key == *k));
     }
 
     /// Drops everything (the guest restarts).
@@ -280,7 +282,7 @@ impl VcpuMmu {
     /// exception the guest must see, or an access to guest-physical memory that is no RAM.
     pub fn page_fault(&mut self, guest: &Guest, v: &Vcpu, cause: Exception, va: u64) -> PageFault {
         let Some(kind) = access_of(cause) else { return PageFault::Guest((cause, va)) };
-        let Some((_, slot)) = self.current else { return PageFault::Guest((cause, va)) };
+        let Some((_, slot, _)) = self.current else { return PageFault::Guest((cause, va)) };
         let access = access_for(v, kind);
         // A fill may evict trees or empty this one to make room.
         self.leave_tree();
