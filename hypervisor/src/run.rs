@@ -200,9 +200,12 @@ fn prepare(real: &mut RealCsrs, guest: &Guest, mmu: &mut VcpuMmu, v: &Vcpu) {
         unsafe { core::arch::asm!("csrw scounteren, {0}", in(reg) counters) };
         real.scounteren = counters;
     }
-    // The guest always runs in real U-mode.
-    // SAFETY: clearing SPP makes the next `sret` go to U-mode.
-    unsafe { core::arch::asm!("csrc sstatus, {0}", in(reg) Sstatus::SPP.bits()) };
+    // The guest always runs in real U-mode. A trap from the guest clears SPP; only a trap
+    // taken in hypocaust itself sets it.
+    if real_sstatus() & Sstatus::SPP.bits() != 0 {
+        // SAFETY: clearing SPP makes the next `sret` go to U-mode.
+        unsafe { core::arch::asm!("csrc sstatus, {0}", in(reg) Sstatus::SPP.bits()) };
+    }
 }
 
 /// The real timer deadline a vCPU needs: its own, unless already passed (its timer
@@ -369,12 +372,17 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
     }
 }
 
-/// The real `sstatus.FS`.
-fn real_fs() -> u64 {
+/// The real `sstatus`.
+fn real_sstatus() -> u64 {
     let sstatus: u64;
     // SAFETY: reading a CSR.
     unsafe { core::arch::asm!("csrr {0}, sstatus", out(reg) sstatus) };
-    (sstatus >> SSTATUS_FS_SHIFT) & 3
+    sstatus
+}
+
+/// The real `sstatus.FS`.
+fn real_fs() -> u64 {
+    (real_sstatus() >> SSTATUS_FS_SHIFT) & 3
 }
 
 /// The highest-priority host interrupt pending now, if any (after `wfi`).

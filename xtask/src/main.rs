@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run and test hypocaust. See `cargo xtask --help`.
 
 mod artifacts;
+mod bench;
 mod cpio;
 mod debian;
 mod linux;
@@ -107,6 +108,27 @@ enum Cmd {
     Test,
     /// Check formatting and run clippy on the host crates and the bare-metal binaries.
     Lint,
+    /// Benchmark hypocaust against native: each workload natively on QEMU and under
+    /// hypocaust, instructions (QEMU -icount) and wall time, medians and ratios
+    /// (docs/performance.md). Writes target/bench/results.json.
+    Bench {
+        /// The quick subset: boot, a shorter syscall run and the trap microbenchmarks, one
+        /// repetition.
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions of every run (default 3; 1 with --quick).
+        #[arg(long)]
+        reps: Option<usize>,
+        /// A previous results file: show the change per workload, flag regressions over 5%.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+        /// Only workloads whose name contains this (trap microbenchmarks: `trap/NAME`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Where to write the results (JSON).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Run the guest test suite and print its per-test results.
     Suite {
         /// Run the test kernel directly on QEMU only (the oracle).
@@ -254,6 +276,15 @@ fn run() -> Result<ExitCode> {
         Cmd::FetchGuests => linux::fetch_command().map(code),
         Cmd::Test => test::command().map(code),
         Cmd::Lint => lint().map(code),
+        Cmd::Bench { quick, reps, baseline, filter, output } => bench::command(&bench::Options {
+            quick,
+            reps: reps.unwrap_or(if quick { 1 } else { 3 }),
+            baseline,
+            filter,
+            output: output.unwrap_or_else(bench::Options::default_output),
+            verbose: true,
+        })
+        .map(code),
         Cmd::Suite { native, filter, legacy } => {
             suite::command(native, &suite::Options { filter, legacy }).map(code)
         }

@@ -11,7 +11,7 @@ use crate::linux::run::{Boot, CmdRun};
 use crate::linux::{self, build as guest};
 use crate::qemu::{self, Machine};
 use crate::util::{output_within, root};
-use crate::{artifacts, provision, suite};
+use crate::{artifacts, bench, provision, suite};
 
 /// Results of one group of tests.
 struct Group {
@@ -792,6 +792,92 @@ fn linux_tests(native: bool) -> Result<Group> {
     Ok(group)
 }
 
+/// `cargo xtask bench --quick` as a smoke test: every run completes and its result lines
+/// parse, every row has positive numbers on both sides in both modes, the `-icount`
+/// calibration loop counts its two instructions per iteration, hypocaust's exits are read
+/// and the results file reads back. Never a timing.
+fn bench_smoke() -> Result<Group> {
+    println!("== bench (smoke): cargo xtask bench --quick");
+    let start = Instant::now();
+    let mut group =
+        Group { name: "bench (smoke)", passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let output = root().join("target").join("bench").join("smoke.json");
+    let opts = bench::Options {
+        quick: true,
+        reps: 1,
+        baseline: None,
+        filter: None,
+        output: output.clone(),
+        verbose: false,
+    };
+    let verdict = |group: &mut Group, name: &str, result: Result<(), String>| match result {
+        Ok(()) => {
+            group.passed += 1;
+            println!("   ok    {name}");
+        }
+        Err(why) => {
+            group.failed += 1;
+            println!("   FAIL  {name:<24} {why}");
+        }
+    };
+    let report = match bench::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            verdict(&mut group, "bench --quick", Err(format!("{e:#}")));
+            group.elapsed = start.elapsed();
+            return Ok(group);
+        }
+    };
+    report.print();
+    println!();
+    verdict(
+        &mut group,
+        "runs",
+        if report.failures.is_empty() { Ok(()) } else { Err(report.failures.join("; ")) },
+    );
+    for row in &report.rows {
+        let numbers = if row.complete() {
+            Ok(())
+        } else {
+            Err("a side or mode has no positive number (see the table)".into())
+        };
+        verdict(&mut group, &row.name, numbers);
+    }
+    let calibration = report.row("trap/calibrate").ok_or("no calibration row".to_string()).and_then(|r| {
+        let per_op: Vec<f64> =
+            bench::Side::BOTH.iter().filter_map(|s| r.per_op(*s, bench::Mode::Count)).collect();
+        if per_op.len() == 2 && per_op.iter().all(|v| (v - 2.0).abs() < 0.1) {
+            Ok(())
+        } else {
+            Err(format!("expected 2 instructions per iteration natively and under hypocaust, got {per_op:?}"))
+        }
+    });
+    verdict(&mut group, "icount-calibration", calibration);
+    let exits = ["syscall", "trap"]
+        .iter()
+        .map(|job| match report.workload_exits(job) {
+            Some((e, _)) if e.total > 0 && !e.causes.is_empty() => Ok(()),
+            _ => Err(format!("no exit counts for {job}")),
+        })
+        .collect::<Result<Vec<()>, String>>()
+        .map(|_| ());
+    verdict(&mut group, "exit-profile", exits);
+    let json = report
+        .write_json(&output)
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|()| bench::Baseline::read(&output).map_err(|e| format!("{e:#}")))
+        .and_then(|b| {
+            if b.rows.len() == report.rows.len() {
+                Ok(())
+            } else {
+                Err(format!("{} rows written, {} read back", report.rows.len(), b.rows.len()))
+            }
+        });
+    verdict(&mut group, "results-json", json);
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
 /// `cargo xtask test`. Returns whether everything passed. The Linux tests run natively
 /// (checking the tests themselves) and under hypocaust.
 pub fn command() -> Result<bool> {
@@ -806,6 +892,7 @@ pub fn command() -> Result<bool> {
         suite_tests("virtio legacy (compared)", &legacy)?,
         linux_tests(true)?,
         linux_tests(false)?,
+        bench_smoke()?,
     ];
     println!();
     println!("summary:");

@@ -7,7 +7,8 @@
 //! Boot arguments (`/chosen/bootargs`): `filter=TEXT` runs only tests whose name contains
 //! TEXT; `action=reboot` or `action=hart-stop` asks SBI for that first (for the tests of
 //! what hypocaust does when a guest reboots or stops its last hart); `action=echo` reads one
-//! line from the UART, prints it and powers off (console input tests).
+//! line from the UART, prints it and powers off (console input tests); `action=bench` runs
+//! the trap microbenchmarks of `cargo xtask bench` instead of the tests (bench.rs).
 
 #![no_std]
 #![no_main]
@@ -17,6 +18,7 @@ extern crate alloc;
 mod codebuf;
 #[macro_use]
 mod console;
+mod bench;
 mod ecall;
 mod harness;
 mod machine;
@@ -76,6 +78,7 @@ extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
             let _ = sbi_rt::hart_stop();
         }
         Some("echo") => echo_line(),
+        Some("bench") => bench::run(machine.timebase_hz),
         Some(other) => println!("# unknown action {other}"),
         None => {}
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::LinuxImages;
 use super::build::{CMD_FILE, OUTPUT_BEGINS, OUTPUT_ENDS, READY, ROOT_PASSWORD};
@@ -53,6 +53,11 @@ pub struct Boot {
     pub ssh_port: Option<u16>,
     /// hypocaust's log level.
     pub log: String,
+    /// More files for the appended archive, beside `/cmd.sh`: (path in the guest, mode, host
+    /// file); their directories are made as needed.
+    pub files: Vec<(String, u32, PathBuf)>,
+    /// More QEMU arguments (e.g. `-icount`).
+    pub qemu_args: Vec<String>,
 }
 
 impl Boot {
@@ -68,6 +73,8 @@ impl Boot {
             disk: None,
             ssh_port: None,
             log: "info".into(),
+            files: Vec::new(),
+            qemu_args: Vec::new(),
         }
     }
 
@@ -98,12 +105,21 @@ pub fn fresh_disk(images: &LinuxImages, path: &Path) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// The initramfs of a run: the built one, plus `/cmd.sh` in an appended archive.
-fn run_initramfs(images: &LinuxImages, cmd: Option<&str>, out: &Path) -> Result<PathBuf> {
-    let Some(cmd) = cmd else { return Ok(images.initramfs.clone()) };
+/// The initramfs of a run: the built one, plus `/cmd.sh` and `boot.files` in an appended
+/// archive.
+fn run_initramfs(images: &LinuxImages, boot: &Boot, out: &Path) -> Result<PathBuf> {
+    if boot.cmd.is_none() && boot.files.is_empty() {
+        return Ok(images.initramfs.clone());
+    }
     let mut data = std::fs::read(&images.initramfs)?;
     let mut extra = Archive::new();
-    extra.file(CMD_FILE, 0o755, format!("{}\n", cmd.trim_end()).as_bytes());
+    if let Some(cmd) = &boot.cmd {
+        extra.file(CMD_FILE, 0o755, format!("{}\n", cmd.trim_end()).as_bytes());
+    }
+    for (path, mode, host) in &boot.files {
+        let bytes = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+        extra.file(path, *mode, &bytes);
+    }
     data.extend(extra.finish());
     std::fs::write(out, data)?;
     Ok(out.to_path_buf())
@@ -120,8 +136,7 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
         Some(d) => d.clone(),
         None => fresh_disk(images, &logs.join(format!("{stem}-disk.img")))?,
     };
-    let initrd =
-        run_initramfs(images, boot.cmd.as_deref(), &logs.join(format!("{stem}-initramfs.cpio")))?;
+    let initrd = run_initramfs(images, boot, &logs.join(format!("{stem}-initramfs.cpio")))?;
     let devices = qemu::virtio_devices_forwarding(&disk, false, boot.ssh_port);
     let mut m = if boot.native {
         let mut m = Machine::new(&images.kernel);
@@ -150,6 +165,7 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
     };
     m.smp = boot.smp;
     m.extra = devices;
+    m.extra.extend(boot.qemu_args.iter().cloned());
     Ok(m)
 }
 
