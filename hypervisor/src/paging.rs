@@ -168,6 +168,19 @@ pub enum PageFault {
     NotRam { kind: AccessType, gpa: u64 },
 }
 
+/// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]).
+const CODE_PAGES: usize = 4;
+
+/// A guest-virtual code page and the guest-physical page it translated to, for an
+/// instruction fetch with guest `satp` at the vCPU's privilege.
+#[derive(Clone, Copy, Debug)]
+struct CodePage {
+    satp: u64,
+    user: bool,
+    va_page: u64,
+    gpa_page: u64,
+}
+
 /// The memory side of one vCPU.
 pub struct VcpuMmu {
     guest_index: usize,
@@ -180,6 +193,10 @@ pub struct VcpuMmu {
     loaded: u64,
     /// The last shadow or Bare `satp` loaded: without ASIDs, loading another one flushes.
     last_guest_satp: u64,
+    /// Recent code-page translations (a small TLB for hypocaust's own fetches: every
+    /// fence drops it), and the slot the next one replaces.
+    code: [Option<CodePage>; CODE_PAGES],
+    code_next: usize,
 }
 
 impl VcpuMmu {
@@ -193,6 +210,8 @@ impl VcpuMmu {
             current: None,
             loaded: mm::kernel_satp(),
             last_guest_satp: 0,
+            code: [None; CODE_PAGES],
+            code_next: 0,
         }
     }
 
@@ -264,6 +283,7 @@ impl VcpuMmu {
 
     /// Drops shadow translations as `sfence.vma` asks.
     pub fn fence(&mut self, start: u64, size: u64, asid: Option<u16>) {
+        self.code = [None; CODE_PAGES];
         self.leave_tree();
         self.cache.invalidate(start, size, asid, &mut self.pool);
         // The current tree may have been evicted by a whole-space flush.
@@ -273,6 +293,7 @@ impl VcpuMmu {
 
     /// Drops everything (the guest restarts).
     pub fn reset(&mut self) {
+        self.code = [None; CODE_PAGES];
         self.leave_tree();
         self.cache.flush_all(&mut self.pool);
         self.current = None;
@@ -324,6 +345,33 @@ impl VcpuMmu {
         )
         .map(|t| t.gpa.raw())
         .map_err(|e| (e, va))
+    }
+}
+
+impl VcpuMmu {
+    /// The guest-physical address of the instruction at guest-virtual `pc`, for a fetch
+    /// by hypocaust at the vCPU's privilege: from the recent code pages, or a walk of the
+    /// guest's tables (remembered then). Like a TLB entry, a remembered page stays until
+    /// the guest fences; `None` where the fetch would fault.
+    pub fn code_address(&mut self, guest: &Guest, v: &Vcpu, pc: u64) -> Option<u64> {
+        let satp = v.csrs.satp;
+        if !is_paged(satp) {
+            return Some(pc);
+        }
+        let user = v.privilege == Privilege::User;
+        let va_page = pc & !0xfff;
+        let hit = self
+            .code
+            .iter()
+            .flatten()
+            .find(|c| c.va_page == va_page && c.satp == satp && c.user == user);
+        if let Some(c) = hit {
+            return Some(c.gpa_page | (pc & 0xfff));
+        }
+        let gpa = self.translate(guest, v, pc, access_for(v, AccessType::Execute)).ok()?;
+        self.code[self.code_next] = Some(CodePage { satp, user, va_page, gpa_page: gpa & !0xfff });
+        self.code_next = (self.code_next + 1) % CODE_PAGES;
+        Some(gpa)
     }
 }
 

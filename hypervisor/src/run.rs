@@ -89,6 +89,16 @@ impl Host for GuestHost<'_> {
         Ok(low as u32 | (u16::from_le_bytes(high) as u32) << 16)
     }
 
+    fn fetch_next(&mut self, vcpu: &Vcpu, pc: u64) -> Option<u32> {
+        // A word that straddles a page boundary is left to the hart.
+        if pc & 0xfff > 0xffc {
+            return None;
+        }
+        let gpa = self.mmu.code_address(self.guest, vcpu, pc)?;
+        let mut bits = [0u8; 4];
+        self.guest.memory.read(gpa, &mut bits).then(|| u32::from_le_bytes(bits))
+    }
+
     fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault> {
         let mut b = [0u8; 8];
         self.read_virt(vcpu, va, AccessType::Read, &mut b)?;

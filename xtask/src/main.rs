@@ -116,7 +116,8 @@ enum Cmd {
         /// repetition.
         #[arg(long)]
         quick: bool,
-        /// Repetitions of every run (default 3; 1 with --quick).
+        /// Repetitions of every run (default: up to 3, a job again only while its runs so
+        /// far took under 90 s; 1 with --quick). Given, exactly N.
         #[arg(long)]
         reps: Option<usize>,
         /// A previous results file: show the change per workload, flag regressions over 5%.
@@ -279,6 +280,7 @@ fn run() -> Result<ExitCode> {
         Cmd::Bench { quick, reps, baseline, filter, output } => bench::command(&bench::Options {
             quick,
             reps: reps.unwrap_or(if quick { 1 } else { 3 }),
+            repeat_within: reps.is_none().then_some(bench::REPEAT_WITHIN),
             baseline,
             filter,
             output: output.unwrap_or_else(bench::Options::default_output),

@@ -161,6 +161,20 @@ pub struct Run {
     pub elapsed: Duration,
     /// Where the whole output was saved.
     pub log: PathBuf,
+    /// When each output line holding one of [`STAMPED`] arrived (since QEMU started),
+    /// and the line.
+    pub stamps: Vec<(Duration, String)>,
+}
+
+/// Output lines whose arrival time a [`Run`] keeps: the bench's markers
+/// (guests/bench/bench.h), which xtask times from outside the guest.
+pub const STAMPED: &[&str] = &["bench-boot ", "bench-start ", "bench-end "];
+
+/// Where the output goes as it arrives.
+struct Sink {
+    text: Mutex<String>,
+    stamps: Mutex<Vec<(Duration, String)>>,
+    start: Instant,
 }
 
 impl Run {
@@ -191,21 +205,21 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn pump(
-    source: impl Read + Send + 'static,
-    sink: Arc<Mutex<String>>,
-    echo: bool,
-) -> thread::JoinHandle<()> {
+fn pump(source: impl Read + Send + 'static, sink: Arc<Sink>, echo: bool) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(source);
         let mut line = Vec::new();
         while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let at = sink.start.elapsed();
             let text = String::from_utf8_lossy(&line).replace('\r', "");
             if echo {
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
-            sink.lock().expect("output lock").push_str(&text);
+            if STAMPED.iter().any(|m| text.contains(m)) {
+                sink.stamps.lock().expect("stamps lock").push((at, text.trim_end().to_string()));
+            }
+            sink.text.lock().expect("output lock").push_str(&text);
             line.clear();
         }
     })
@@ -234,10 +248,12 @@ pub fn run_until(
         .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().with_context(|| format!("could not start {QEMU}"))?);
-    let output = Arc::new(Mutex::new(String::new()));
+    let sink =
+        Arc::new(Sink { text: Mutex::new(String::new()), stamps: Mutex::new(Vec::new()), start });
+    let output = &sink.text;
     let readers = [
-        pump(child.0.stdout.take().expect("piped"), output.clone(), echo),
-        pump(child.0.stderr.take().expect("piped"), output.clone(), echo),
+        pump(child.0.stdout.take().expect("piped"), sink.clone(), echo),
+        pump(child.0.stderr.take().expect("piped"), sink.clone(), echo),
     ];
     let mut stdin = child.0.stdin.take();
     let mut typed = 0;
@@ -271,11 +287,12 @@ pub fn run_until(
         let _ = r.join();
     }
     let output = std::mem::take(&mut *output.lock().expect("output lock"));
+    let stamps = std::mem::take(&mut *sink.stamps.lock().expect("stamps lock"));
     let dir = log_dir();
     std::fs::create_dir_all(&dir)?;
     let log = dir.join(format!("{}.log", name.replace('/', "-")));
     std::fs::write(&log, format!("$ {}\n{output}", machine.command_line()))?;
-    Ok(Run { output, ending, elapsed, log })
+    Ok(Run { output, ending, elapsed, log, stamps })
 }
 
 /// Runs `machine` on the terminal (serial and QEMU monitor on stdio: Ctrl-A X quits),

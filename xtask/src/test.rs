@@ -805,6 +805,7 @@ fn bench_smoke() -> Result<Group> {
     let opts = bench::Options {
         quick: true,
         reps: 1,
+        repeat_within: None,
         baseline: None,
         filter: None,
         output: output.clone(),

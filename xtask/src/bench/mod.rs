@@ -34,6 +34,10 @@ pub const ICOUNT: &str = "shift=0,align=off,sleep=off";
 pub const TIMEBASE_HZ: u64 = 10_000_000;
 /// The bench disk (a raw image, `/dev/vda`): larger than what `disk` reads.
 pub const DISK_MIB: u64 = 80;
+/// By default a job is run again only while its runs so far took less than this: the
+/// long runs (a million system calls under hypocaust) run once, so that the whole bench
+/// stays within half an hour here.
+pub const REPEAT_WITHIN: Duration = Duration::from_secs(90);
 /// A regression: a per-operation number more than this much above the baseline's.
 pub const REGRESSION: f64 = 0.05;
 
@@ -50,8 +54,10 @@ const PROGRAMS: &[&str] =
 pub struct Options {
     /// The quick subset (boot, syscall with fewer calls, the trap microbenchmarks).
     pub quick: bool,
-    /// Repetitions of every run.
+    /// Repetitions of every run (at most, with `repeat_within`).
     pub reps: usize,
+    /// Repeat a job only while its runs so far took less than this (None: always).
+    pub repeat_within: Option<Duration>,
     /// A previous results file to compare with.
     pub baseline: Option<PathBuf>,
     /// Only workloads whose name contains this.
@@ -158,7 +164,8 @@ impl LinuxWorkload {
 /// The test kernel's benchmarks (`bench: NAME ...` lines), as rows `trap/NAME`.
 const TRAPS: &[(&str, &str)] = &[
     ("calibrate", "addi + bnez (icount check)"),
-    ("csr-read", "csrr sscratch"),
+    ("csr-read", "csrr sscratch (+ nop)"),
+    ("csr-burst", "csrr sscratch, 8 in a row"),
     ("sret", "csrs sstatus + sret"),
     ("sbi-call", "SBI get_spec_version"),
     ("ecall-u", "U-mode ecall + sret back"),
@@ -173,6 +180,16 @@ enum Job {
 }
 
 impl Job {
+    /// The modes it runs in: a Linux run gives both (instructions from the guest's clock
+    /// under `-icount`, wall time from outside); the test kernel's loops are too short to
+    /// time from outside, so it runs once in each mode.
+    fn modes(&self) -> &'static [Mode] {
+        match self {
+            Job::Linux(_) => &[Mode::Count],
+            Job::TestKernel => &Mode::BOTH,
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Job::Linux(w) => w.name,
@@ -322,6 +339,11 @@ struct Outcome {
     boot_ticks: Option<u64>,
     /// `(name, operations, nanoseconds)` per result line.
     results: Vec<(String, u64, f64)>,
+    /// Linux runs: the wall time of each measured region, as xtask saw its `bench-start`
+    /// and `bench-end` lines arrive, by name; and of the boot, QEMU's start to the
+    /// `bench-boot` line.
+    wall: Vec<(String, f64)>,
+    boot_wall: Option<f64>,
     /// hypocaust's exit counts at the guest's power-off.
     exits: Option<Exits>,
     /// What went wrong, if the run failed.
@@ -363,7 +385,15 @@ fn parse_boot(console: &str) -> Option<u64> {
     console.lines().find_map(|l| leading_number(&l[l.find(MARK)? + MARK.len()..]))
 }
 
-/// A Linux run: `w` on `side`, measuring `mode`.
+/// The wall time between the arrivals of the first line holding `from` and the first
+/// holding `to`, in nanoseconds.
+fn between(stamps: &[(Duration, String)], from: &str, to: &str) -> Option<f64> {
+    let at = |mark: &str| stamps.iter().find(|(_, l)| l.contains(mark)).map(|(t, _)| *t);
+    Some(at(to)?.checked_sub(at(from)?)?.as_secs_f64() * 1e9)
+}
+
+/// A Linux run: `w` on `side`, under `-icount` (the program's clock counts instructions)
+/// with its wall time measured from outside: both modes in one run.
 fn run_linux(
     images: &LinuxImages,
     programs: &[(String, PathBuf)],
@@ -371,7 +401,6 @@ fn run_linux(
     w: &LinuxWorkload,
     quick: bool,
     side: Side,
-    mode: Mode,
 ) -> Result<Outcome> {
     let size = if quick { w.quick.unwrap_or(w.size) } else { w.size };
     let net_bytes = size * MIB;
@@ -390,7 +419,7 @@ fn run_linux(
         ),
         program => format!("/bench/{program} {size}"),
     };
-    let name = format!("bench-{}-{}-{}", side.name(), mode.short(), w.name);
+    let name = format!("bench-{}-{}", side.name(), w.name);
     let mut boot = Boot::new(&name, side == Side::Native);
     boot.cmd = Some(cmd);
     boot.append = "rdinit=/bench/init".into();
@@ -398,16 +427,30 @@ fn run_linux(
     boot.log = "debug".into();
     boot.files =
         programs.iter().map(|(n, path)| (format!("bench/{n}"), 0o755, path.clone())).collect();
-    if mode == Mode::Count {
-        boot.qemu_args = vec!["-icount".into(), ICOUNT.into()];
-    }
+    boot.qemu_args = vec!["-icount".into(), ICOUNT.into()];
     let run = linux::run::run_cmd(images, &boot, boot.timeout(), false);
     let sent = sender.map(Sender::stop);
     let run = run?;
     let console = &run.run.output;
+    let results: Vec<(String, u64, f64)> =
+        console.lines().filter_map(|l| parse_result(l, TIMEBASE_HZ)).collect();
+    let stamps = &run.run.stamps;
     let mut out = Outcome {
         boot_ticks: parse_boot(console),
-        results: console.lines().filter_map(|l| parse_result(l, TIMEBASE_HZ)).collect(),
+        wall: results
+            .iter()
+            .filter_map(|(n, _, _)| {
+                Some((
+                    n.clone(),
+                    between(stamps, &format!("bench-start {n}"), &format!("bench-end {n}"))?,
+                ))
+            })
+            .collect(),
+        boot_wall: stamps
+            .iter()
+            .find(|(_, l)| l.contains("bench-boot "))
+            .map(|(t, _)| t.as_secs_f64() * 1e9),
+        results,
         exits: Exits::parse(console),
         problem: None,
         log: run.run.log.clone(),
@@ -424,6 +467,8 @@ fn run_linux(
         Some("no bench-boot line (rdinit=/bench/init did not run)".into())
     } else if w.name != "boot" && !out.results.iter().any(|r| r.0 == w.name) {
         Some(format!("no result line for {}", w.name))
+    } else if w.name != "boot" && !out.wall.iter().any(|r| r.0 == w.name) {
+        Some(format!("no bench-start/bench-end lines for {}", w.name))
     } else if side == Side::Hypocaust && out.exits.is_none() {
         Some("hypocaust printed no exit counts".into())
     } else {
@@ -487,6 +532,8 @@ fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
     let mut out = Outcome {
         boot_ticks: None,
         results: run.output.lines().filter_map(|l| parse_result(l, timebase)).collect(),
+        wall: Vec::new(),
+        boot_wall: None,
         exits: Exits::parse(&run.output),
         problem: None,
         log: run.log.clone(),
@@ -566,17 +613,24 @@ pub fn run(opts: &Options) -> Result<Report> {
             .unwrap_or_default();
     report.guest = images.as_ref().map(|i| i.release.clone());
 
-    let total = (opts.reps * jobs.len() * 4) as u64;
-    let bar = ProgressBar::new(total);
+    let runs_per_rep: usize = jobs.iter().map(|j| 2 * j.modes().len()).sum();
+    let bar = ProgressBar::new((opts.reps * runs_per_rep) as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    // Time spent on each job's runs so far (for `repeat_within`).
+    let mut spent = vec![Duration::ZERO; jobs.len()];
     for rep in 0..opts.reps {
-        for job in &jobs {
+        for (j, job) in jobs.iter().enumerate() {
+            if rep > 0 && opts.repeat_within.is_some_and(|limit| spent[j] >= limit) {
+                let skipped = (2 * job.modes().len()) as u64;
+                bar.set_length(bar.length().unwrap_or(0).saturating_sub(skipped));
+                continue;
+            }
             for side in Side::BOTH {
-                for mode in Mode::BOTH {
+                for &mode in job.modes() {
                     bar.set_message(format!(
                         "rep {}/{}: {} {}, {}",
                         rep + 1,
@@ -585,6 +639,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                         side.name(),
                         mode.name()
                     ));
+                    let started = Instant::now();
                     let outcome = match job {
                         Job::Linux(w) => run_linux(
                             images.as_ref().expect("images for Linux jobs"),
@@ -593,10 +648,10 @@ pub fn run(opts: &Options) -> Result<Report> {
                             w,
                             opts.quick,
                             side,
-                            mode,
                         ),
                         Job::TestKernel => run_testkernel(side, mode),
                     };
+                    spent[j] += started.elapsed();
                     let line = record(&mut report, job, rep, side, mode, outcome);
                     if opts.verbose {
                         // A hidden bar (no terminal) drops its printed lines too.
@@ -654,6 +709,9 @@ fn record(
             && counts
         {
             row.add(side, mode, ns, 1);
+            if let Some(wall) = out.boot_wall {
+                row.add(side, Mode::Wall, wall, 1);
+            }
         }
         if matches!(job, Job::Linux(w) if w.name == "boot") {
             said.push(format!("boot {}", report::amount(mode, ns)));
@@ -666,6 +724,9 @@ fn record(
         };
         if let Some(row) = report.row_mut(&key) {
             row.add(side, mode, *ns, *n);
+            if let Some((_, wall)) = out.wall.iter().find(|w| w.0 == *name) {
+                row.add(side, Mode::Wall, *wall, *n);
+            }
             let per = ns / row.ops_of(*n);
             said.push(format!("{key} {}/op", report::amount(mode, per)));
         }
@@ -736,6 +797,19 @@ mod tests {
     }
 
     #[test]
+    fn wall_time_from_stamps() {
+        let stamps = [
+            (Duration::from_millis(2000), "bench-boot ticks=1".to_string()),
+            (Duration::from_millis(2500), "bench-start fork".to_string()),
+            (Duration::from_millis(4000), "[    3.0] x bench-end fork".to_string()),
+        ];
+        assert_eq!(between(&stamps, "bench-start fork", "bench-end fork"), Some(1.5e9));
+        assert_eq!(between(&stamps, "bench-start exec", "bench-end exec"), None);
+        // An end before its start is no measurement.
+        assert_eq!(between(&stamps, "bench-end fork", "bench-start fork"), None);
+    }
+
+    #[test]
     fn disk_pattern() {
         let mut block = vec![0u8; 4096];
         disk_block(5, &mut block);
@@ -747,6 +821,7 @@ mod tests {
         let opts = |quick, filter: Option<&str>| Options {
             quick,
             reps: 1,
+            repeat_within: None,
             baseline: None,
             filter: filter.map(str::to_string),
             output: PathBuf::new(),

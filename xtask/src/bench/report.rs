@@ -334,10 +334,16 @@ impl Report {
         if !throughput.is_empty() {
             println!("throughput, native -> hypocaust: {}", throughput.join("; "));
         }
+        let runs: Vec<usize> = self
+            .rows
+            .iter()
+            .map(|r| r.samples(Side::Hypocaust, Mode::Count).len())
+            .filter(|n| *n > 0)
+            .collect();
+        let (fewest, most) = (runs.iter().min().unwrap_or(&0), runs.iter().max().unwrap_or(&0));
+        let span = if fewest == most { format!("{most}") } else { format!("{fewest} to {most}") };
         println!(
-            "medians of {} run{} per cell; instructions: the whole machine (firmware, hypocaust, guest) under -icount {ICOUNT}, idle skipped to the next timer (docs/performance.md)",
-            self.reps,
-            if self.reps == 1 { "" } else { "s" }
+            "medians of {span} run(s) per cell; instructions: the whole machine (firmware, hypocaust, guest) under -icount {ICOUNT}, idle skipped to the next timer; Linux wall time from the program's start and end lines as xtask saw them (docs/performance.md)"
         );
         let idle: Vec<&str> =
             self.rows.iter().filter(|r| r.idles).map(|r| r.name.as_str()).collect();
@@ -584,6 +590,7 @@ mod tests {
         let opts = Options {
             quick: false,
             reps: 1,
+            repeat_within: None,
             baseline: None,
             filter: None,
             output: PathBuf::new(),
