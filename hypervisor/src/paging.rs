@@ -168,8 +168,9 @@ pub enum PageFault {
     NotRam { kind: AccessType, gpa: u64 },
 }
 
-/// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]).
-const CODE_PAGES: usize = 4;
+/// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]),
+/// direct-mapped by page number.
+const CODE_PAGES: usize = 16;
 
 /// A guest-virtual code page and the guest-physical page it translated to, for an
 /// instruction fetch with guest `satp` at the vCPU's privilege.
@@ -193,10 +194,9 @@ pub struct VcpuMmu {
     loaded: u64,
     /// The last shadow or Bare `satp` loaded: without ASIDs, loading another one flushes.
     last_guest_satp: u64,
-    /// Recent code-page translations (a small TLB for hypocaust's own fetches: every
-    /// fence drops it), and the slot the next one replaces.
+    /// Recent code-page translations (a small TLB for hypocaust's own fetches, which
+    /// fences empty as they do the hart's).
     code: [Option<CodePage>; CODE_PAGES],
-    code_next: usize,
 }
 
 impl VcpuMmu {
@@ -211,7 +211,6 @@ impl VcpuMmu {
             loaded: mm::kernel_satp(),
             last_guest_satp: 0,
             code: [None; CODE_PAGES],
-            code_next: 0,
         }
     }
 
@@ -283,7 +282,14 @@ impl VcpuMmu {
 
     /// Drops shadow translations as `sfence.vma` asks.
     pub fn fence(&mut self, start: u64, size: u64, asid: Option<u16>) {
-        self.code = [None; CODE_PAGES];
+        // Like a TLB: a fence of some pages drops the code pages among them (whatever their
+        // address space); a fence of everything drops all.
+        let fenced = start & !0xfff..start.saturating_add(size);
+        for entry in &mut self.code {
+            if entry.is_some_and(|c| size == u64::MAX || fenced.contains(&c.va_page)) {
+                *entry = None;
+            }
+        }
         self.leave_tree();
         self.cache.invalidate(start, size, asid, &mut self.pool);
         // The current tree may have been evicted by a whole-space flush.
@@ -360,17 +366,17 @@ impl VcpuMmu {
         }
         let user = v.privilege == Privilege::User;
         let va_page = pc & !0xfff;
-        let hit = self
-            .code
-            .iter()
-            .flatten()
-            .find(|c| c.va_page == va_page && c.satp == satp && c.user == user);
-        if let Some(c) = hit {
+        let entry = &mut self.code[(pc >> 12) as usize % CODE_PAGES];
+        if let Some(c) = entry
+            && c.va_page == va_page
+            && c.satp == satp
+            && c.user == user
+        {
             return Some(c.gpa_page | (pc & 0xfff));
         }
         let gpa = self.translate(guest, v, pc, access_for(v, AccessType::Execute)).ok()?;
-        self.code[self.code_next] = Some(CodePage { satp, user, va_page, gpa_page: gpa & !0xfff });
-        self.code_next = (self.code_next + 1) % CODE_PAGES;
+        self.code[(pc >> 12) as usize % CODE_PAGES] =
+            Some(CodePage { satp, user, va_page, gpa_page: gpa & !0xfff });
         Some(gpa)
     }
 }

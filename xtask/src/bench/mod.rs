@@ -745,11 +745,17 @@ pub fn command(opts: &Options) -> Result<bool> {
         Some(path) => Some(report::Baseline::read(path)?),
         None => None,
     };
+    let reps = match opts.repeat_within {
+        Some(limit) => format!(
+            "up to {} runs of each workload (again only while its runs took under {} s)",
+            opts.reps,
+            limit.as_secs()
+        ),
+        None => format!("{} run(s) of each workload", opts.reps),
+    };
     println!(
-        "xtask: bench{}: {} repetition{} of each run, natively and under hypocaust, with -icount {ICOUNT} and without",
+        "xtask: bench{}: {reps}, natively and under hypocaust, under -icount {ICOUNT}",
         if opts.quick { " --quick" } else { "" },
-        opts.reps,
-        if opts.reps == 1 { "" } else { "s" }
     );
     let report = run(opts)?;
     report.print();
