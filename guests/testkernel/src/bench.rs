@@ -94,45 +94,39 @@ fn calibrate() {
     report("calibrate", CALIBRATE, start);
 }
 
+/// Runs `CSR_READS` reads of `sscratch` in loop iterations of 8 `csrr`s, each followed by
+/// the instructions `$after` (none, or a `nop`), and reports them as `$name`.
+macro_rules! csr_read_loop {
+    ($name:literal $(, $after:literal)?) => {{
+        let start = timer::now();
+        // SAFETY: reading sscratch has no side effects.
+        unsafe {
+            asm!(
+                "2:",
+                ".rept 8",
+                "csrr t0, sscratch",
+                $($after,)?
+                ".endr",
+                "addi {0}, {0}, -1",
+                "bnez {0}, 2b",
+                inout(reg) CSR_READS / 8 => _,
+                out("t0") _,
+            )
+        };
+        report($name, CSR_READS, start);
+    }};
+}
+
 /// `csrr sscratch`, each followed by a `nop`: a plain read natively, one exit each under
 /// hypocaust (the `nop` keeps hypocaust from emulating the next read in the same exit).
 fn csr_read() {
-    let start = timer::now();
-    // SAFETY: reading sscratch has no side effects.
-    unsafe {
-        asm!(
-            "2:",
-            ".rept 8",
-            "csrr t0, sscratch",
-            "nop",
-            ".endr",
-            "addi {0}, {0}, -1",
-            "bnez {0}, 2b",
-            inout(reg) CSR_READS / 8 => _,
-            out("t0") _,
-        )
-    };
-    report("csr-read", CSR_READS, start);
+    csr_read_loop!("csr-read", "nop");
 }
 
 /// Eight `csrr sscratch` in a row: under hypocaust one exit emulates all eight (as Linux's
 /// trap entry reads five CSRs in a row).
 fn csr_burst() {
-    let start = timer::now();
-    // SAFETY: reading sscratch has no side effects.
-    unsafe {
-        asm!(
-            "2:",
-            ".rept 8",
-            "csrr t0, sscratch",
-            ".endr",
-            "addi {0}, {0}, -1",
-            "bnez {0}, 2b",
-            inout(reg) CSR_READS / 8 => _,
-            out("t0") _,
-        )
-    };
-    report("csr-burst", CSR_READS, start);
+    csr_read_loop!("csr-burst");
 }
 
 /// `sret` from S-mode back to S-mode (with the `csrs sstatus` that sets SPP before each,
