@@ -5,7 +5,7 @@ use mmu::walk::AccessType;
 use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
 use rv::trap::{Cause, Exception, Interrupt};
 use vcpu::mmio::Direction;
-use vcpu::{Action, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
+use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
 
 use crate::arch::trap::{GuestContext, enter_guest};
 use crate::guest::Guest;
@@ -307,10 +307,13 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
         let lines = Lines { external: guest.external(), ..lines };
         let v = &mut ctx.vcpu;
         v.effects = vcpu::CsrEffect::empty();
-        if v.waiting.is_some() {
-            if v.should_wake(lines) {
-                v.wake();
-            } else {
+        match v.prepare_entry(lines) {
+            Entry::Run => {}
+            Entry::Stopped => return End::Stopped,
+            Entry::Wait => {
+                // Whatever becomes pending from here on (the timer armed now, a device, a
+                // kick from another hart) is a real interrupt that ends the `wfi`; the next
+                // pass looks again.
                 set_timer(&mut real, wanted_timer(v, now));
                 console::flush_guest(guest.index);
                 arch::wait_for_interrupt();
@@ -318,10 +321,6 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
                 continue;
             }
         }
-        if v.state == HartState::Stopped {
-            return End::Stopped;
-        }
-        v.take_interrupt(lines);
         set_timer(&mut real, wanted_timer(v, now));
         prepare(&mut real, guest, mmu, v);
 

@@ -4,6 +4,7 @@ mod artifacts;
 mod bench;
 mod cpio;
 mod debian;
+mod gdb;
 mod linux;
 mod provision;
 mod qemu;
@@ -141,6 +142,18 @@ enum Cmd {
         /// Legacy virtio-mmio transports (Version 1) instead of modern ones (Version 2).
         #[arg(long)]
         legacy: bool,
+        /// Run under `-icount shift=N`: a deterministic clock of 2^N ns per instruction.
+        #[arg(long, value_name = "N")]
+        icount: Option<u32>,
+        /// The timing sweeps (irq/sweep-*) try N deadline offsets (default 32).
+        #[arg(long, value_name = "N")]
+        sweep: Option<u64>,
+        /// Keep N CPU hogs running meanwhile: a loaded machine must give the same results.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        hogs: usize,
+        /// Run the comparison N times, stopping at the first that fails.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        repeat: usize,
     },
 }
 
@@ -287,8 +300,20 @@ fn run() -> Result<ExitCode> {
             verbose: true,
         })
         .map(code),
-        Cmd::Suite { native, filter, legacy } => {
-            suite::command(native, &suite::Options { filter, legacy }).map(code)
+        Cmd::Suite { native, filter, legacy, icount, sweep, hogs, repeat } => {
+            let opts = suite::Options { filter, legacy, icount, sweep };
+            let _hogs = util::CpuHogs::start(hogs);
+            let mut ok = true;
+            for run in 1..=repeat {
+                if repeat > 1 {
+                    println!("== run {run} of {repeat}");
+                }
+                ok = suite::command(native, &opts)?;
+                if !ok {
+                    break;
+                }
+            }
+            Ok(code(ok))
         }
     }
 }

@@ -62,6 +62,9 @@ pub struct Machine {
     /// Console input for captured runs: each text is typed once the output so far shows
     /// its trigger (in order).
     pub input: Vec<(String, String)>,
+    /// ELF files whose symbols name the pc of a hart when a captured run hangs (the
+    /// kernel QEMU loads is always one; add the guest's under hypocaust).
+    pub symbols: Vec<PathBuf>,
 }
 
 impl Machine {
@@ -77,6 +80,7 @@ impl Machine {
             dtb: None,
             extra: Vec::new(),
             input: Vec::new(),
+            symbols: Vec::new(),
         }
     }
 
@@ -240,9 +244,18 @@ pub fn run_until(
     echo: bool,
     done: impl Fn(&str) -> bool,
 ) -> Result<Run> {
+    // The gdbstub, so that a run that hangs can say where each hart is.
+    let gdb_socket = std::env::temp_dir().join(format!(
+        "hypocaust-{}-{}.gdb",
+        std::process::id(),
+        name.replace('/', "-")
+    ));
+    let _ = std::fs::remove_file(&gdb_socket);
     let mut cmd = Command::new(QEMU);
     cmd.args(machine.args())
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .arg("-gdb")
+        .arg(format!("unix:{},server=on,wait=off", gdb_socket.display()))
         .stdin(if machine.input.is_empty() { Stdio::null() } else { Stdio::piped() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -270,8 +283,13 @@ pub fn run_until(
             typed += 1;
         }
         if start.elapsed() > timeout {
+            let report = where_harts_are(machine, &gdb_socket);
             let _ = child.0.kill();
             let _ = child.0.wait();
+            output.lock().expect("output lock").push_str(&format!(
+                "\n==== xtask: QEMU ran past its timeout of {} s; where each hart was ====\n{report}",
+                timeout.as_secs()
+            ));
             break Ending::TimedOut;
         }
         if done(&output.lock().expect("output lock")) {
@@ -283,6 +301,7 @@ pub fn run_until(
     };
     let elapsed = start.elapsed();
     drop(child);
+    let _ = std::fs::remove_file(&gdb_socket);
     for r in readers {
         let _ = r.join();
     }
@@ -293,6 +312,22 @@ pub fn run_until(
     let log = dir.join(format!("{}.log", name.replace('/', "-")));
     std::fs::write(&log, format!("$ {}\n{output}", machine.command_line()))?;
     Ok(Run { output, ending, elapsed, log, stamps })
+}
+
+/// Stops the machine behind `socket` (its gdbstub) and says where each hart is: pc and
+/// the function it is in, privilege, trap CSRs.
+fn where_harts_are(machine: &Machine, socket: &Path) -> String {
+    // A flat image (`X.bin`) has its symbols in the ELF file it was made from (`X`).
+    let elves: Vec<PathBuf> = std::iter::once(&machine.kernel)
+        .chain(&machine.symbols)
+        .map(|p| {
+            if p.extension().is_some_and(|e| e == "bin") { p.with_extension("") } else { p.clone() }
+        })
+        .collect();
+    match crate::gdb::harts(socket, Duration::from_secs(5)) {
+        Ok(harts) => crate::gdb::describe(&harts, &crate::gdb::Symbols::load(&elves)),
+        Err(e) => format!("(could not ask QEMU's gdbstub: {e:#})\n"),
+    }
 }
 
 /// Runs `machine` on the terminal (serial and QEMU monitor on stdio: Ctrl-A X quits),

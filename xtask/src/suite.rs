@@ -64,6 +64,11 @@ pub struct Options {
     /// Legacy virtio-mmio transports (Version 1, QEMU 7.2's default) instead of modern
     /// ones (Version 2).
     pub legacy: bool,
+    /// Run under `-icount shift=N` (time advances 2^N ns per instruction, a function of
+    /// the instructions executed alone).
+    pub icount: Option<u32>,
+    /// `sweep=N` for the test kernel: the timing sweeps try N deadline offsets.
+    pub sweep: Option<u64>,
 }
 
 /// All eight virtio-mmio slots of `virt` go to the suite's guest, so it finds its devices
@@ -74,7 +79,14 @@ pub const ALL_VIRTIO_SLOTS: u64 = 0xff;
 /// `target/logs/<name>.log`, its disk `target/logs/<name>-disk.img`.
 fn run_name(side: &str, opts: &Options) -> String {
     let legacy = if opts.legacy { "-legacy" } else { "" };
-    format!("suite-{side}{legacy}")
+    let icount = opts.icount.map(|s| format!("-icount{s}")).unwrap_or_default();
+    format!("suite-{side}{legacy}{icount}")
+}
+
+/// QEMU arguments for a deterministic clock: `shift` as given, no alignment to the host's
+/// clock, and idle time skipped to the next timer.
+pub fn icount_args(shift: u32) -> [String; 2] {
+    ["-icount".into(), format!("shift={shift},align=off,sleep=off")]
 }
 
 /// Gives `machine` the suite's devices, on a fresh disk of its own for run `name`
@@ -87,7 +99,19 @@ pub fn add_devices(machine: &mut Machine, name: &str, legacy: bool) -> Result<()
 }
 
 fn bootargs(opts: &Options) -> String {
-    opts.filter.as_ref().map(|f| format!("filter={f}")).unwrap_or_default()
+    let filter = opts.filter.as_ref().map(|f| format!("filter={f}"));
+    let sweep = opts.sweep.map(|n| format!("sweep={n}"));
+    filter.into_iter().chain(sweep).collect::<Vec<_>>().join(" ")
+}
+
+/// Gives `machine` what every suite run has: its devices on a fresh disk of run `name`,
+/// and the deterministic clock if asked for.
+fn suite_machine(machine: &mut Machine, name: &str, opts: &Options) -> Result<()> {
+    add_devices(machine, name, opts.legacy)?;
+    if let Some(shift) = opts.icount {
+        machine.extra.extend(icount_args(shift));
+    }
+    Ok(())
 }
 
 /// Runs the test kernel directly on QEMU's OpenSBI.
@@ -98,7 +122,7 @@ pub fn run_native(opts: &Options) -> Result<(Report, Run)> {
     let args = bootargs(opts);
     machine.append = (!args.is_empty()).then_some(args);
     let name = run_name("native", opts);
-    add_devices(&mut machine, &name, opts.legacy)?;
+    suite_machine(&mut machine, &name, opts)?;
     let run = qemu::run_captured(&machine, &name, TIMEOUT, false)?;
     Ok((Report::parse(&run.output), run))
 }
@@ -110,7 +134,7 @@ pub fn run_hypocaust(opts: &Options) -> Result<(Report, Run)> {
     artifacts::bundle(
         &[GuestFiles {
             name: "suite".into(),
-            kernel,
+            kernel: kernel.clone(),
             initrd: None,
             bootargs: bootargs(opts),
             memory_mib: GUEST_MIB,
@@ -120,8 +144,9 @@ pub fn run_hypocaust(opts: &Options) -> Result<(Report, Run)> {
         &bundle,
     )?;
     let mut machine = hypocaust_machine(bundle)?;
+    machine.symbols.push(kernel);
     let name = run_name("hypocaust", opts);
-    add_devices(&mut machine, &name, opts.legacy)?;
+    suite_machine(&mut machine, &name, opts)?;
     let run = qemu::run_captured(&machine, &name, TIMEOUT, false)?;
     Ok((Report::parse(&run.output), run))
 }

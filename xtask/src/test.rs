@@ -387,9 +387,18 @@ fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
     let only = opts.filter.as_ref().map(|f| format!(" ({f} only)")).unwrap_or_default();
     println!("== guest test suite{only}, natively and under hypocaust, {transport} virtio-mmio");
     let start = Instant::now();
-    let c = suite::Comparison::run(opts)?;
-    c.print(false);
     let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    compare_into(&mut group, opts, false)?;
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+/// Runs the suite natively and under hypocaust with `opts` and counts the verdicts into
+/// `group`; prints every row if `verbose`, else only those that are not identical.
+fn compare_into(group: &mut Group, opts: &suite::Options, verbose: bool) -> Result<()> {
+    let c = suite::Comparison::run(opts)?;
+    c.print(verbose);
+    let failed_before = group.failed;
     for (_, _, _, verdict) in &c.rows {
         match verdict {
             suite::Verdict::Identical => group.passed += 1,
@@ -398,9 +407,53 @@ fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
             suite::Verdict::Differs(_) => group.failed += 1,
         }
     }
-    if !c.agrees() && group.failed == 0 {
+    if !c.agrees() && group.failed == failed_before {
         // A run that did not complete: count it, its log was printed above.
         group.failed += 1;
+    }
+    Ok(())
+}
+
+/// The `-icount` shifts of the timing sweeps: one tick of the 10 MHz timebase is 100, 12.5
+/// and 1.6 instructions, so the deadlines step through an exit coarsely, finely, and
+/// almost instruction by instruction.
+pub const SWEEP_SHIFTS: [u32; 3] = [0, 3, 6];
+
+/// Runs of the interrupt tests on a loaded machine, and the CPU hogs that load it.
+const LOADED_RUNS: usize = 3;
+const LOADED_HOGS: usize = 2;
+
+/// The interrupt and timer tests (`irq/`, the timing sweeps among them) with a
+/// deterministic clock at each of [`SWEEP_SHIFTS`], sweeping enough deadline offsets to
+/// cover a few exits, then on a machine loaded with CPU hogs: natively and under
+/// hypocaust, identical every time.
+fn timing_tests() -> Result<Group> {
+    println!(
+        "== timing: the irq/ tests under -icount (sweeping deadlines), then on a loaded machine"
+    );
+    let start = Instant::now();
+    let mut group = Group {
+        name: "timing sweeps, load",
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        elapsed: Duration::ZERO,
+    };
+    for shift in SWEEP_SHIFTS {
+        let opts = suite::Options {
+            filter: Some("irq/".into()),
+            icount: Some(shift),
+            sweep: Some(32 << shift),
+            ..suite::Options::default()
+        };
+        println!("   -icount shift={shift}, {} offsets:", 32 << shift);
+        compare_into(&mut group, &opts, false)?;
+    }
+    let _hogs = crate::util::CpuHogs::start(LOADED_HOGS);
+    for run in 1..=LOADED_RUNS {
+        println!("   with {LOADED_HOGS} CPU hogs, run {run} of {LOADED_RUNS}:");
+        let opts = suite::Options { filter: Some("irq/".into()), ..suite::Options::default() };
+        compare_into(&mut group, &opts, false)?;
     }
     group.elapsed = start.elapsed();
     Ok(group)
@@ -885,12 +938,14 @@ pub fn command() -> Result<bool> {
     provision::all()?;
     let start = Instant::now();
     let modern = suite::Options::default();
-    let legacy = suite::Options { filter: Some("virtio/".into()), legacy: true };
+    let legacy =
+        suite::Options { filter: Some("virtio/".into()), legacy: true, ..Default::default() };
     let groups = vec![
         host_tests()?,
         boot_tests()?,
         suite_tests("guest suite (compared)", &modern)?,
         suite_tests("virtio legacy (compared)", &legacy)?,
+        timing_tests()?,
         linux_tests(true)?,
         linux_tests(false)?,
         bench_smoke()?,

@@ -14,7 +14,7 @@ mod vcpu;
 
 pub use csr::{CsrEffect, Csrs, Features, Lines};
 pub use host::{Fault, Fence, Host, MachineIds};
-pub use vcpu::{Action, HartState, Privilege, RUN_ON, Regs, ResetKind, Resume, Vcpu};
+pub use vcpu::{Action, Entry, HartState, Privilege, RUN_ON, Regs, ResetKind, Resume, Vcpu};
 
 #[cfg(test)]
 mod tests;

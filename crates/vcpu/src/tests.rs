@@ -14,7 +14,12 @@ const RAM: std::ops::Range<u64> = 0x8000_0000..0x8010_0000;
 
 #[derive(Default)]
 struct FakeHost {
-    now: u64,
+    /// The current time; it moves on by `tick` at every look, as time does while an exit
+    /// is being handled.
+    now: std::cell::Cell<u64>,
+    tick: u64,
+    /// The guest's external interrupt line.
+    external: bool,
     ram: std::collections::BTreeMap<u64, u8>,
     console_out: Vec<u8>,
     console_in: Vec<u8>,
@@ -45,7 +50,12 @@ impl FakeHost {
 
 impl Host for FakeHost {
     fn now(&self) -> u64 {
-        self.now
+        let now = self.now.get();
+        self.now.set(now + self.tick);
+        now
+    }
+    fn external_irq(&self, _hart: usize) -> bool {
+        self.external
     }
     fn fetch_instruction(&mut self, _: &Vcpu, pc: u64) -> Result<u32, Fault> {
         self.code.get(&pc).copied().or(self.fetch).ok_or((Exception::InstructionAccessFault, pc))
@@ -467,7 +477,7 @@ fn sbi_base() {
 fn sbi_timer_and_ipi() {
     let mut h = FakeHost::new();
     let mut v = vcpu();
-    h.now = 100;
+    h.now.set(100);
     sbi_call(&mut v, &mut h, sbi_spec::time::EID_TIME, 0, [50, 0, 0, 0, 0, 0]);
     assert_eq!(v.csrs.sip(lines(100)) & 0x20, 0x20);
     assert!(v.effects.contains(CsrEffect::TIMER));
@@ -713,6 +723,8 @@ fn random_guest_input_never_panics() {
         assert!(advanced || trapped || sret || restarted, "iteration {i}: pc {:#x}", v.regs.pc);
     }
 }
+
+mod delivery;
 
 mod mmio {
     use super::*;

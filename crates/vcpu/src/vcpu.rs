@@ -85,6 +85,19 @@ pub enum Action {
     Reset(ResetKind),
 }
 
+/// What the hart does with a vCPU right before it would enter the guest
+/// ([`Vcpu::prepare_entry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Enter the guest: nothing it could take is left pending.
+    Run,
+    /// The vCPU waits (`wfi`, SBI suspend) and nothing wakes it yet: run something else
+    /// or sleep until an interrupt.
+    Wait,
+    /// The vCPU is stopped (SBI HSM).
+    Stopped,
+}
+
 /// Kinds of system reset a guest can ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResetKind {
@@ -219,6 +232,28 @@ impl Vcpu {
         Some(irq)
     }
 
+    /// The last step before the guest runs again, after any exit: wakes a waiting vCPU
+    /// whose wake-up condition holds, and takes the interrupt a hart would take before
+    /// its next instruction. `lines` is one snapshot of the interrupt lines, taken after
+    /// the exit was handled.
+    ///
+    /// The invariant (docs/trap-path.md): when this returns [`Entry::Run`], no interrupt
+    /// is deliverable under `lines`; the guest resumes at its trap vector if a hart would
+    /// have taken one.
+    pub fn prepare_entry(&mut self, lines: Lines) -> Entry {
+        if self.waiting.is_some() {
+            if !self.should_wake(lines) {
+                return Entry::Wait;
+            }
+            self.wake();
+        }
+        if self.state == HartState::Stopped {
+            return Entry::Stopped;
+        }
+        self.take_interrupt(lines);
+        Entry::Run
+    }
+
     /// Whether a waiting vCPU may wake: an interrupt is pending and enabled in `sie`
     /// (`sstatus.SIE` does not matter, as for `wfi`).
     pub fn should_wake(&self, lines: Lines) -> bool {
@@ -236,28 +271,40 @@ impl Vcpu {
         }
     }
 
-    /// Handles an exception the guest caused (`scause` < 64, `stval` as the hart gave it).
+    /// Handles an exception the guest caused (`scause` < 64, `stval` as the hart gave it):
+    /// virtual S-mode's `ecall` is an SBI call and its privileged instructions are
+    /// emulated; everything else is the guest's own exception, forwarded to its `stvec`.
     pub fn handle_exception(
         &mut self,
         cause: Exception,
         stval: u64,
         host: &mut impl Host,
     ) -> Action {
-        match (cause, self.privilege) {
-            (Exception::EcallFromU, Privilege::Supervisor) => sbi::handle_call(self, host),
-            (Exception::IllegalInstruction, Privilege::Supervisor) => self.emulate(stval, host),
-            // The guest runs in real U-mode: an ecall from virtual U-mode is a system call for
-            // the guest kernel, with the same cause.
-            _ => {
-                self.raise(cause, stval);
-                Action::Resume
-            }
+        let emulated = matches!(cause, Exception::EcallFromU | Exception::IllegalInstruction);
+        if !(emulated && self.privilege == Privilege::Supervisor) {
+            // The guest runs in real U-mode: an ecall from virtual U-mode is a system call
+            // for the guest kernel, with the same cause.
+            self.raise(cause, stval);
+            return Action::Resume;
+        }
+        // An instruction of virtual S-mode is emulated at one instant, `lines`. A hart
+        // checks for interrupts before each instruction: one that became deliverable while
+        // the exit was on its way is taken first, and the instruction runs again when the
+        // guest returns to it. Otherwise the instruction sees that same instant (a `csrr
+        // sip` never shows an interrupt that should have been taken).
+        let lines = self.lines(host);
+        if self.take_interrupt(lines).is_some() {
+            return Action::Resume;
+        }
+        match cause {
+            Exception::EcallFromU => sbi::handle_call(self, host),
+            _ => self.emulate(stval, lines, host),
         }
     }
 
     /// Emulates the privileged instruction that trapped in virtual S-mode, or raises
     /// illegal instruction with the same `stval` if S-mode could not execute it either.
-    fn emulate(&mut self, stval: u64, host: &mut impl Host) -> Action {
+    fn emulate(&mut self, stval: u64, lines: Lines, host: &mut impl Host) -> Action {
         let bits = if stval != 0 {
             stval as u32
         } else {
@@ -276,7 +323,7 @@ impl Vcpu {
         let next = self.regs.pc.wrapping_add(length as u64);
         match instruction {
             Instruction::Csr { op, csr, rd, source } => {
-                if self.emulate_csr(op, csr, rd, source, host).is_err() {
+                if self.emulate_csr(op, csr, rd, source, lines).is_err() {
                     self.raise(Exception::IllegalInstruction, stval);
                 } else {
                     self.regs.pc = next;
@@ -290,7 +337,7 @@ impl Vcpu {
             }
             Instruction::Wfi => {
                 self.regs.pc = next;
-                if self.should_wake(self.lines(host)) {
+                if self.should_wake(lines) {
                     Action::Resume
                 } else {
                     self.waiting = Some(Resume::Retentive);
@@ -334,7 +381,9 @@ impl Vcpu {
             if bits & 0x7f != 0x73 || (bits >> 12) & 3 == 0 {
                 return;
             }
-            if self.deliverable_interrupt(self.lines(host)).is_some() {
+            // One instant per instruction: the interrupt check and the CSR read agree.
+            let lines = self.lines(host);
+            if self.deliverable_interrupt(lines).is_some() {
                 return;
             }
             let Some(Decoded { instruction: Instruction::Csr { op, csr, rd, source }, length }) =
@@ -344,7 +393,7 @@ impl Vcpu {
             };
             // U-level CSRs (`time`, `cycle`, FP) run on the hart itself.
             if rv::csr::CsrNum(csr).min_privilege() != 1
-                || self.emulate_csr(op, csr, rd, source, host).is_err()
+                || self.emulate_csr(op, csr, rd, source, lines).is_err()
             {
                 return;
             }
@@ -352,15 +401,15 @@ impl Vcpu {
         }
     }
 
-    /// A Zicsr instruction on a supervisor CSR. `Err` means illegal instruction (and
-    /// nothing changed).
+    /// A Zicsr instruction on a supervisor CSR, executed at the instant `lines`. `Err`
+    /// means illegal instruction (and nothing changed).
     fn emulate_csr(
         &mut self,
         op: CsrOp,
         csr: u16,
         rd: u8,
         source: CsrSource,
-        host: &mut impl Host,
+        lines: Lines,
     ) -> Result<(), ()> {
         if rv::csr::CsrNum(csr).min_privilege() != 1 {
             // U-level CSRs only trap here when S-mode may not use them either (FP off,
@@ -375,7 +424,6 @@ impl Vcpu {
         if writes && rv::csr::CsrNum(csr).is_read_only() {
             return Err(());
         }
-        let lines = self.lines(host);
         let old = self.csrs.read(csr, &self.features, lines).map_err(|_| ())?;
         if writes {
             let new = match op {

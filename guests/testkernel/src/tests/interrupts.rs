@@ -168,14 +168,21 @@ sret_landing:
     nop
     ret
 
-    .globl user_wait_for_timer
+    .globl user_wait_for_timer, user_wait_for_timer_end
 user_wait_for_timer:
-    # a0 = address of the timer interrupt counter; spin until it moves, then ecall
+    # a0 = &UserWait: spins until the counter differs from the count taken before the
+    # timer was armed, then ecall; ebreak if `time` reaches the give-up time first.
     ld      t0, 0(a0)
-1:  ld      t1, 0(a0)
-    beq     t0, t1, 1b
-    ecall
-    j       .
+    ld      t3, 8(a0)
+    ld      t4, 16(a0)
+1:  ld      t1, 0(t0)
+    bne     t1, t3, 2f
+    rdtime  t2
+    bltu    t2, t4, 1b
+    ebreak
+2:  ecall
+user_wait_for_timer_end:
+    j       2b
 "#
 );
 
@@ -184,11 +191,12 @@ unsafe extern "C" {
     fn set_ssip_then_nop_after();
     fn set_sie_then_nop(mask: u64);
     fn set_sie_then_nop_after();
-    fn set_sstatus_sie_then_nop();
-    fn set_sstatus_sie_then_nop_after();
+    pub(super) fn set_sstatus_sie_then_nop();
+    pub(super) fn set_sstatus_sie_then_nop_after();
     fn sret_to_landing();
     fn sret_landing();
-    fn user_wait_for_timer(counter: u64) -> !;
+    fn user_wait_for_timer(args: u64) -> !;
+    fn user_wait_for_timer_end();
 }
 
 fn addr(f: unsafe extern "C" fn()) -> u64 {
@@ -286,10 +294,40 @@ fn user_mode_ignores_sstatus_sie() -> TestResult {
     let before = interrupt_count(Interrupt::SupervisorTimer);
     enable_in_sie(Interrupts::STI);
     timer::arm(timer::now() + timer::ticks_from_us(1_000));
-    let trap = run_user(user_wait_for_timer, timer_count_address());
+    wait_for_timer_in_user(before)?;
+    check!(LAST_IRQ_SSTATUS.load(Ordering::SeqCst) & Sstatus::SPP.bits() == 0, "taken from U");
+    Ok(())
+}
+
+/// What `user_wait_for_timer` reads: the timer interrupt counter's address, its value
+/// before the timer was armed, and the `time` at which to give up.
+#[repr(C)]
+struct UserWait {
+    counter: u64,
+    before: u64,
+    give_up: u64,
+}
+
+/// Runs `user_wait_for_timer` in U-mode until the timer interrupt counter moves past
+/// `before` (the count taken before the timer was armed, so an interrupt taken at the very
+/// entry to U-mode counts too), at most 2 s. Checks that exactly one interrupt came, in
+/// the U-mode loop. U-mode reads `time` (scounteren.TM) to give up.
+pub(super) fn wait_for_timer_in_user(before: usize) -> TestResult {
+    let args = UserWait {
+        counter: timer_count_address(),
+        before: before as u64,
+        give_up: timer::now() + timer::ticks_from_us(2_000_000),
+    };
+    let counteren = csr_read!("scounteren");
+    csr_write!("scounteren", counteren | 2);
+    let trap = run_user(user_wait_for_timer, &args as *const UserWait as u64);
+    csr_write!("scounteren", counteren);
+    check!(trap.scause != 3, "no timer interrupt in U-mode within 2 s");
     check_eq!(trap.scause, 8);
     check_eq!(interrupt_count(Interrupt::SupervisorTimer), before + 1);
-    check!(LAST_IRQ_SSTATUS.load(Ordering::SeqCst) & Sstatus::SPP.bits() == 0, "taken from U");
+    let sepc = LAST_IRQ_SEPC.load(Ordering::SeqCst);
+    let code = user_wait_for_timer as *const () as u64..addr(user_wait_for_timer_end);
+    check!(code.contains(&sepc), "taken at {sepc:#x}, outside the U-mode loop {code:#x?}");
     Ok(())
 }
 

@@ -29,6 +29,7 @@ mod interrupts;
 mod paging;
 mod plic;
 mod sbi;
+mod sweeps;
 mod uart;
 mod virtio;
 
@@ -37,6 +38,7 @@ pub const ALL: &[&[Test]] = &[
     csr::TESTS,
     exceptions::TESTS,
     interrupts::TESTS,
+    sweeps::TESTS,
     fp::TESTS,
     paging::TESTS,
     sbi::TESTS,
