@@ -95,14 +95,22 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     shutdown(true)
 }
 
-/// Waits for an interrupt.
-/// `action=echo`: reads one line from the UART (polled), says what it got, powers off.
+/// How long `action=echo` waits for its line.
+const ECHO_WAIT_US: u64 = 120_000_000;
+
+/// `action=echo`: reads one line from the UART (polled), says what it got, powers off;
+/// gives up (a failure) if the line does not come within two minutes.
 fn echo_line() -> ! {
     use uart16550::{LSR, LSR_DR, RBR, read};
     println!("# echo: ready");
+    let give_up = timer::now() + timer::ticks_from_us(ECHO_WAIT_US);
     let mut line = alloc::string::String::new();
     loop {
         while read(LSR) & LSR_DR == 0 {
+            if timer::now() > give_up {
+                println!("# echo: no line within {} s; got '{line}'", ECHO_WAIT_US / 1_000_000);
+                shutdown(true);
+            }
             core::hint::spin_loop();
         }
         match read(RBR) {
@@ -114,6 +122,8 @@ fn echo_line() -> ! {
     shutdown(false)
 }
 
+/// Waits for an interrupt (or nothing: `wfi` may return at any time, so callers loop
+/// with a bound).
 pub fn arch_wfi() {
     // SAFETY: `wfi` has no memory effects.
     unsafe { core::arch::asm!("wfi") };
