@@ -275,6 +275,7 @@ fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
             sstc,
             fp: boot_hart.is_some_and(|h| h.isa.has_letter('f') || h.isa.has_letter('d')),
             max_satp_mode: SatpMode::Sv39,
+            counters: arch::scounteren_writable() & 0xFFFF_FFFF,
         },
 
         timebase_hz: platform.timebase_hz as u32,

@@ -67,6 +67,22 @@ impl GuestHost<'_> {
     }
 }
 
+impl GuestHost<'_> {
+    /// The 16 bits at guest-virtual `va` as the vCPU fetches them: through the recent code
+    /// pages (every emulated instruction is fetched, so this is on the exit path), else
+    /// with the fault the fetch takes.
+    fn fetch_half(&mut self, v: &Vcpu, va: u64) -> Result<u16, Fault> {
+        let mut half = [0u8; 2];
+        match self.mmu.code_address(self.guest, v, va) {
+            Some(gpa) if self.guest.memory.read(gpa, &mut half) => Ok(u16::from_le_bytes(half)),
+            Some(_) => Err((AccessType::Execute.access_fault(), va)),
+            None => self
+                .read_virt(v, va, AccessType::Execute, &mut half)
+                .map(|()| u16::from_le_bytes(half)),
+        }
+    }
+}
+
 impl Host for GuestHost<'_> {
     fn now(&self) -> u64 {
         arch::time()
@@ -78,15 +94,12 @@ impl Host for GuestHost<'_> {
 
     fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
         // Halves: a 32-bit instruction may straddle a page boundary.
-        let mut low = [0u8; 2];
-        self.read_virt(vcpu, pc, AccessType::Execute, &mut low)?;
-        let low = u16::from_le_bytes(low);
+        let low = self.fetch_half(vcpu, pc)?;
         if rv::insn::length(low) == 2 {
             return Ok(low as u32);
         }
-        let mut high = [0u8; 2];
-        self.read_virt(vcpu, pc.wrapping_add(2), AccessType::Execute, &mut high)?;
-        Ok(low as u32 | (u16::from_le_bytes(high) as u32) << 16)
+        let high = self.fetch_half(vcpu, pc.wrapping_add(2))?;
+        Ok(low as u32 | (high as u32) << 16)
     }
 
     fn fetch_next(&mut self, vcpu: &Vcpu, pc: u64) -> Option<u32> {

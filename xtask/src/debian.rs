@@ -102,9 +102,8 @@ fn stanzas(text: &str) -> Vec<Vec<(String, String)>> {
     out
 }
 
-/// The mirrors the machine's apt sources name, best first: those serving a plain release
-/// (a suite without `-security`, `-updates`, ...) before the rest.
-pub fn machine_mirrors() -> Result<Vec<String>> {
+/// The binary sources the machine's apt sources files name.
+fn machine_sources() -> Vec<Source> {
     let mut sources = Vec::new();
     let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
@@ -120,7 +119,18 @@ pub fn machine_mirrors() -> Result<Vec<String>> {
             _ => {}
         }
     }
-    Ok(rank_mirrors(&sources))
+    sources
+}
+
+/// The mirrors the machine's apt sources name, best first: those serving a plain release
+/// (a suite without `-security`, `-updates`, ...) before the rest.
+pub fn machine_mirrors() -> Result<Vec<String>> {
+    Ok(rank_mirrors(&machine_sources()))
+}
+
+/// Every suite the machine's apt sources name.
+pub fn machine_suites() -> Result<Vec<String>> {
+    Ok(machine_sources().into_iter().flat_map(|s| s.suites).collect())
 }
 
 fn rank_mirrors(sources: &[Source]) -> Vec<String> {

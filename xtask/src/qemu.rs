@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::provision::QEMU;
+use crate::provision::qemu_binary;
 use crate::util::root;
 
 /// The CPU model: QEMU's generic rv64 hart with the H extension off, like the boards
@@ -118,7 +118,7 @@ impl Machine {
 
     /// The full command line, for "to reproduce, run: ..." messages.
     pub fn command_line(&self) -> String {
-        let mut line = String::from(QEMU);
+        let mut line = qemu_binary().display().to_string();
         for arg in self.args().iter().chain(["-nographic".to_string()].iter()) {
             if arg.contains(' ') {
                 line.push_str(&format!(" '{arg}'"));
@@ -135,7 +135,7 @@ impl Machine {
         let mut args = self.args();
         let m = args.iter().position(|a| a == "virt").expect("machine type is in the arguments");
         args[m] = format!("virt,dumpdtb={}", path.display());
-        let out = Command::new(QEMU).args(&args).args(["-display", "none"]).output()?;
+        let out = Command::new(qemu_binary()).args(&args).args(["-display", "none"]).output()?;
         anyhow::ensure!(
             path.exists(),
             "QEMU did not dump the device tree: {}",
@@ -251,7 +251,7 @@ pub fn run_until(
         name.replace('/', "-")
     ));
     let _ = std::fs::remove_file(&gdb_socket);
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = Command::new(qemu_binary());
     cmd.args(machine.args())
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
         .arg("-gdb")
@@ -260,7 +260,9 @@ pub fn run_until(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = KillOnDrop(cmd.spawn().with_context(|| format!("could not start {QEMU}"))?);
+    let mut child = KillOnDrop(
+        cmd.spawn().with_context(|| format!("could not start {}", qemu_binary().display()))?,
+    );
     let sink =
         Arc::new(Sink { text: Mutex::new(String::new()), stamps: Mutex::new(Vec::new()), start });
     let output = &sink.text;
@@ -333,10 +335,12 @@ fn where_harts_are(machine: &Machine, socket: &Path) -> String {
 /// Runs `machine` on the terminal (serial and QEMU monitor on stdio: Ctrl-A X quits),
 /// killing it after `timeout` if one is given.
 pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<ExitStatus> {
-    let mut cmd = Command::new(QEMU);
+    let mut cmd = Command::new(qemu_binary());
     cmd.args(machine.args()).arg("-nographic");
     let start = Instant::now();
-    let mut child = KillOnDrop(cmd.spawn().with_context(|| format!("could not start {QEMU}"))?);
+    let mut child = KillOnDrop(
+        cmd.spawn().with_context(|| format!("could not start {}", qemu_binary().display()))?,
+    );
     loop {
         if let Some(status) = child.0.try_wait()? {
             return Ok(status);

@@ -182,13 +182,14 @@ fn boot_cases() -> Result<Vec<BootCase>> {
         vec!["hypocaust 0.1.0: RISC-V hypervisor", harts, "sbi       SBI v", "powering off"]
     };
     let refusal = "hypocaust: cannot run on this platform: ";
-    // A device tree that declares Sv39-only harts (the hart itself takes Sv48 on QEMU 7.2).
+    // A device tree that declares Sv39-only harts (the hart itself takes more).
     let sv39_dtb = qemu::log_dir().join("virt-sv39.dtb");
     std::fs::create_dir_all(qemu::log_dir())?;
     let base = with(&|m| m.smp = 2);
     base.dump_dtb(&sv39_dtb)?;
     let dtb = std::fs::read(&sv39_dtb)?;
-    let patched = replace_all(&dtb, b"riscv,sv48", b"riscv,sv39");
+    let patched =
+        replace_all(&replace_all(&dtb, b"riscv,sv48", b"riscv,sv39"), b"riscv,sv57", b"riscv,sv39");
     std::fs::write(&sv39_dtb, patched)?;
 
     let big_kernel = qemu::log_dir().join("big-kernel.bin");

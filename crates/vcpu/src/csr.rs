@@ -8,11 +8,11 @@
 use bitflags::bitflags;
 use rv::csr::{self as num, ExtState, Interrupts, Satp, SatpMode, Senvcfg, Sstatus};
 
-/// `sstatus` bits a guest can write.
+/// `sstatus` bits a guest can write. Not VS: guests are never offered V, and without it
+/// the field is read-only zero (QEMU 7.2 let it be written; QEMU 10 follows the spec).
 pub const SSTATUS_WRITABLE: Sstatus = Sstatus::SIE
     .union(Sstatus::SPIE)
     .union(Sstatus::SPP)
-    .union(Sstatus::VS)
     .union(Sstatus::FS)
     .union(Sstatus::SUM)
     .union(Sstatus::MXR);
@@ -37,11 +37,14 @@ pub struct Features {
     pub fp: bool,
     /// The widest paging mode offered (Bare and every mode up to it are accepted).
     pub max_satp_mode: SatpMode,
+    /// The writable bits of `scounteren`: the host hart's (a counter it does not implement
+    /// has its bit read-only zero).
+    pub counters: u64,
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Self { sstc: true, fp: true, max_satp_mode: SatpMode::Sv39 }
+        Self { sstc: true, fp: true, max_satp_mode: SatpMode::Sv39, counters: 0xFFFF_FFFF }
     }
 }
 
@@ -224,7 +227,7 @@ impl Csrs {
                     self.stvec = value;
                 }
             }
-            num::SCOUNTEREN => self.scounteren = value,
+            num::SCOUNTEREN => self.scounteren = value & features.counters,
             num::SENVCFG => {
                 let mask = SENVCFG_WRITABLE.bits();
                 self.senvcfg = (self.senvcfg & !mask) | (value & mask);
@@ -274,11 +277,11 @@ mod tests {
         assert_ne!(s & Sstatus::SD.bits(), 0, "FS dirty sets SD");
         c.write(num::SSTATUS, 0, &f()).unwrap();
         assert_eq!(c.sstatus(), UXL_64);
-        // SD follows FS = Dirty and VS = Dirty, not Clean.
+        // SD follows FS = Dirty, not Clean; VS is read-only zero (no V).
         c.write(num::SSTATUS, 2 << 13, &f()).unwrap();
         assert_eq!(c.sstatus() & Sstatus::SD.bits(), 0);
         c.write(num::SSTATUS, 3 << 9, &f()).unwrap();
-        assert_ne!(c.sstatus() & Sstatus::SD.bits(), 0);
+        assert_eq!(c.sstatus(), UXL_64);
         // UXL is read-only; XS and UBE read zero.
         c.write(num::SSTATUS, 1 << 32 | Sstatus::XS.bits() | Sstatus::UBE.bits(), &f()).unwrap();
         assert_eq!(c.sstatus(), UXL_64);
@@ -319,7 +322,10 @@ mod tests {
         c.write(num::SENVCFG, u64::MAX, &f()).unwrap();
         assert_eq!(c.senvcfg, 0xF1);
         c.write(num::SCOUNTEREN, u64::MAX, &f()).unwrap();
-        assert_eq!(c.read(num::SCOUNTEREN, &f(), at(0)).unwrap(), u64::MAX);
+        assert_eq!(c.read(num::SCOUNTEREN, &f(), at(0)).unwrap(), 0xFFFF_FFFF);
+        let few = Features { counters: 0x7_fff8 | 7, ..f() };
+        c.write(num::SCOUNTEREN, u64::MAX, &few).unwrap();
+        assert_eq!(c.read(num::SCOUNTEREN, &few, at(0)).unwrap(), 0x7_ffff, "the host's bits");
     }
 
     #[test]

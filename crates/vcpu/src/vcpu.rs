@@ -303,19 +303,22 @@ impl Vcpu {
     }
 
     /// Emulates the privileged instruction that trapped in virtual S-mode, or raises
-    /// illegal instruction with the same `stval` if S-mode could not execute it either.
+    /// illegal instruction if S-mode could not execute it either.
+    ///
+    /// The instruction is always read from guest memory, never taken from `stval`: the
+    /// spec lets a hart put the instruction's bits there, but QEMU 10.0 leaves the bits of
+    /// an earlier instruction for some (`mret`), and emulating those would run the wrong
+    /// instruction. `stval` only says whether the hart reports bits at all: the illegal
+    /// instruction forwarded to the guest carries the bits if it does, 0 if not.
     fn emulate(&mut self, stval: u64, lines: Lines, host: &mut impl Host) -> Action {
-        let bits = if stval != 0 {
-            stval as u32
-        } else {
-            match host.fetch_instruction(self, self.regs.pc) {
-                Ok(bits) => bits,
-                Err((e, tval)) => {
-                    self.raise(e, tval);
-                    return Action::Resume;
-                }
+        let bits = match host.fetch_instruction(self, self.regs.pc) {
+            Ok(bits) => bits,
+            Err((e, tval)) => {
+                self.raise(e, tval);
+                return Action::Resume;
             }
         };
+        let stval = if stval != 0 { bits as u64 } else { 0 };
         let Some(Decoded { instruction, length }) = decode(bits) else {
             self.raise(Exception::IllegalInstruction, stval);
             return Action::Resume;

@@ -70,6 +70,19 @@ pub unsafe fn switch_page_table_keep_tlb(satp: u64) {
     unsafe { asm!("csrw satp, {0}", in(reg) satp) };
 }
 
+/// The bits of `scounteren` the hart implements (WARL): all ones written, read back; the
+/// register is left zero.
+pub fn scounteren_writable() -> u64 {
+    let writable: u64;
+    // SAFETY: scounteren only gates U-mode counter reads; hypocaust sets it before every
+    // guest entry.
+    unsafe {
+        asm!("csrw scounteren, {all}", "csrr {w}, scounteren", "csrw scounteren, zero",
+             all = in(reg) u64::MAX, w = out(reg) writable)
+    };
+    writable
+}
+
 /// Waits for an interrupt (returns on any pending enabled one, or spuriously).
 #[inline]
 pub fn wait_for_interrupt() {

@@ -607,10 +607,12 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let has_boot_run = jobs.iter().any(|j| matches!(j, Job::Linux(w) if w.name == "boot"));
     let mut report = Report::new(opts, rows(&jobs), has_boot_run);
-    report.qemu =
-        text_within(Command::new(provision::QEMU).arg("--version"), Duration::from_secs(30))
-            .map(|v| v.lines().next().unwrap_or("").to_string())
-            .unwrap_or_default();
+    report.qemu = text_within(
+        Command::new(provision::qemu_binary()).arg("--version"),
+        Duration::from_secs(30),
+    )
+    .map(|v| v.lines().next().unwrap_or("").to_string())
+    .unwrap_or_default();
     report.guest = images.as_ref().map(|i| i.release.clone());
 
     let runs_per_rep: usize = jobs.iter().map(|j| 2 * j.modes().len()).sum();

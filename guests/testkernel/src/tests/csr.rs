@@ -217,12 +217,16 @@ fn sip_writable_bits() -> TestResult {
 }
 
 fn scounteren_rw() -> TestResult {
-    for v in [0u64, 1, 7, 0xFFFF_FFF8] {
-        csr_write!("scounteren", v);
-        check_eq!(csr_read!("scounteren") & 0xFFFF_FFFF, v);
-    }
+    // WARL: CY, TM and IR are writable; a bit of a counter the hart does not implement may
+    // read zero (QEMU 10 keeps only the HPM counters it has).
     csr_write!("scounteren", u64::MAX);
-    observe!("all_ones", csr_read!("scounteren"));
+    let writable = csr_read!("scounteren") & 0xFFFF_FFFF;
+    check_eq!(writable & 7, 7);
+    for v in [0u64, 1, 7, 0xFFFF_FFF8, 0x5555_5555] {
+        csr_write!("scounteren", v);
+        check_eq!(csr_read!("scounteren") & 0xFFFF_FFFF, v & writable);
+    }
+    observe!("writable", writable);
     csr_write!("scounteren", 0);
     Ok(())
 }

