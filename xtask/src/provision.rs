@@ -180,7 +180,7 @@ fn install_from_backports(release: &str, why: &str) -> Result<()> {
         crate::debian::KEYRING
     );
     let packages = ["qemu-system-riscv", "qemu-system-data"];
-    let listed = crate::debian::machine_suites()?.iter().any(|s| *s == suite);
+    let listed = crate::debian::machine_suites()?.contains(&suite);
     if !is_root() {
         let add = if listed {
             String::new()
