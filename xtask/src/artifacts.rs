@@ -28,6 +28,11 @@ pub fn hypervisor() -> Result<PathBuf> {
     build("hypervisor", "hypocaust", HYPERVISOR_TARGET)
 }
 
+/// hypocaust's M-mode firmware (an ELF: QEMU's `-bios` loads its segments).
+pub fn firmware() -> Result<PathBuf> {
+    build("firmware", "hypocaust-firmware", HYPERVISOR_TARGET)
+}
+
 /// The guest test kernel as a flat Image (what `-kernel` and hypocaust load).
 pub fn testkernel() -> Result<PathBuf> {
     let elf = build("testkernel", "testkernel", GUEST_TARGET)?;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use qemu::Firmware;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test hypocaust", version)]
@@ -65,6 +66,9 @@ enum Cmd {
         /// Hypocaust's log level (error, warn, info, debug, trace).
         #[arg(long, default_value = "info")]
         log: String,
+        /// The M-mode firmware under hypocaust.
+        #[arg(long, value_enum, default_value_t = Firmware::default())]
+        firmware: Firmware,
     },
     /// Boot the Debian Linux guest under hypocaust (or natively), interactively or to run
     /// shell commands.
@@ -101,6 +105,9 @@ enum Cmd {
         /// With --cmd: print only the command's output, not the whole console.
         #[arg(long)]
         quiet: bool,
+        /// The M-mode firmware under hypocaust.
+        #[arg(long, value_enum, default_value_t = Firmware::default())]
+        firmware: Firmware,
     },
     /// Download Debian's riscv64 kernel, busybox and dropbear (unstable) and build the Linux
     /// guest's images (kernel, initramfs, disk) in the user cache directory.
@@ -130,6 +137,9 @@ enum Cmd {
         /// Where to write the results (JSON).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        /// Only hypocaust on this firmware (default: on both, side by side).
+        #[arg(long, value_enum)]
+        firmware: Option<Firmware>,
     },
     /// Run the guest test suite and print its per-test results.
     Suite {
@@ -154,6 +164,16 @@ enum Cmd {
         /// Run the comparison N times, stopping at the first that fails.
         #[arg(long, value_name = "N", default_value_t = 1)]
         repeat: usize,
+        /// The M-mode firmware under hypocaust (the native run is on OpenSBI).
+        #[arg(long, value_enum, default_value_t = Firmware::default())]
+        firmware: Firmware,
+        /// Harts of the machine.
+        #[arg(long, default_value_t = 1)]
+        smp: usize,
+        /// Instead of hypocaust: the test kernel natively on hypocaust's firmware, compared
+        /// with natively on OpenSBI (how `cargo xtask test` checks the firmware).
+        #[arg(long, conflicts_with = "native")]
+        compare_firmware: bool,
     },
 }
 
@@ -174,6 +194,7 @@ struct RunOptions {
     guest_memory: Option<u32>,
     ssh_port: Option<u16>,
     log: String,
+    firmware: Firmware,
 }
 
 /// `cargo xtask run`: the Linux guest by default, the test kernel or a kernel of one's own.
@@ -188,6 +209,7 @@ fn run_command(o: RunOptions) -> Result<bool> {
         boot.append = o.append;
         boot.ssh_port = Some(linux::run::pick_ssh_port(o.ssh_port)?);
         boot.log = o.log;
+        boot.firmware = o.firmware;
         return linux::run::interactive(&images, &boot, o.timeout);
     }
     // The test kernel gets the suite's machine: its devices, passed through.
@@ -218,7 +240,7 @@ fn run_command(o: RunOptions) -> Result<bool> {
             }],
             &bundle,
         )?;
-        let mut m = suite::hypocaust_machine(bundle)?;
+        let mut m = suite::hypocaust_machine(bundle, o.firmware)?;
         m.memory_mib = o.memory;
         m.append = Some(format!("hypocaust.log={}", o.log));
         m
@@ -247,6 +269,7 @@ fn run() -> Result<ExitCode> {
             guest_memory,
             ssh_port,
             log,
+            firmware,
         } => run_command(RunOptions {
             smp,
             memory,
@@ -259,6 +282,7 @@ fn run() -> Result<ExitCode> {
             guest_memory,
             ssh_port,
             log,
+            firmware,
         })
         .map(code),
         Cmd::Linux {
@@ -272,8 +296,10 @@ fn run() -> Result<ExitCode> {
             ssh_port,
             log,
             quiet,
+            firmware,
         } => {
             let mut boot = linux::run::Boot::new("linux", native);
+            boot.firmware = firmware;
             boot.smp = smp;
             boot.guest_mib = guest_memory;
             boot.host_mib = memory;
@@ -290,25 +316,43 @@ fn run() -> Result<ExitCode> {
         Cmd::FetchGuests => linux::fetch_command().map(code),
         Cmd::Test => test::command().map(code),
         Cmd::Lint => lint().map(code),
-        Cmd::Bench { quick, reps, baseline, filter, output } => bench::command(&bench::Options {
-            quick,
-            reps: reps.unwrap_or(if quick { 1 } else { 3 }),
-            repeat_within: reps.is_none().then_some(bench::REPEAT_WITHIN),
-            baseline,
+        Cmd::Bench { quick, reps, baseline, filter, output, firmware } => {
+            bench::command(&bench::Options {
+                quick,
+                reps: reps.unwrap_or(if quick { 1 } else { 3 }),
+                repeat_within: reps.is_none().then_some(bench::REPEAT_WITHIN),
+                baseline,
+                filter,
+                output: output.unwrap_or_else(bench::Options::default_output),
+                verbose: true,
+                firmware,
+            })
+            .map(code)
+        }
+        Cmd::Suite {
+            native,
             filter,
-            output: output.unwrap_or_else(bench::Options::default_output),
-            verbose: true,
-        })
-        .map(code),
-        Cmd::Suite { native, filter, legacy, icount, sweep, hogs, repeat } => {
-            let opts = suite::Options { filter, legacy, icount, sweep };
+            legacy,
+            icount,
+            sweep,
+            hogs,
+            repeat,
+            firmware,
+            smp,
+            compare_firmware,
+        } => {
+            let opts = suite::Options { filter, legacy, icount, sweep, firmware, smp };
             let _hogs = util::CpuHogs::start(hogs);
             let mut ok = true;
             for run in 1..=repeat {
                 if repeat > 1 {
                     println!("== run {run} of {repeat}");
                 }
-                ok = suite::command(native, &opts)?;
+                ok = if compare_firmware {
+                    suite::compare_firmware(&opts)?
+                } else {
+                    suite::command(native, &opts)?
+                };
                 if !ok {
                     break;
                 }
@@ -328,9 +372,11 @@ fn lint() -> Result<bool> {
     };
     util::run_status(cargo().args(["fmt", "--all", "--check"]))?;
     util::run_status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    for (target, package) in
-        [(provision::HYPERVISOR_TARGET, "hypervisor"), (provision::GUEST_TARGET, "testkernel")]
-    {
+    for (target, package) in [
+        (provision::HYPERVISOR_TARGET, "hypervisor"),
+        (provision::HYPERVISOR_TARGET, "firmware"),
+        (provision::GUEST_TARGET, "testkernel"),
+    ] {
         util::run_status(cargo().args([
             "clippy",
             "--release",

@@ -46,6 +46,37 @@ pub fn virtio_devices_forwarding(disk: &Path, legacy: bool, ssh: Option<u16>) ->
     args
 }
 
+/// The M-mode firmware a machine running hypocaust boots with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// hypocaust's own (firmware/, built on RustSBI): it delegates to S-mode every
+    /// exception hypocaust handles.
+    #[default]
+    Hypocaust,
+    /// OpenSBI, as QEMU ships it (`-bios default`): every illegal instruction goes through
+    /// M-mode.
+    Opensbi,
+}
+
+impl Firmware {
+    /// Its name in logs and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hypocaust => "hypocaust-fw",
+            Self::Opensbi => "opensbi",
+        }
+    }
+
+    /// What `-bios` gets: the firmware's ELF (built if need be), or None for QEMU's
+    /// default (OpenSBI).
+    pub fn bios(self) -> Result<Option<PathBuf>> {
+        match self {
+            Self::Hypocaust => crate::artifacts::firmware().map(Some),
+            Self::Opensbi => Ok(None),
+        }
+    }
+}
+
 /// One QEMU `virt` machine.
 #[derive(Clone, Debug)]
 pub struct Machine {
@@ -54,6 +85,8 @@ pub struct Machine {
     pub memory_mib: u64,
     /// Loaded by `-kernel`: hypocaust's ELF, or a guest Image when run natively.
     pub kernel: PathBuf,
+    /// `-bios`: a firmware file, or None for QEMU's default (OpenSBI).
+    pub bios: Option<PathBuf>,
     pub append: Option<String>,
     pub initrd: Option<PathBuf>,
     pub dtb: Option<PathBuf>,
@@ -75,6 +108,7 @@ impl Machine {
             smp: 1,
             memory_mib: 1024,
             kernel: kernel.into(),
+            bios: None,
             append: None,
             initrd: None,
             dtb: None,
@@ -96,7 +130,7 @@ impl Machine {
             "-m",
             &format!("{}M", self.memory_mib),
             "-bios",
-            "default",
+            &self.bios.as_ref().map_or("default".into(), |b| b.to_string_lossy().into_owned()),
             "-kernel",
             &self.kernel.to_string_lossy(),
         ]
@@ -321,6 +355,7 @@ pub fn run_until(
 fn where_harts_are(machine: &Machine, socket: &Path) -> String {
     // A flat image (`X.bin`) has its symbols in the ELF file it was made from (`X`).
     let elves: Vec<PathBuf> = std::iter::once(&machine.kernel)
+        .chain(&machine.bios)
         .chain(&machine.symbols)
         .map(|p| {
             if p.extension().is_some_and(|e| e == "bin") { p.with_extension("") } else { p.clone() }

@@ -1,7 +1,8 @@
 //! `cargo xtask suite`: the guest test kernel natively on QEMU (the oracle) and under
 //! hypocaust, side by side. The two runs must agree test by test, observations included,
-//! except for the capabilities hypocaust deliberately does not offer, listed in
-//! [`NOT_OFFERED`].
+//! except for the deliberate differences listed in [`UNDER_HYPOCAUST`]. The same machinery
+//! compares the oracle with the test kernel natively on hypocaust's own firmware
+//! ([`ON_HYPOCAUST_FIRMWARE`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use anyhow::Result;
 
 use crate::artifacts::{self, GuestFiles};
 use crate::provision;
-use crate::qemu::{self, Machine, Run};
+use crate::qemu::{self, Firmware, Machine, Run};
 use crate::tap::{Report, Status, TestResult};
 
 /// Timeout of one suite run; the suite takes a few seconds.
@@ -19,44 +20,92 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// RAM of the test kernel: the whole machine natively, the guest's under hypocaust.
 pub const GUEST_MIB: u32 = 256;
 
-/// The one list of deliberate differences: tests that find a capability missing under
-/// hypocaust (and report `# SKIP not offered: ...`) while the hart itself has it.
-pub const NOT_OFFERED: &[(&str, &str)] = &[
-    ("paging/sv48-gigapage-alias", SV48_WHY),
-    ("paging/sv48-4k-page", SV48_WHY),
-    ("paging/sv48-non-canonical", SV48_WHY),
-    ("paging/sv57-gigapage-alias", "Sv57 guests would need a wider host mode than exists"),
-];
-
-const SV48_WHY: &str = "Sv48 guests need hypocaust in Sv57; it runs in Sv48";
-
-/// The other direction: tests that pass under hypocaust but skip natively, because the
-/// native firmware (QEMU's OpenSBI) cannot run them.
-pub const ONLY_UNDER_HYPOCAUST: &[(&str, &str)] = &[(
-    "sbi/dbcn-write-bad-address",
-    "OpenSBI up to 1.5 hangs on a DBCN buffer at an address with nothing behind it; \
-     hypocaust answers INVALID_PARAM as the SBI spec says",
-)];
+/// The deliberate differences between two runs of the suite, in one place each: the
+/// only tests allowed to differ.
+pub struct Differences {
+    /// Tests that find a capability missing in the second run (and report `# SKIP not
+    /// offered: ...`) while the first has it.
+    pub not_offered: &'static [(&'static str, &'static str)],
+    /// Tests that skip in the first run and pass in the second: what only the second
+    /// offers, or what the first's firmware cannot run.
+    pub only_second: &'static [(&'static str, &'static str)],
+    /// Tests where the second is deliberately stricter: both must pass, and the second
+    /// must show the listed observations (the request refused).
+    pub stricter: &'static [(&'static str, &'static str, Observations)],
+}
 
 /// `# obs` key/value pairs a run must show.
 type Observations = &'static [(&'static str, &'static str)];
 
-/// Tests where hypocaust is deliberately stricter than QEMU: both runs must pass, and the
-/// hypocaust run must show the listed observations (the request refused).
-pub const STRICTER_UNDER_HYPOCAUST: &[(&str, &str, Observations)] = &[
-    (
-        "virtio/blk-buffer-outside-ram",
-        "QEMU bounces a buffer of up to a page at a non-RAM address (writes zeros to the disk); \
-         hypocaust refuses any buffer outside the guest's RAM, as QEMU does for larger ones",
-        &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")],
-    ),
-    (
-        "virtio/blk-read-into-outside-ram",
-        "QEMU bounces a buffer of up to a page at a non-RAM address (the data goes nowhere); \
-         hypocaust refuses any buffer outside the guest's RAM, as QEMU does for larger ones",
-        &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")],
-    ),
-];
+const SV48_WHY: &str = "Sv48 guests need hypocaust in Sv57; it runs in Sv48";
+
+const DBCN_BAD_ADDRESS: (&str, &str) = (
+    "sbi/dbcn-write-bad-address",
+    "OpenSBI up to 1.5 hangs on a DBCN buffer at an address with nothing behind it; \
+     the SBI spec says INVALID_PARAM",
+);
+
+/// Natively (QEMU on OpenSBI) against under hypocaust.
+pub const UNDER_HYPOCAUST: Differences = Differences {
+    not_offered: &[
+        ("paging/sv48-gigapage-alias", SV48_WHY),
+        ("paging/sv48-4k-page", SV48_WHY),
+        ("paging/sv48-non-canonical", SV48_WHY),
+        ("paging/sv57-gigapage-alias", "Sv57 guests would need a wider host mode than exists"),
+    ],
+    only_second: &[DBCN_BAD_ADDRESS],
+    stricter: &[
+        (
+            "virtio/blk-buffer-outside-ram",
+            "QEMU bounces a buffer of up to a page at a non-RAM address (writes zeros to the disk); \
+             hypocaust refuses any buffer outside the guest's RAM, as QEMU does for larger ones",
+            &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")],
+        ),
+        (
+            "virtio/blk-read-into-outside-ram",
+            "QEMU bounces a buffer of up to a page at a non-RAM address (the data goes nowhere); \
+             hypocaust refuses any buffer outside the guest's RAM, as QEMU does for larger ones",
+            &[("used-idx", "0x0"), ("sectors-zeroed", "0x0")],
+        ),
+    ],
+};
+
+/// Natively on OpenSBI against natively on hypocaust's firmware: the same hart, two SBI
+/// implementations.
+pub const ON_HYPOCAUST_FIRMWARE: Differences =
+    Differences { not_offered: &[], only_second: &[DBCN_BAD_ADDRESS], stricter: &[] };
+
+/// Where one run of the suite runs: the test kernel directly on QEMU, or as a guest of
+/// hypocaust; on either firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Native(Firmware),
+    Hypocaust(Firmware),
+}
+
+impl Place {
+    /// The oracle: directly on QEMU with its OpenSBI.
+    pub const ORACLE: Place = Place::Native(Firmware::Opensbi);
+
+    /// Its name in file names and messages: `native`, `native-hypocaust-fw`,
+    /// `hypocaust-opensbi`, ...
+    pub fn name(self) -> String {
+        match self {
+            Place::Native(Firmware::Opensbi) => "native".into(),
+            Place::Native(f) => format!("native-{}", f.name()),
+            Place::Hypocaust(f) => format!("hypocaust-{}", f.name()),
+        }
+    }
+
+    /// A column title.
+    fn title(self) -> String {
+        match self {
+            Place::Native(Firmware::Opensbi) => "native".into(),
+            Place::Native(f) => f.name().into(),
+            Place::Hypocaust(_) => "hypocaust".into(),
+        }
+    }
+}
 
 /// Options of a suite run.
 #[derive(Clone, Debug, Default)]
@@ -71,18 +120,23 @@ pub struct Options {
     pub icount: Option<u32>,
     /// `sweep=N` for the test kernel: the timing sweeps try N deadline offsets.
     pub sweep: Option<u64>,
+    /// The firmware hypocaust runs on (the native run is always on OpenSBI).
+    pub firmware: Firmware,
+    /// Harts of the machine (0: 1).
+    pub smp: usize,
 }
 
 /// All eight virtio-mmio slots of `virt` go to the suite's guest, so it finds its devices
 /// where the native run does.
 pub const ALL_VIRTIO_SLOTS: u64 = 0xff;
 
-/// The name of a run (`suite-native`, `suite-hypocaust-legacy`, ...): its log is
-/// `target/logs/<name>.log`, its disk `target/logs/<name>-disk.img`.
-fn run_name(side: &str, opts: &Options) -> String {
+/// The name of a run (`suite-native`, `suite-hypocaust-hypocaust-fw-legacy`, ...): its log
+/// is `target/logs/<name>.log`, its disk `target/logs/<name>-disk.img`.
+fn run_name(place: Place, opts: &Options) -> String {
     let legacy = if opts.legacy { "-legacy" } else { "" };
     let icount = opts.icount.map(|s| format!("-icount{s}")).unwrap_or_default();
-    format!("suite-{side}{legacy}{icount}")
+    let smp = if opts.smp > 1 { format!("-smp{}", opts.smp) } else { String::new() };
+    format!("suite-{}{legacy}{icount}{smp}", place.name())
 }
 
 /// QEMU arguments for a deterministic clock: `shift` as given, no alignment to the host's
@@ -116,46 +170,48 @@ fn suite_machine(machine: &mut Machine, name: &str, opts: &Options) -> Result<()
     Ok(())
 }
 
-/// Runs the test kernel directly on QEMU's OpenSBI.
-pub fn run_native(opts: &Options) -> Result<(Report, Run)> {
+/// Runs the test kernel at `place`.
+pub fn run(place: Place, opts: &Options) -> Result<(Report, Run)> {
     let kernel = artifacts::testkernel()?;
-    let mut machine = Machine::new(kernel);
-    machine.memory_mib = GUEST_MIB as u64;
-    let args = bootargs(opts);
-    machine.append = (!args.is_empty()).then_some(args);
-    let name = run_name("native", opts);
+    let name = run_name(place, opts);
+    let mut machine = match place {
+        Place::Native(firmware) => {
+            let mut m = Machine::new(&kernel);
+            m.bios = firmware.bios()?;
+            m.memory_mib = GUEST_MIB as u64;
+            let args = bootargs(opts);
+            m.append = (!args.is_empty()).then_some(args);
+            m
+        }
+        Place::Hypocaust(firmware) => {
+            let bundle = qemu::log_dir().join(format!("{name}-bundle.img"));
+            artifacts::bundle(
+                &[GuestFiles {
+                    name: "suite".into(),
+                    kernel: kernel.clone(),
+                    initrd: None,
+                    bootargs: bootargs(opts),
+                    memory_mib: GUEST_MIB,
+                    vcpus: 1,
+                    virtio_slots: ALL_VIRTIO_SLOTS,
+                }],
+                &bundle,
+            )?;
+            let mut m = hypocaust_machine(bundle, firmware)?;
+            m.symbols.push(kernel);
+            m
+        }
+    };
+    machine.smp = opts.smp.max(1);
     suite_machine(&mut machine, &name, opts)?;
     let run = qemu::run_captured(&machine, &name, TIMEOUT, false)?;
     Ok((Report::parse(&run.output), run))
 }
 
-/// Runs the test kernel as a guest of hypocaust.
-pub fn run_hypocaust(opts: &Options) -> Result<(Report, Run)> {
-    let kernel = artifacts::testkernel()?;
-    let bundle = qemu::log_dir().join("suite-bundle.img");
-    artifacts::bundle(
-        &[GuestFiles {
-            name: "suite".into(),
-            kernel: kernel.clone(),
-            initrd: None,
-            bootargs: bootargs(opts),
-            memory_mib: GUEST_MIB,
-            vcpus: 1,
-            virtio_slots: ALL_VIRTIO_SLOTS,
-        }],
-        &bundle,
-    )?;
-    let mut machine = hypocaust_machine(bundle)?;
-    machine.symbols.push(kernel);
-    let name = run_name("hypocaust", opts);
-    suite_machine(&mut machine, &name, opts)?;
-    let run = qemu::run_captured(&machine, &name, TIMEOUT, false)?;
-    Ok((Report::parse(&run.output), run))
-}
-
-/// A QEMU machine that boots hypocaust with `bundle` as its guests.
-pub fn hypocaust_machine(bundle: PathBuf) -> Result<Machine> {
+/// A QEMU machine that boots hypocaust on `firmware` with `bundle` as its guests.
+pub fn hypocaust_machine(bundle: PathBuf, firmware: Firmware) -> Result<Machine> {
     let mut machine = Machine::new(artifacts::hypervisor()?);
+    machine.bios = firmware.bios()?;
     machine.memory_mib = 1024;
     machine.initrd = Some(bundle);
     Ok(machine)
@@ -166,11 +222,11 @@ pub fn hypocaust_machine(bundle: PathBuf) -> Result<Machine> {
 pub enum Verdict {
     /// Same status and observations.
     Identical,
-    /// Listed in [`NOT_OFFERED`] and skipped as "not offered" under hypocaust.
+    /// Listed as not offered, and skipped as "not offered" in the second run.
     NotOffered(&'static str),
-    /// Listed in [`ONLY_UNDER_HYPOCAUST`]: skipped natively, passed under hypocaust.
-    OnlyHypocaust(&'static str),
-    /// Listed in [`STRICTER_UNDER_HYPOCAUST`]: passed in both, hypocaust refused.
+    /// Listed as offered only by the second: skipped in the first, passed in the second.
+    OnlySecond(&'static str),
+    /// Listed as stricter in the second: passed in both, the second refused.
     Stricter(&'static str),
     /// Anything else; the reason says what differs.
     Differs(String),
@@ -186,26 +242,31 @@ fn status_word(s: Option<&Status>) -> String {
     }
 }
 
-/// Compares one test's two results.
-pub fn compare(name: &str, native: Option<&TestResult>, hyp: Option<&TestResult>) -> Verdict {
-    let (Some(n), Some(h)) = (native, hyp) else {
+/// Compares one test's two results (`first` is the oracle), allowing `allowed`.
+pub fn compare(
+    name: &str,
+    first: Option<&TestResult>,
+    second: Option<&TestResult>,
+    allowed: &Differences,
+) -> Verdict {
+    let (Some(n), Some(h)) = (first, second) else {
         return Verdict::Differs("reported by only one run".into());
     };
     if n.status == Status::Fail {
-        return Verdict::Differs("fails natively: the test or the oracle is wrong".into());
+        return Verdict::Differs("fails in the oracle run: the test or the oracle is wrong".into());
     }
-    if let Some((_, why)) = NOT_OFFERED.iter().find(|(t, _)| *t == name)
+    if let Some((_, why)) = allowed.not_offered.iter().find(|(t, _)| *t == name)
         && matches!(&h.status, Status::Skip(r) if r.starts_with("not offered"))
     {
         return Verdict::NotOffered(why);
     }
-    if let Some((_, why)) = ONLY_UNDER_HYPOCAUST.iter().find(|(t, _)| *t == name)
+    if let Some((_, why)) = allowed.only_second.iter().find(|(t, _)| *t == name)
         && matches!(n.status, Status::Skip(_))
         && h.status == Status::Pass
     {
-        return Verdict::OnlyHypocaust(why);
+        return Verdict::OnlySecond(why);
     }
-    if let Some((_, why, wanted)) = STRICTER_UNDER_HYPOCAUST.iter().find(|(t, ..)| *t == name)
+    if let Some((_, why, wanted)) = allowed.stricter.iter().find(|(t, ..)| *t == name)
         && n.status == Status::Pass
         && h.status == Status::Pass
         && wanted.iter().all(|(k, v)| h.observations.iter().any(|(hk, hv)| hk == k && hv == v))
@@ -215,7 +276,7 @@ pub fn compare(name: &str, native: Option<&TestResult>, hyp: Option<&TestResult>
 
     if n.status != h.status {
         return Verdict::Differs(format!(
-            "{} natively, {} under hypocaust",
+            "{} in the first run, {} in the second",
             status_word(Some(&n.status)),
             status_word(Some(&h.status))
         ));
@@ -225,7 +286,7 @@ pub fn compare(name: &str, native: Option<&TestResult>, hyp: Option<&TestResult>
             o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         };
         return Verdict::Differs(format!(
-            "observed {} natively, {} under hypocaust",
+            "observed {} in the first run, {} in the second",
             show(&n.observations),
             show(&h.observations)
         ));
@@ -236,15 +297,31 @@ pub fn compare(name: &str, native: Option<&TestResult>, hyp: Option<&TestResult>
 /// Both runs, compared: every test name with its two results and the verdict.
 pub struct Comparison {
     pub rows: Vec<(String, Option<TestResult>, Option<TestResult>, Verdict)>,
+    pub places: [Place; 2],
     pub native: (Report, Run),
     pub hypocaust: (Report, Run),
 }
 
 impl Comparison {
-    /// Runs both and compares them.
+    /// The oracle against the test kernel under hypocaust (on `opts.firmware`).
     pub fn run(opts: &Options) -> Result<Self> {
-        let native = run_native(opts)?;
-        let hypocaust = run_hypocaust(opts)?;
+        Self::between([Place::ORACLE, Place::Hypocaust(opts.firmware)], opts, &UNDER_HYPOCAUST)
+    }
+
+    /// The oracle against the test kernel natively on hypocaust's firmware.
+    pub fn firmware(opts: &Options) -> Result<Self> {
+        Self::between(
+            [Place::ORACLE, Place::Native(Firmware::Hypocaust)],
+            opts,
+            &ON_HYPOCAUST_FIRMWARE,
+        )
+    }
+
+    /// Runs at both places and compares them (`native` and `hypocaust` name the first
+    /// and the second run).
+    pub fn between(places: [Place; 2], opts: &Options, allowed: &Differences) -> Result<Self> {
+        let native = run(places[0], opts)?;
+        let hypocaust = run(places[1], opts)?;
         let mut names: Vec<String> = native.0.tests.iter().map(|t| t.name.clone()).collect();
         for t in &hypocaust.0.tests {
             if !names.contains(&t.name) {
@@ -256,11 +333,11 @@ impl Comparison {
             .map(|name| {
                 let n = native.0.tests.iter().find(|t| t.name == name).cloned();
                 let h = hypocaust.0.tests.iter().find(|t| t.name == name).cloned();
-                let verdict = compare(&name, n.as_ref(), h.as_ref());
+                let verdict = compare(&name, n.as_ref(), h.as_ref(), allowed);
                 (name, n, h, verdict)
             })
             .collect();
-        Ok(Self { rows, native, hypocaust })
+        Ok(Self { rows, places, native, hypocaust })
     }
 
     /// Whether both runs completed and every test matched (or is not offered).
@@ -273,7 +350,8 @@ impl Comparison {
 
     /// Prints the table, and the end of a run's log if it did not complete.
     pub fn print(&self, verbose: bool) {
-        println!("  {:<40} {:<8} {:<12}", "test", "native", "hypocaust");
+        let [a, b] = self.places;
+        println!("  {:<40} {:<8} {:<12}", "test", a.title(), b.title());
         for (name, n, h, verdict) in &self.rows {
             let quiet = matches!(verdict, Verdict::Identical) && !verbose;
             if quiet {
@@ -281,7 +359,7 @@ impl Comparison {
             }
             let note = match verdict {
                 Verdict::Identical => String::new(),
-                Verdict::NotOffered(why) | Verdict::OnlyHypocaust(why) | Verdict::Stricter(why) => {
+                Verdict::NotOffered(why) | Verdict::OnlySecond(why) | Verdict::Stricter(why) => {
                     format!("({why})")
                 }
                 Verdict::Differs(why) => format!("<- DIFFERS: {why}"),
@@ -299,17 +377,23 @@ impl Comparison {
         }
         let identical = self.rows.iter().filter(|r| r.3 == Verdict::Identical).count();
         let offered = self.rows.iter().filter(|r| matches!(r.3, Verdict::NotOffered(_))).count();
-        let extra = self.rows.iter().filter(|r| matches!(r.3, Verdict::OnlyHypocaust(_))).count();
+        let extra = self.rows.iter().filter(|r| matches!(r.3, Verdict::OnlySecond(_))).count();
         let stricter = self.rows.iter().filter(|r| matches!(r.3, Verdict::Stricter(_))).count();
         let differ = self.rows.len() - identical - offered - extra - stricter;
         println!(
-            "{} tests: {identical} identical, {offered} not offered, {extra} offered only and {stricter} stricter under hypocaust, {differ} differ (native {:.1} s, hypocaust {:.1} s)",
+            "{} tests: {identical} identical, {offered} not offered, {extra} offered only and {stricter} stricter {}, {differ} differ ({} {:.1} s, {} {:.1} s)",
             self.rows.len(),
+            match b {
+                Place::Hypocaust(_) => "under hypocaust",
+                Place::Native(_) => "on hypocaust's firmware",
+            },
+            a.name(),
             self.native.1.elapsed.as_secs_f64(),
+            b.name(),
             self.hypocaust.1.elapsed.as_secs_f64()
         );
-        for (which, (report, run)) in [("native", &self.native), ("hypocaust", &self.hypocaust)] {
-            print_incomplete(which, report, run);
+        for (place, (report, run)) in [(a, &self.native), (b, &self.hypocaust)] {
+            print_incomplete(&place.name(), report, run);
         }
     }
 }
@@ -351,12 +435,21 @@ pub fn print_report(title: &str, report: &Report, run: &Run) {
     print_incomplete("test kernel", report, run);
 }
 
+/// `cargo xtask suite --compare-firmware`.
+pub fn compare_firmware(opts: &Options) -> Result<bool> {
+    provision::all()?;
+    let c = Comparison::firmware(opts)?;
+    println!("guest test suite: natively on OpenSBI and natively on hypocaust's firmware");
+    c.print(true);
+    Ok(c.agrees())
+}
+
 /// `cargo xtask suite`.
 pub fn command(native: bool, opts: &Options) -> Result<bool> {
     provision::all()?;
     let transport = if opts.legacy { "legacy" } else { "modern" };
     if native {
-        let (report, run) = run_native(opts)?;
+        let (report, run) = run(Place::ORACLE, opts)?;
         print_report(
             &format!(
                 "guest test suite, native (QEMU rv64,h=false on OpenSBI, {transport} virtio-mmio):"
@@ -367,8 +460,10 @@ pub fn command(native: bool, opts: &Options) -> Result<bool> {
         return Ok(report.complete_and_green());
     }
     let c = Comparison::run(opts)?;
-    let what = "natively on QEMU (rv64,h=false, OpenSBI) and under hypocaust";
-    println!("guest test suite: {what}, {transport} virtio-mmio");
+    println!(
+        "guest test suite: natively on QEMU (rv64,h=false, OpenSBI) and under hypocaust on {}, {transport} virtio-mmio",
+        opts.firmware.name()
+    );
     c.print(true);
     Ok(c.agrees())
 }
@@ -389,6 +484,9 @@ mod tests {
 
     #[test]
     fn verdicts() {
+        let compare = |name: &str, n: Option<&TestResult>, h: Option<&TestResult>| {
+            compare(name, n, h, &UNDER_HYPOCAUST)
+        };
         let ok = result("a", Status::Pass, &[("stval", "0x2")]);
         assert_eq!(compare("a", Some(&ok), Some(&ok)), Verdict::Identical);
         let other = result("a", Status::Pass, &[("stval", "0x0")]);

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::artifacts::GuestFiles;
-use crate::linux::run::{Boot, CmdRun};
+use crate::linux::run::Boot;
 use crate::linux::{self, build as guest};
-use crate::qemu::{self, Machine};
+use crate::qemu::{self, Firmware, Machine};
 use crate::util::{output_within, root};
 use crate::{artifacts, bench, provision, suite};
 
@@ -140,7 +140,7 @@ fn with_guest(
         virtio_slots: 0,
     };
     artifacts::bundle(&[guest], &bundle)?;
-    suite::hypocaust_machine(bundle)
+    suite::hypocaust_machine(bundle, Firmware::default())
 }
 
 /// A machine with `smp` harts running hypocaust with one test-kernel guest per
@@ -161,7 +161,7 @@ fn with_guests(case: &str, smp: usize, guests: &[(&str, &str)]) -> Result<Machin
         })
         .collect();
     artifacts::bundle(&files, &bundle)?;
-    let mut m = suite::hypocaust_machine(bundle)?;
+    let mut m = suite::hypocaust_machine(bundle, Firmware::default())?;
     m.smp = smp;
     Ok(m)
 }
@@ -199,7 +199,7 @@ fn boot_cases() -> Result<Vec<BootCase>> {
         &not_a_bundle,
         b"this is not a bundle, just some bytes in an initrd\n".repeat(100),
     )?;
-    let mut garbage = suite::hypocaust_machine(not_a_bundle)?;
+    let mut garbage = suite::hypocaust_machine(not_a_bundle, Firmware::default())?;
     garbage.memory_mib = 256;
     let no_guests = "hypocaust: no guests configured; powering off";
 
@@ -386,25 +386,27 @@ fn indent(text: &str) -> String {
 fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
     let transport = if opts.legacy { "legacy" } else { "modern" };
     let only = opts.filter.as_ref().map(|f| format!(" ({f} only)")).unwrap_or_default();
-    println!("== guest test suite{only}, natively and under hypocaust, {transport} virtio-mmio");
+    println!(
+        "== guest test suite{only}, natively and under hypocaust on {}, {transport} virtio-mmio",
+        opts.firmware.name()
+    );
     let start = Instant::now();
     let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
-    compare_into(&mut group, opts, false)?;
+    compare_into(&mut group, &suite::Comparison::run(opts)?, false);
     group.elapsed = start.elapsed();
     Ok(group)
 }
 
-/// Runs the suite natively and under hypocaust with `opts` and counts the verdicts into
-/// `group`; prints every row if `verbose`, else only those that are not identical.
-fn compare_into(group: &mut Group, opts: &suite::Options, verbose: bool) -> Result<()> {
-    let c = suite::Comparison::run(opts)?;
+/// Counts the verdicts of a comparison into `group`; prints every row if `verbose`, else
+/// only those that are not identical.
+fn compare_into(group: &mut Group, c: &suite::Comparison, verbose: bool) {
     c.print(verbose);
     let failed_before = group.failed;
     for (_, _, _, verdict) in &c.rows {
         match verdict {
             suite::Verdict::Identical => group.passed += 1,
             suite::Verdict::NotOffered(_) => group.skipped += 1,
-            suite::Verdict::OnlyHypocaust(_) | suite::Verdict::Stricter(_) => group.passed += 1,
+            suite::Verdict::OnlySecond(_) | suite::Verdict::Stricter(_) => group.passed += 1,
             suite::Verdict::Differs(_) => group.failed += 1,
         }
     }
@@ -412,7 +414,31 @@ fn compare_into(group: &mut Group, opts: &suite::Options, verbose: bool) -> Resu
         // A run that did not complete: count it, its log was printed above.
         group.failed += 1;
     }
-    Ok(())
+}
+
+/// Harts of the firmware tests' machine.
+const FIRMWARE_HARTS: usize = 4;
+
+/// hypocaust's firmware on its own: the guest suite natively on it, on a machine of
+/// [`FIRMWARE_HARTS`] harts, compared with the oracle (OpenSBI): SBI calls, HSM start,
+/// stop, status and suspend of every hart, IPIs, remote fences, the timer, exceptions
+/// delivered to S-mode, and the reset that ends the run.
+fn firmware_tests() -> Result<Group> {
+    println!(
+        "== hypocaust's firmware: the guest suite natively on it and on OpenSBI, -smp {FIRMWARE_HARTS}, compared"
+    );
+    let start = Instant::now();
+    let mut group = Group {
+        name: "firmware (compared)",
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        elapsed: Duration::ZERO,
+    };
+    let opts = suite::Options { smp: FIRMWARE_HARTS, ..suite::Options::default() };
+    compare_into(&mut group, &suite::Comparison::firmware(&opts)?, false);
+    group.elapsed = start.elapsed();
+    Ok(group)
 }
 
 /// The `-icount` shifts of the timing sweeps: one tick of the 10 MHz timebase is 100, 12.5
@@ -448,13 +474,13 @@ fn timing_tests() -> Result<Group> {
             ..suite::Options::default()
         };
         println!("   -icount shift={shift}, {} offsets:", 32 << shift);
-        compare_into(&mut group, &opts, false)?;
+        compare_into(&mut group, &suite::Comparison::run(&opts)?, false);
     }
     let _hogs = crate::util::CpuHogs::start(LOADED_HOGS);
     for run in 1..=LOADED_RUNS {
         println!("   with {LOADED_HOGS} CPU hogs, run {run} of {LOADED_RUNS}:");
         let opts = suite::Options { filter: Some("irq/".into()), ..suite::Options::default() };
-        compare_into(&mut group, &opts, false)?;
+        compare_into(&mut group, &suite::Comparison::run(&opts)?, false);
     }
     group.elapsed = start.elapsed();
     Ok(group)
@@ -593,12 +619,39 @@ fn ssh_session(port: u16, key: &std::path::Path, limit: Duration) -> Result<Stri
     Err(format!("no ssh session within {} s; last: {last}", limit.as_secs()))
 }
 
-/// The Linux guest's tests, each a command run (`cargo xtask linux --cmd`), natively or
-/// under hypocaust.
-fn linux_tests(native: bool) -> Result<Group> {
-    let side = if native { "native" } else { "hypocaust" };
-    let name: &'static str = if native { "linux (native)" } else { "linux (hypocaust)" };
-    println!("== Linux guest, {}", if native { "natively on QEMU" } else { "under hypocaust" });
+/// Sections of a checks run: `==== check NAME` lines split the output.
+const CHECK_MARK: &str = "==== check ";
+
+/// The output of each section of a checks run, by name.
+fn sections(output: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in output.lines() {
+        if let Some(name) = line.strip_prefix(CHECK_MARK) {
+            out.push((name.trim().to_string(), String::new()));
+        } else if let Some((_, text)) = out.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    out
+}
+
+/// The Linux guest's tests, natively (`firmware` None: on OpenSBI, checking the tests
+/// themselves) or under hypocaust on `firmware`. Two boots: one runs every check in turn,
+/// each in a section of its output (`cargo xtask linux --cmd`); the second reads back what
+/// the first wrote to the disk.
+fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
+    let native = firmware.is_none();
+    let side = firmware.map_or("native".to_string(), |f| format!("hypocaust-{}", f.name()));
+    let name: &'static str = match firmware {
+        None => "linux (native)",
+        Some(Firmware::Hypocaust) => "linux (hypocaust)",
+        Some(Firmware::Opensbi) => "linux (on OpenSBI)",
+    };
+    println!(
+        "== Linux guest, {}",
+        firmware.map_or("natively on QEMU".into(), |f| format!("under hypocaust on {}", f.name()))
+    );
     let start = Instant::now();
     let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
     let images = match linux::images() {
@@ -612,69 +665,102 @@ fn linux_tests(native: bool) -> Result<Group> {
     };
     println!("   kernel {}, modules {}", images.release, images.modules.join(" "));
     let logs = qemu::log_dir();
-    let report =
-        |group: &mut Group, test: &str, r: &Result<CmdRun>, verdict: Result<(), String>| {
-            let full = format!("linux-{side}/{test}");
-            match (r, verdict) {
-                (Ok(run), Ok(())) => {
-                    group.passed += 1;
-                    // The log stays; the images of a run that passed are of no further use.
-                    for suffix in ["initramfs.cpio", "disk.img", "bundle.img"] {
-                        let stem = format!("linux-{side}-{test}-{suffix}");
-                        let _ = std::fs::remove_file(logs.join(stem));
-                    }
-                    let ready = run.ready_after.map_or(String::new(), |d| {
-                        format!(", ready after {:.1} s", d.as_secs_f64())
-                    });
-                    println!("   ok    {test:<24} ({:.1} s{ready})", run.run.elapsed.as_secs_f64());
-                }
-                (Ok(run), Err(why)) => {
-                    group.failed += 1;
-                    println!("   FAIL  {test:<24} {why}");
-                    println!(
-                        "         log: {}; its end:\n{}",
-                        run.run.log.display(),
-                        indent(&run.run.tail(15))
-                    );
-                }
-                (Err(e), _) => {
-                    group.failed += 1;
-                    println!("   FAIL  {test:<24} {full}: {e:#}");
-                }
-            }
-        };
-    // Runs `cmd` and judges it: the status must be `status`, QEMU must exit cleanly (the
-    // guest powered off), and `check` must accept the output.
-    let run = |test: &str,
-               cmd: &str,
-               disk: Option<std::path::PathBuf>,
-               ssh: Option<u16>|
-     -> Result<CmdRun> {
+    let boot = |test: &str, cmd: String, disk, ssh| {
         let mut boot = Boot::new(&format!("linux-{side}-{test}"), native);
-        boot.cmd = Some(cmd.to_string());
-        boot.disk = disk;
+        if let Some(f) = firmware {
+            boot.firmware = f;
+        }
+        boot.cmd = Some(cmd);
+        boot.disk = Some(disk);
         boot.ssh_port = ssh;
         linux::run::run_cmd(&images, &boot, boot.timeout(), false)
     };
-    let judge = |r: &Result<CmdRun>, status: i32, check: Check| -> Result<(), String> {
-        let Ok(run) = r else { return Err("could not run".into()) };
-        if let Some(problem) = run.problem() {
-            return Err(problem);
+    let verdict = |group: &mut Group, test: &str, result: Result<(), String>| match result {
+        Ok(()) => {
+            group.passed += 1;
+            println!("   ok    {test}");
         }
-        if run.status != Some(status) {
-            return Err(format!(
-                "exit status {:?}, expected {status}; output {:?}",
-                run.status, run.output
-            ));
+        Err(why) => {
+            group.failed += 1;
+            println!("   FAIL  {test:<24} {why}");
         }
-        check(run.output.as_deref().unwrap_or(""))
     };
 
+    let disk = linux::run::fresh_disk(&images, &logs.join(format!("linux-{side}-disk.img")))?;
+    let nonce = format!(
+        "written by the guest, run {}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let body = format!("hello from the host, {}\n", std::process::id());
+    let server = HttpServer::start(body.clone(), 4, Duration::from_secs(900))?;
+    // ssh into the guest through the forwarded port while it waits for us.
+    let ssh = match (&images.ssh_key, provision::find_tool("ssh")) {
+        (Some(key), Some(_)) => {
+            let port = crate::util::free_port()?;
+            let key = key.clone();
+            let limit = Duration::from_secs(if native { 150 } else { 800 });
+            Some((port, std::thread::spawn(move || ssh_session(port, &key, limit))))
+        }
+        _ => None,
+    };
+    let wait_for_ssh = if ssh.is_some() {
+        "i=0\nwhile [ ! -e /tmp/ssh-done ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         [ -e /tmp/ssh-done ] && echo 'ssh session seen'"
+    } else {
+        "echo 'no ssh client on this host'"
+    };
+    let script = format!(
+        "check() {{ echo \"{CHECK_MARK}$1\"; }}\n\
+         check uname\nuname -a\n\
+         check cpuinfo-isa\ngrep -m1 '^isa' /proc/cpuinfo; grep -c '^processor' /proc/cpuinfo\n\
+         check meminfo\ngrep MemTotal /proc/meminfo\n\
+         check busybox-workload\n\
+         i=0; while [ $i -lt 200 ]; do /bin/true || break; i=$((i + 1)); done; echo \"forks $i\"\n\
+         seq 1 20000 | sort -rn | head -1\n\
+         dd if=/dev/zero bs=64k count=64 2>/dev/null | wc -c\n\
+         seq 1 300000 > /tmp/numbers; wc -c < /tmp/numbers\n\
+         sort -r /tmp/numbers | head -1\n\
+         sort -n /tmp/numbers | tail -1\n\
+         check disk-write\n\
+         mount -t ext4 /dev/vda /mnt && cat /mnt/{marker} && echo '{nonce}' > /mnt/written.txt && \
+         sync && umount /mnt && echo unmounted\n\
+         check net-wget\nwget -q -O - http://{gateway}:{port}/hypocaust\n\
+         check ssh\n{wait_for_ssh}\n\
+         check exit-status\necho bye\nexit 7",
+        marker = guest::DISK_MARKER_FILE,
+        gateway = guest::GATEWAY,
+        port = server.port,
+    );
+    let run = boot("checks", script, disk.clone(), ssh.as_ref().map(|s| s.0));
+    let served = server.stop();
+    let host_side =
+        ssh.map(|(_, t)| t.join().unwrap_or_else(|_| Err("the ssh thread panicked".into())));
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            verdict(&mut group, "checks", Err(format!("{e:#}")));
+            group.elapsed = start.elapsed();
+            return Ok(group);
+        }
+    };
+    let output = run.output.clone().unwrap_or_default();
+    let parts = sections(&output);
+    let part = |name: &str| {
+        parts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
+            .ok_or(format!("no section {name} in the output {output:?}"))
+    };
     let release = images.release.clone();
-    let simple: Vec<(&str, String, Check)> = vec![
+    let ram = u64::from(linux::run::GUEST_MIB) * 1024;
+    let checks: Vec<(&str, Check)> = vec![
         (
             "uname",
-            "uname -a".into(),
             Box::new(move |out: &str| {
                 let want = format!("Linux hypocaust-guest {release} ");
                 if out.starts_with(&want) && out.trim_end().ends_with("riscv64 GNU/Linux") {
@@ -686,7 +772,6 @@ fn linux_tests(native: bool) -> Result<Group> {
         ),
         (
             "cpuinfo-isa",
-            "grep -m1 '^isa' /proc/cpuinfo; grep -c '^processor' /proc/cpuinfo".into(),
             Box::new(|out: &str| {
                 let isa = field(out, "isa").ok_or(format!("no isa line in {out:?}"))?;
                 check_isa(isa)?;
@@ -695,12 +780,10 @@ fn linux_tests(native: bool) -> Result<Group> {
         ),
         (
             "meminfo",
-            "grep MemTotal /proc/meminfo".into(),
-            Box::new(|out: &str| {
+            Box::new(move |out: &str| {
                 let kb: u64 = field(out, "MemTotal")
                     .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
                     .ok_or(format!("no MemTotal in {out:?}"))?;
-                let ram = u64::from(linux::run::GUEST_MIB) * 1024;
                 // The kernel image, its page tables and firmware take their share.
                 if kb > ram / 2 && kb <= ram {
                     Ok(())
@@ -711,143 +794,120 @@ fn linux_tests(native: bool) -> Result<Group> {
         ),
         (
             "busybox-workload",
-            "i=0; while [ $i -lt 200 ]; do /bin/true || exit 1; i=$((i + 1)); done; echo \"forks $i\"\n\
-             seq 1 20000 | sort -rn | head -1\n\
-             dd if=/dev/zero bs=64k count=64 2>/dev/null | wc -c\n\
-             seq 1 300000 > /tmp/numbers; wc -c < /tmp/numbers\n\
-             sort -r /tmp/numbers | head -1\n\
-             sort -n /tmp/numbers | tail -1"
-                .into(),
             Box::new(|out: &str| {
-                let want = ["forks 200".to_string(), "20000".into(), (64 * 65536).to_string(), seq_bytes(300_000).to_string(), "99999".into(), "300000".into()];
+                let want = [
+                    "forks 200".to_string(),
+                    "20000".into(),
+                    (64 * 65536).to_string(),
+                    seq_bytes(300_000).to_string(),
+                    "99999".into(),
+                    "300000".into(),
+                ];
                 lines_in_order(out, &want)
             }),
         ),
         (
-            "exit-status",
-            "echo bye; exit 7".into(),
-            Box::new(|out: &str| lines_in_order(out, &["bye".into()])),
+            "disk-write",
+            Box::new(|out: &str| {
+                lines_in_order(out, &[guest::DISK_MARKER.into(), "unmounted".into()])
+            }),
         ),
+        (
+            "net-wget",
+            Box::new(|out: &str| {
+                if out == body {
+                    Ok(())
+                } else {
+                    Err(format!("expected {body:?}, got {out:?} ({served} requests served)"))
+                }
+            }),
+        ),
+        (
+            "ssh",
+            Box::new(move |out: &str| {
+                let Some(said) = &host_side else {
+                    return Ok(()); // counted as skipped below
+                };
+                let said = said.clone()?;
+                if said.trim() != "ok" {
+                    return Err(format!("the ssh session printed {said:?}"));
+                }
+                lines_in_order(out, &["ssh session seen".into()])
+            }),
+        ),
+        ("exit-status", Box::new(|out: &str| lines_in_order(out, &["bye".into()]))),
     ];
-    for (test, cmd, check) in simple {
-        let r = run(test, &cmd, None, None);
-        let status = if test == "exit-status" { 7 } else { 0 };
-        let verdict = judge(&r, status, check);
-        report(&mut group, test, &r, verdict);
-    }
-
-    // The disk: write in one boot, read back in the next (same disk copy).
-    let disk = linux::run::fresh_disk(&images, &logs.join(format!("linux-{side}-disk.img")))?;
-    let nonce = format!(
-        "written by the guest, run {}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
-    let r = run(
-        "disk-write",
-        &format!(
-            "mount -t ext4 /dev/vda /mnt || exit 1\ncat /mnt/{}\necho '{nonce}' > /mnt/written.txt\n\
-             sync\numount /mnt && echo unmounted",
-            guest::DISK_MARKER_FILE
-        ),
-        Some(disk.clone()),
-        None,
-    );
-    let verdict = judge(
-        &r,
-        0,
-        Box::new(|out: &str| lines_in_order(out, &[guest::DISK_MARKER.into(), "unmounted".into()])),
-    );
-    let wrote = verdict.is_ok();
-    report(&mut group, "disk-write", &r, verdict);
-    if wrote {
-        let r = run(
-            "disk-read-back",
-            "mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/written.txt",
-            Some(disk.clone()),
-            None,
-        );
-        let verdict =
-            judge(&r, 0, Box::new(|out: &str| lines_in_order(out, std::slice::from_ref(&nonce))));
-        if verdict.is_ok() {
-            let _ = std::fs::remove_file(&disk);
-        }
-        report(&mut group, "disk-read-back", &r, verdict);
-    } else {
-        println!("   skip  disk-read-back           (disk-write failed)");
-        group.skipped += 1;
-    }
-
-    // The network: wget from a server of ours through QEMU's user network (10.0.2.2 is
-    // the host).
-    let body = format!("hello from the host, {}\n", std::process::id());
-    let server = HttpServer::start(body.clone(), 4, Duration::from_secs(300))?;
-    let r = run(
-        "net-wget",
-        &format!("wget -q -O - http://{}:{}/hypocaust", guest::GATEWAY, server.port),
-        None,
-        None,
-    );
-    let served = server.stop();
-    let verdict = judge(
-        &r,
-        0,
-        Box::new(|out: &str| {
-            if out == body {
-                Ok(())
-            } else {
-                Err(format!("expected {body:?}, got {out:?} ({served} requests served)"))
-            }
-        }),
-    );
-    report(&mut group, "net-wget", &r, verdict);
-
-    // ssh into the guest through the forwarded port while it waits for us.
-    match (&images.ssh_key, provision::find_tool("ssh")) {
-        (Some(key), Some(_)) => {
-            let port = crate::util::free_port()?;
-            let key = key.clone();
-            let session = std::thread::spawn(move || {
-                ssh_session(port, &key, Duration::from_secs(if native { 150 } else { 800 }))
-            });
-            let r = run(
-                "ssh",
-                "i=0\nwhile [ ! -e /tmp/ssh-done ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done\n\
-                 [ -e /tmp/ssh-done ] && echo 'ssh session seen'",
-                None,
-                Some(port),
-            );
-            let host_side =
-                session.join().unwrap_or_else(|_| Err("the ssh thread panicked".into()));
-            let verdict = judge(
-                &r,
-                0,
-                Box::new(|out: &str| {
-                    let said = host_side.clone()?;
-                    if said.trim() != "ok" {
-                        return Err(format!("the ssh session printed {said:?}"));
-                    }
-                    lines_in_order(out, &["ssh session seen".into()])
-                }),
-            );
-            report(&mut group, "ssh", &r, verdict);
-        }
-        _ => {
+    let problem = run.problem();
+    let mut all_ok = true;
+    for (test, check) in checks {
+        if test == "ssh" && output.contains("no ssh client on this host") {
             println!(
                 "   skip  ssh                      (no ssh client or ssh-keygen on this host)"
             );
             group.skipped += 1;
+            continue;
         }
+        let result = match (&problem, test) {
+            (Some(p), _) => Err(p.clone()),
+            (None, "exit-status") if run.status != Some(7) => {
+                Err(format!("exit status {:?}, expected 7", run.status))
+            }
+            _ => part(test).and_then(|out| check(out)),
+        };
+        all_ok &= result.is_ok();
+        verdict(&mut group, test, result);
+    }
+    let ready = run
+        .ready_after
+        .map_or(String::new(), |d| format!(", ready after {:.1} s", d.as_secs_f64()));
+    println!(
+        "   (checks boot: {:.1} s{ready}; log {})",
+        run.run.elapsed.as_secs_f64(),
+        run.run.log.display()
+    );
+    if !all_ok {
+        println!("         its end:\n{}", indent(&run.run.tail(15)));
+    }
+
+    // The disk again, in a second boot: what the first wrote is there.
+    if part("disk-write").is_ok_and(|o| o.contains("unmounted")) {
+        let r = boot(
+            "disk-read-back",
+            "mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/written.txt".into(),
+            disk.clone(),
+            None,
+        );
+        let result = match &r {
+            Err(e) => Err(format!("{e:#}")),
+            Ok(run) => match run.problem() {
+                Some(p) => Err(p),
+                None if run.status != Some(0) => Err(format!("exit status {:?}", run.status)),
+                None => lines_in_order(
+                    run.output.as_deref().unwrap_or(""),
+                    std::slice::from_ref(&nonce),
+                ),
+            },
+        };
+        if result.is_ok() {
+            let _ = std::fs::remove_file(&disk);
+            for suffix in ["initramfs.cpio", "bundle.img"] {
+                for test in ["checks", "disk-read-back"] {
+                    let _ =
+                        std::fs::remove_file(logs.join(format!("linux-{side}-{test}-{suffix}")));
+                }
+            }
+        }
+        verdict(&mut group, "disk-read-back", result);
+    } else {
+        println!("   skip  disk-read-back           (disk-write failed)");
+        group.skipped += 1;
     }
     group.elapsed = start.elapsed();
     Ok(group)
 }
 
 /// `cargo xtask bench --quick` as a smoke test: every run completes and its result lines
-/// parse, every row has positive numbers on both sides in both modes, the `-icount`
+/// parse, every row has positive numbers on every side in both modes, the `-icount`
 /// calibration loop counts its two instructions per iteration, hypocaust's exits are read
 /// and the results file reads back. Never a timing.
 fn bench_smoke() -> Result<Group> {
@@ -864,6 +924,7 @@ fn bench_smoke() -> Result<Group> {
         filter: None,
         output: output.clone(),
         verbose: false,
+        firmware: None,
     };
     let verdict = |group: &mut Group, name: &str, result: Result<(), String>| match result {
         Ok(()) => {
@@ -891,7 +952,7 @@ fn bench_smoke() -> Result<Group> {
         if report.failures.is_empty() { Ok(()) } else { Err(report.failures.join("; ")) },
     );
     for row in &report.rows {
-        let numbers = if row.complete() {
+        let numbers = if row.complete(&report.sides) {
             Ok(())
         } else {
             Err("a side or mode has no positive number (see the table)".into())
@@ -900,19 +961,20 @@ fn bench_smoke() -> Result<Group> {
     }
     let calibration = report.row("trap/calibrate").ok_or("no calibration row".to_string()).and_then(|r| {
         let per_op: Vec<f64> =
-            bench::Side::BOTH.iter().filter_map(|s| r.per_op(*s, bench::Mode::Count)).collect();
-        if per_op.len() == 2 && per_op.iter().all(|v| (v - 2.0).abs() < 0.1) {
+            report.sides.iter().filter_map(|s| r.per_op(*s, bench::Mode::Count)).collect();
+        if per_op.len() == report.sides.len() && per_op.iter().all(|v| (v - 2.0).abs() < 0.1) {
             Ok(())
         } else {
-            Err(format!("expected 2 instructions per iteration natively and under hypocaust, got {per_op:?}"))
+            Err(format!("expected 2 instructions per iteration natively and under hypocaust on each firmware, got {per_op:?}"))
         }
     });
     verdict(&mut group, "icount-calibration", calibration);
     let exits = ["syscall", "trap"]
         .iter()
-        .map(|job| match report.workload_exits(job) {
+        .flat_map(|job| report.sides.iter().skip(1).map(move |side| (job, side)))
+        .map(|(job, side)| match report.workload_exits(job, *side) {
             Some((e, _)) if e.total > 0 && !e.causes.is_empty() => Ok(()),
-            _ => Err(format!("no exit counts for {job}")),
+            _ => Err(format!("no exit counts for {job} on {}", side.name())),
         })
         .collect::<Result<Vec<()>, String>>()
         .map(|_| ());
@@ -939,16 +1001,20 @@ pub fn command() -> Result<bool> {
     provision::all()?;
     let start = Instant::now();
     let modern = suite::Options::default();
+    let on_opensbi = suite::Options { firmware: Firmware::Opensbi, ..Default::default() };
     let legacy =
         suite::Options { filter: Some("virtio/".into()), legacy: true, ..Default::default() };
     let groups = vec![
         host_tests()?,
         boot_tests()?,
+        firmware_tests()?,
         suite_tests("guest suite (compared)", &modern)?,
+        suite_tests("suite on OpenSBI (compared)", &on_opensbi)?,
         suite_tests("virtio legacy (compared)", &legacy)?,
         timing_tests()?,
-        linux_tests(true)?,
-        linux_tests(false)?,
+        linux_tests(None)?,
+        linux_tests(Some(Firmware::Hypocaust))?,
+        linux_tests(Some(Firmware::Opensbi))?,
         bench_smoke()?,
     ];
     println!();
@@ -988,6 +1054,17 @@ mod tests {
         let (per, failures) = parse_cargo_test(stdout, stderr);
         assert_eq!(per, vec![("rv".into(), 16, 1), ("rv (doc)".into(), 0, 0)]);
         assert_eq!(failures, vec!["test b ... FAILED".to_string()]);
+    }
+
+    #[test]
+    fn check_sections() {
+        let out = "noise\n==== check a\n1\n2\n==== check b\n==== check c\n3\n";
+        let s = sections(out);
+        let names: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(s[0].1, "1\n2\n");
+        assert_eq!(s[1].1, "");
+        assert_eq!(s[2].1, "3\n");
     }
 
     #[test]

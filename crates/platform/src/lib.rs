@@ -96,6 +96,44 @@ pub struct MmioDevice {
     pub irq: Option<u32>,
 }
 
+/// The core-local interruptor (SiFive CLINT, `riscv,clint0`): each hart's machine
+/// software interrupt (MSIP) and timer compare register, and the shared `mtime`. Only
+/// machine-mode firmware uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clint {
+    pub region: PhysRange,
+    /// Hart IDs in the CLINT's order: hart `harts[i]` has MSIP `i` and `mtimecmp` `i`.
+    pub harts: Vec<usize>,
+}
+
+impl Clint {
+    /// Offset of `mtime`.
+    pub const MTIME: u64 = 0xbff8;
+
+    /// The CLINT's index of hart `hart`.
+    fn index(&self, hart: usize) -> Option<u64> {
+        self.harts.iter().position(|&h| h == hart).map(|i| i as u64)
+    }
+
+    /// Offset of hart `hart`'s MSIP register.
+    pub fn msip(&self, hart: usize) -> Option<u64> {
+        Some(4 * self.index(hart)?)
+    }
+
+    /// Offset of hart `hart`'s `mtimecmp`.
+    pub fn mtimecmp(&self, hart: usize) -> Option<u64> {
+        Some(0x4000 + 8 * self.index(hart)?)
+    }
+}
+
+/// A register write that powers the machine off or resets it (`syscon-poweroff`,
+/// `syscon-reboot`: QEMU's test device, for one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysconWrite {
+    pub address: HostPhysAddr,
+    pub value: u32,
+}
+
 /// What hypocaust knows about the machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {
@@ -112,6 +150,9 @@ pub struct Platform {
     pub plic: Option<Plic>,
     /// virtio-mmio transports, in ascending address order.
     pub virtio: Vec<MmioDevice>,
+    pub clint: Option<Clint>,
+    pub poweroff: Option<SysconWrite>,
+    pub reboot: Option<SysconWrite>,
     /// `/chosen/bootargs`.
     pub bootargs: Option<String>,
     /// `/chosen/linux,initrd-start` .. `linux,initrd-end`.
@@ -138,6 +179,8 @@ impl fmt::Display for PlatformError {
 
 /// Compatible strings of UARTs the console driver speaks to (16550 family).
 pub const UART_COMPATIBLE: &[&str] = &["ns16550a", "ns16550", "snps,dw-apb-uart"];
+/// Compatible strings of CLINTs.
+pub const CLINT_COMPATIBLE: &[&str] = &["riscv,clint0", "sifive,clint0"];
 /// Compatible strings of PLICs.
 pub const PLIC_COMPATIBLE: &[&str] = &["riscv,plic0", "sifive,plic-1.0.0"];
 
@@ -199,6 +242,19 @@ impl Platform {
             .collect();
         virtio.sort_by_key(|d| d.region.start);
 
+        let clint = fdt
+            .all_nodes()
+            .find(|n| is_compatible(n, CLINT_COMPATIBLE))
+            .and_then(|n| parse_clint(&n, &harts));
+        let syscon = |compatible: &str| {
+            let node = fdt.all_nodes().find(|n| is_compatible(n, &[compatible]))?;
+            let target = fdt.find_phandle(prop_uint(&node, "regmap")? as u32)?;
+            let base = regions(target).next()?.start;
+            let address = base.checked_add(prop_uint(&node, "offset").unwrap_or(0))?;
+            Some(SysconWrite { address, value: prop_uint(&node, "value")? as u32 })
+        };
+        let (poweroff, reboot) = (syscon("syscon-poweroff"), syscon("syscon-reboot"));
+
         let bootargs = chosen.and_then(|c| prop_str(&c, "bootargs")).map(ToString::to_string);
         let initrd = chosen.and_then(|c| {
             let start = prop_uint(&c, "linux,initrd-start")?;
@@ -220,6 +276,9 @@ impl Platform {
             uart,
             plic,
             virtio,
+            clint,
+            poweroff,
+            reboot,
             bootargs,
             initrd,
         })
@@ -317,6 +376,23 @@ fn parse_uart(node: &FdtNode<'_, '_>) -> Option<Uart> {
         reg_io_width: prop_uint(node, "reg-io-width").unwrap_or(1) as u32,
         irq: first_irq(node),
     })
+}
+
+/// Machine software interrupt number in `interrupts-extended` of a CLINT.
+const IRQ_M_SOFT: u32 = 3;
+
+fn parse_clint(node: &FdtNode<'_, '_>, harts: &[Hart]) -> Option<Clint> {
+    let region = regions(*node).next()?;
+    let cells: Vec<u32> = prop_cells(node, "interrupts-extended").collect();
+    // Each hart has a software and a timer pair, in hart order.
+    let harts = cells
+        .chunks_exact(2)
+        .filter(|pair| pair[1] == IRQ_M_SOFT)
+        .map(|pair| {
+            harts.iter().find(|h| h.intc_phandle == Some(pair[0])).map_or(usize::MAX, |h| h.id)
+        })
+        .collect();
+    Some(Clint { region, harts })
 }
 
 /// Supervisor external interrupt number in `interrupts-extended` of a PLIC.

@@ -190,3 +190,21 @@ fn missing_timebase_is_an_error() {
         Err(PlatformError::Missing("timebase-frequency"))
     );
 }
+
+const QEMU10_SMP2: &[u8] = include_bytes!("../tests/fixtures/qemu10-virt-smp2.dtb");
+
+#[test]
+fn qemu10_virt_machine_devices() {
+    let p = Platform::from_dtb(QEMU10_SMP2).unwrap();
+    assert_eq!(p.harts.len(), 2);
+    assert_eq!(p.harts[0].mmu, Some(SatpMode::Sv57));
+    assert!(p.harts[0].isa.has_extension("zicboz") && p.harts[0].isa.has_extension("sstc"));
+    let clint = p.clint.as_ref().unwrap();
+    assert_eq!(clint.region, hpa_range(0x0200_0000, 0x1_0000));
+    assert_eq!(clint.harts, vec![0, 1]);
+    assert_eq!((clint.msip(1), clint.mtimecmp(1)), (Some(4), Some(0x4008)));
+    assert_eq!(clint.msip(2), None);
+    let at = |a: u64| HostPhysAddr::new(a);
+    assert_eq!(p.poweroff, Some(SysconWrite { address: at(0x10_0000), value: 0x5555 }));
+    assert_eq!(p.reboot, Some(SysconWrite { address: at(0x10_0000), value: 0x7777 }));
+}

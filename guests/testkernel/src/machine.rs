@@ -8,6 +8,8 @@ pub struct Machine {
     /// The hart the kernel runs on.
     pub hartid: usize,
     pub harts: usize,
+    /// Every hart's ID (`reg` of each cpu node), in device-tree order.
+    pub hart_ids: alloc::vec::Vec<usize>,
     /// `riscv,isa` of the boot hart.
     pub isa: String,
     /// `mmu-type` of the boot hart.
@@ -42,6 +44,7 @@ pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
     let mut machine = Machine {
         hartid,
         harts: 0,
+        hart_ids: alloc::vec::Vec::new(),
         isa: String::new(),
         mmu: String::new(),
         timebase_hz: 10_000_000,
@@ -59,6 +62,7 @@ pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
     for cpu in fdt.cpus() {
         machine.harts += 1;
         let reg = cpu.property("reg").and_then(|p| p.as_usize());
+        machine.hart_ids.extend(reg);
         if reg == Some(hartid) {
             let s = |name| cpu.property(name).and_then(|p| p.as_str()).unwrap_or("").to_string();
             machine.isa = s("riscv,isa");

@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::artifacts::{self, GuestFiles};
 use crate::linux::run::Boot;
 use crate::linux::{self, LinuxImages};
-use crate::qemu::{self, Machine};
+use crate::qemu::{self, Firmware, Machine};
 use crate::util::{root, text_within};
 use crate::{provision, suite};
 
@@ -66,6 +66,8 @@ pub struct Options {
     pub output: PathBuf,
     /// Print a line per run (besides the progress bar).
     pub verbose: bool,
+    /// The firmware hypocaust runs on; None: both, side by side.
+    pub firmware: Option<Firmware>,
 }
 
 impl Options {
@@ -73,22 +75,44 @@ impl Options {
     pub fn default_output() -> PathBuf {
         root().join("target").join("bench").join("results.json")
     }
+
+    /// The sides to run: native, and hypocaust on the firmware(s) asked for.
+    pub fn sides(&self) -> Vec<Side> {
+        Side::ALL
+            .into_iter()
+            .filter(|s| match (s.firmware(), self.firmware) {
+                (None, _) | (_, None) => true,
+                (Some(f), Some(wanted)) => f == wanted,
+            })
+            .collect()
+    }
 }
 
-/// Natively on QEMU, or under hypocaust.
+/// Natively on QEMU (on OpenSBI), or under hypocaust on its own firmware or on OpenSBI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Native,
     Hypocaust,
+    HypocaustOpensbi,
 }
 
 impl Side {
-    pub const BOTH: [Side; 2] = [Side::Native, Side::Hypocaust];
+    pub const ALL: [Side; 3] = [Side::Native, Side::Hypocaust, Side::HypocaustOpensbi];
 
     pub fn name(self) -> &'static str {
         match self {
             Side::Native => "native",
             Side::Hypocaust => "hypocaust",
+            Side::HypocaustOpensbi => "hypocaust-opensbi",
+        }
+    }
+
+    /// The firmware hypocaust runs on; None natively.
+    pub fn firmware(self) -> Option<Firmware> {
+        match self {
+            Side::Native => None,
+            Side::Hypocaust => Some(Firmware::Hypocaust),
+            Side::HypocaustOpensbi => Some(Firmware::Opensbi),
         }
     }
 }
@@ -421,6 +445,9 @@ fn run_linux(
     };
     let name = format!("bench-{}-{}", side.name(), w.name);
     let mut boot = Boot::new(&name, side == Side::Native);
+    if let Some(f) = side.firmware() {
+        boot.firmware = f;
+    }
     boot.cmd = Some(cmd);
     boot.append = "rdinit=/bench/init".into();
     boot.disk = Some(disk.to_path_buf());
@@ -469,7 +496,7 @@ fn run_linux(
         Some(format!("no result line for {}", w.name))
     } else if w.name != "boot" && !out.wall.iter().any(|r| r.0 == w.name) {
         Some(format!("no bench-start/bench-end lines for {}", w.name))
-    } else if side == Side::Hypocaust && out.exits.is_none() {
+    } else if side != Side::Native && out.exits.is_none() {
         Some("hypocaust printed no exit counts".into())
     } else {
         None
@@ -491,14 +518,14 @@ fn run_linux(
 fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
     let kernel = artifacts::testkernel()?;
     let name = format!("bench-{}-{}-trap", side.name(), mode.short());
-    let mut m = match side {
-        Side::Native => {
+    let mut m = match side.firmware() {
+        None => {
             let mut m = Machine::new(kernel);
             m.memory_mib = u64::from(suite::GUEST_MIB);
             m.append = Some("action=bench".into());
             m
         }
-        Side::Hypocaust => {
+        Some(firmware) => {
             let bundle = qemu::log_dir().join(format!("{name}-bundle.img"));
             artifacts::bundle(
                 &[GuestFiles {
@@ -512,7 +539,7 @@ fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
                 }],
                 &bundle,
             )?;
-            let mut m = suite::hypocaust_machine(bundle)?;
+            let mut m = suite::hypocaust_machine(bundle, firmware)?;
             m.append = Some("hypocaust.log=debug".into());
             m
         }
@@ -547,7 +574,7 @@ fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
         Some(format!("the test kernel did not finish its benchmarks (missing {missing:?})"))
     } else if timebase != TIMEBASE_HZ {
         Some(format!("timebase {timebase} Hz, expected {TIMEBASE_HZ}"))
-    } else if side == Side::Hypocaust && out.exits.is_none() {
+    } else if side != Side::Native && out.exits.is_none() {
         Some("hypocaust printed no exit counts".into())
     } else {
         None
@@ -604,9 +631,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
     artifacts::hypervisor()?;
     artifacts::testkernel()?;
+    artifacts::firmware()?;
+    let sides = opts.sides();
 
     let has_boot_run = jobs.iter().any(|j| matches!(j, Job::Linux(w) if w.name == "boot"));
-    let mut report = Report::new(opts, rows(&jobs), has_boot_run);
+    let mut report = Report::new(opts, rows(&jobs), has_boot_run, sides.clone());
     report.qemu = text_within(
         Command::new(provision::qemu_binary()).arg("--version"),
         Duration::from_secs(30),
@@ -615,7 +644,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     .unwrap_or_default();
     report.guest = images.as_ref().map(|i| i.release.clone());
 
-    let runs_per_rep: usize = jobs.iter().map(|j| 2 * j.modes().len()).sum();
+    let runs_per_rep: usize = jobs.iter().map(|j| sides.len() * j.modes().len()).sum();
     let bar = ProgressBar::new((opts.reps * runs_per_rep) as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}")
@@ -627,11 +656,11 @@ pub fn run(opts: &Options) -> Result<Report> {
     for rep in 0..opts.reps {
         for (j, job) in jobs.iter().enumerate() {
             if rep > 0 && opts.repeat_within.is_some_and(|limit| spent[j] >= limit) {
-                let skipped = (2 * job.modes().len()) as u64;
+                let skipped = (sides.len() * job.modes().len()) as u64;
                 bar.set_length(bar.length().unwrap_or(0).saturating_sub(skipped));
                 continue;
             }
-            for side in Side::BOTH {
+            for &side in &sides {
                 for &mode in job.modes() {
                     bar.set_message(format!(
                         "rep {}/{}: {} {}, {}",
@@ -733,8 +762,8 @@ fn record(
             said.push(format!("{key} {}/op", report::amount(mode, per)));
         }
     }
-    if let (Some(exits), Mode::Count, Side::Hypocaust, 0) = (&out.exits, mode, side, rep) {
-        report.exits.push((job.name().to_string(), exits.clone()));
+    if let (Some(exits), Mode::Count, Some(_), 0) = (&out.exits, mode, side.firmware(), rep) {
+        report.exits.push((job.name().to_string(), side, exits.clone()));
     }
     let shown: Vec<String> = said.into_iter().take(3).collect();
     format!("  ok   {what} {} ({:.1} s)", shown.join(", "), out.elapsed.as_secs_f64())
@@ -755,9 +784,11 @@ pub fn command(opts: &Options) -> Result<bool> {
         ),
         None => format!("{} run(s) of each workload", opts.reps),
     };
+    let sides: Vec<&str> = opts.sides().iter().map(|s| s.name()).collect();
     println!(
-        "xtask: bench{}: {reps}, natively and under hypocaust, under -icount {ICOUNT}",
+        "xtask: bench{}: {reps}, {}, under -icount {ICOUNT}",
         if opts.quick { " --quick" } else { "" },
+        sides.join(", ")
     );
     let report = run(opts)?;
     report.print();
@@ -834,6 +865,7 @@ mod tests {
             filter: filter.map(str::to_string),
             output: PathBuf::new(),
             verbose: false,
+            firmware: None,
         };
         let names = |o: &Options| jobs(o).iter().map(|j| j.name()).collect::<Vec<_>>();
         assert_eq!(names(&opts(true, None)), ["syscall", "trap"]);

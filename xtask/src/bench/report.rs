@@ -25,9 +25,9 @@ pub struct Row {
     pub ops: f64,
     /// Per run, nanoseconds per operation (instructions in [`Mode::Count`]), by side and
     /// mode.
-    per_op: [[Vec<f64>; 2]; 2],
+    per_op: [[Vec<f64>; 2]; 3],
     /// Per run, the whole region's nanoseconds (instructions).
-    totals: [[Vec<f64>; 2]; 2],
+    totals: [[Vec<f64>; 2]; 3],
 }
 
 fn index(side: Side, mode: Mode) -> (usize, usize) {
@@ -89,12 +89,12 @@ impl Row {
         if self.idles { None } else { self.per_op(side, Mode::Count) }
     }
 
-    /// hypocaust / native, per operation (instructions: none where the hart idles).
-    pub fn ratio(&self, mode: Mode) -> Option<f64> {
+    /// `side` / native, per operation (instructions: none where the hart idles).
+    pub fn ratio(&self, side: Side, mode: Mode) -> Option<f64> {
         if self.idles && mode == Mode::Count {
             return None;
         }
-        Some(self.per_op(Side::Hypocaust, mode)? / self.per_op(Side::Native, mode)?)
+        Some(self.per_op(side, mode)? / self.per_op(Side::Native, mode)?)
     }
 
     /// MB/s (10^6 bytes per second of wall time) where the program counts bytes.
@@ -102,9 +102,9 @@ impl Row {
         Some(self.bytes_per_op? as f64 / self.per_op(side, Mode::Wall)? * 1e9 / 1e6)
     }
 
-    /// Whether every side and mode has a positive number.
-    pub fn complete(&self) -> bool {
-        Side::BOTH
+    /// Whether every one of `sides` has a positive number in both modes.
+    pub fn complete(&self, sides: &[Side]) -> bool {
+        sides
             .iter()
             .all(|s| Mode::BOTH.iter().all(|m| self.per_op(*s, *m).is_some_and(|v| v > 0.0)))
     }
@@ -121,6 +121,7 @@ impl Row {
                 "throughput_mb_s": self.throughput(s),
             })
         };
+        let ratios = |s: Side| json!({ "instructions": self.ratio(s, Mode::Count), "wall": self.ratio(s, Mode::Wall) });
         json!({
             "name": self.name,
             "op": self.op,
@@ -128,7 +129,9 @@ impl Row {
             "bytes_per_op": self.bytes_per_op,
             "native": side(Side::Native),
             "hypocaust": side(Side::Hypocaust),
-            "ratio": { "instructions": self.ratio(Mode::Count), "wall": self.ratio(Mode::Wall) },
+            "hypocaust_opensbi": side(Side::HypocaustOpensbi),
+            "ratio": ratios(Side::Hypocaust),
+            "ratio_opensbi": ratios(Side::HypocaustOpensbi),
         })
     }
 }
@@ -239,9 +242,11 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Runs that failed: what, why and where the log is.
     pub failures: Vec<String>,
-    /// hypocaust's exits per job (`boot`, `syscall`, ..., `trap`), from the first
-    /// instruction-count run of each.
-    pub exits: Vec<(String, Exits)>,
+    /// hypocaust's exits per job (`boot`, `syscall`, ..., `trap`) and side, from the
+    /// first instruction-count run of each.
+    pub exits: Vec<(String, Side, Exits)>,
+    /// The sides measured (native first).
+    pub sides: Vec<Side>,
     pub quick: bool,
     pub reps: usize,
     /// Whether `boot` ran on its own (otherwise the boot row comes from the other runs).
@@ -253,11 +258,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(opts: &Options, rows: Vec<Row>, has_boot_run: bool) -> Self {
+    pub fn new(opts: &Options, rows: Vec<Row>, has_boot_run: bool, sides: Vec<Side>) -> Self {
         Self {
             rows,
             failures: Vec::new(),
             exits: Vec::new(),
+            sides,
             quick: opts.quick,
             reps: opts.reps,
             has_boot_run,
@@ -276,68 +282,72 @@ impl Report {
         self.rows.iter_mut().find(|r| r.name == name)
     }
 
-    fn job_exits(&self, job: &str) -> Option<&Exits> {
-        self.exits.iter().find(|(j, _)| j == job).map(|(_, e)| e)
+    fn job_exits(&self, job: &str, side: Side) -> Option<&Exits> {
+        self.exits.iter().find(|(j, s, _)| j == job && *s == side).map(|(_, _, e)| e)
     }
 
-    /// A job's exits less the boot run's (when there is one, and for Linux workloads).
-    pub fn workload_exits(&self, job: &str) -> Option<(Exits, bool)> {
-        let exits = self.job_exits(job)?;
-        match self.job_exits("boot") {
+    /// A job's exits on `side` less the boot run's (when there is one, and for Linux
+    /// workloads).
+    pub fn workload_exits(&self, job: &str, side: Side) -> Option<(Exits, bool)> {
+        let exits = self.job_exits(job, side)?;
+        match self.job_exits("boot", side) {
             Some(boot) if job != "boot" && job != "trap" => Some((exits.minus(boot), true)),
             _ => Some((exits.clone(), false)),
         }
     }
 
+    /// The hypocaust sides measured.
+    fn hypocaust_sides(&self) -> impl Iterator<Item = Side> + '_ {
+        self.sides.iter().copied().filter(|s| *s != Side::Native)
+    }
+
     /// Prints the table, the throughputs and the exit profile.
     pub fn print(&self) {
-        println!();
-        println!(
-            "{:<17} {:<27} {:^28}   {:^28}",
-            "", "", "instructions per op", "wall time per op"
-        );
-        println!(
-            "{:<17} {:<27} {:>9} {:>10} {:>7}   {:>9} {:>10} {:>7}",
-            "workload", "op", "native", "hypocaust", "ratio", "native", "hypocaust", "ratio"
-        );
-        for r in &self.rows {
-            let cell = |side, mode| match r.per_op(side, mode) {
-                None => "-".into(),
-                Some(_) if r.idles && mode == Mode::Count => "idle*".into(),
-                Some(v) if mode == Mode::Count => si(v),
-                Some(v) => duration(v),
-            };
-            println!(
-                "{:<17} {:<27} {:>9} {:>10} {:>7}   {:>9} {:>10} {:>7}",
-                r.name,
-                r.op,
-                cell(Side::Native, Mode::Count),
-                cell(Side::Hypocaust, Mode::Count),
-                ratio(r.ratio(Mode::Count)),
-                cell(Side::Native, Mode::Wall),
-                cell(Side::Hypocaust, Mode::Wall),
-                ratio(r.ratio(Mode::Wall)),
-            );
+        let hyp: Vec<Side> = self.hypocaust_sides().collect();
+        for mode in Mode::BOTH {
+            println!();
+            let mut head = format!("{:<17} {:<27} {:>9}", mode.name(), "op", "native");
+            for s in &hyp {
+                let title = if *s == Side::Hypocaust { "hypocaust" } else { "on OpenSBI" };
+                head.push_str(&format!(" {title:>10} {:>7}", "ratio"));
+            }
+            println!("{head}");
+            for r in &self.rows {
+                let cell = |side| match r.per_op(side, mode) {
+                    None => "-".into(),
+                    Some(_) if r.idles && mode == Mode::Count => "idle*".into(),
+                    Some(v) if mode == Mode::Count => si(v),
+                    Some(v) => duration(v),
+                };
+                let mut line = format!("{:<17} {:<27} {:>9}", r.name, r.op, cell(Side::Native));
+                for s in &hyp {
+                    line.push_str(&format!(" {:>10} {:>7}", cell(*s), ratio(r.ratio(*s, mode))));
+                }
+                println!("{line}");
+            }
         }
         let throughput: Vec<String> = self
             .rows
             .iter()
             .filter_map(|r| {
+                let under: Vec<String> =
+                    hyp.iter().filter_map(|s| Some(format!("{:.1}", r.throughput(*s)?))).collect();
                 Some(format!(
-                    "{} {:.1} -> {:.1} MB/s",
+                    "{} {:.1} -> {} MB/s",
                     r.name,
                     r.throughput(Side::Native)?,
-                    r.throughput(Side::Hypocaust)?
+                    under.join(" / ")
                 ))
             })
             .collect();
         if !throughput.is_empty() {
-            println!("throughput, native -> hypocaust: {}", throughput.join("; "));
+            let names: Vec<&str> = hyp.iter().map(|s| s.name()).collect();
+            println!("throughput, native -> {}: {}", names.join(" / "), throughput.join("; "));
         }
         let runs: Vec<usize> = self
             .rows
             .iter()
-            .map(|r| r.samples(Side::Hypocaust, Mode::Count).len())
+            .flat_map(|r| hyp.iter().map(|s| r.samples(*s, Mode::Count).len()))
             .filter(|n| *n > 0)
             .collect();
         let (fewest, most) = (runs.iter().min().unwrap_or(&0), runs.iter().max().unwrap_or(&0));
@@ -357,18 +367,27 @@ impl Report {
             println!("boot: from the other workloads' runs (no boot run of its own)");
         }
 
-        if self.exits.is_empty() {
+        for side in hyp {
+            self.print_exits(side);
+        }
+    }
+
+    /// The exit profile of the hypocaust runs on `side`.
+    fn print_exits(&self, side: Side) {
+        let jobs: Vec<&str> =
+            self.exits.iter().filter(|e| e.1 == side).map(|e| e.0.as_str()).collect();
+        if jobs.is_empty() {
             return;
         }
-        let base = if self.job_exits("boot").is_some() {
+        let base = if self.job_exits("boot", side).is_some() {
             "; Linux workloads less the boot run's"
         } else {
             "; Linux runs include the boot"
         };
         println!();
-        println!("hypocaust exits (first instruction-count run{base}):");
-        for (job, _) in &self.exits {
-            let Some((exits, net)) = self.workload_exits(job) else { continue };
+        println!("hypocaust exits, {} (first instruction-count run{base}):", side.name());
+        for job in jobs {
+            let Some((exits, net)) = self.workload_exits(job, side) else { continue };
             let per_op = self
                 .row(job)
                 .filter(|r| r.ops > 0.0 && net)
@@ -380,7 +399,7 @@ impl Report {
                 .take(4)
                 .map(|(c, n)| format!("{} {}", short_cause(c), si(*n as f64)))
                 .collect();
-            let name = if job == "trap" { "trap/*" } else { job.as_str() };
+            let name = if job == "trap" { "trap/*" } else { job };
             println!(
                 "  {name:<11} {:>8}{per_op:<14} {}",
                 si(exits.total as f64),
@@ -399,11 +418,12 @@ impl Report {
             REGRESSION * 100.0
         );
         println!(
-            "{:<17} {:>34}   {:>34}   {:>10}",
-            "workload", "hypocaust instructions", "hypocaust wall time", "native insns"
+            "{:<17} {:<18} {:>34}   {:>34}   {:>10}",
+            "workload", "side", "instructions", "wall time", "native insns"
         );
         let mut flagged = 0;
-        for r in &self.rows {
+        for (r, side) in self.rows.iter().flat_map(|r| self.hypocaust_sides().map(move |s| (r, s)))
+        {
             let Some(old) = base.rows.iter().find(|(n, _)| *n == r.name).map(|(_, v)| v) else {
                 continue;
             };
@@ -415,7 +435,7 @@ impl Report {
                     return "-".into();
                 };
                 let change = if was > 0.0 { new / was - 1.0 } else { 0.0 };
-                if side == Side::Hypocaust && change > REGRESSION {
+                if side != Side::Native && change > REGRESSION {
                     flags.push(what.to_string());
                 }
                 let show = |v| match mode {
@@ -428,8 +448,8 @@ impl Report {
                     format!("{} -> {} {:>+7.1}%", show(was), show(new), change * 100.0)
                 }
             };
-            let insns = cell(Side::Hypocaust, Mode::Count, "instructions");
-            let wall = cell(Side::Hypocaust, Mode::Wall, "wall time");
+            let insns = cell(side, Mode::Count, "instructions");
+            let wall = cell(side, Mode::Wall, "wall time");
             let native = cell(Side::Native, Mode::Count, "native");
             let flag = if flags.is_empty() {
                 String::new()
@@ -437,7 +457,11 @@ impl Report {
                 flagged += 1;
                 format!("  REGRESSION ({})", flags.join(", "))
             };
-            println!("{:<17} {insns:>34}   {wall:>34}   {native:>10}{flag}", r.name);
+            println!(
+                "{:<17} {:<18} {insns:>34}   {wall:>34}   {native:>10}{flag}",
+                r.name,
+                side.name()
+            );
         }
         if flagged > 0 {
             println!("{flagged} workload(s) regressed by more than {:.0}%", REGRESSION * 100.0);
@@ -449,9 +473,9 @@ impl Report {
         let exits: Vec<Value> = self
             .exits
             .iter()
-            .map(|(job, e)| {
-                let net = self.workload_exits(job).filter(|w| w.1).map(|w| w.0.to_json());
-                json!({ "workload": job, "whole_run": e.to_json(), "less_boot": net })
+            .map(|(job, side, e)| {
+                let net = self.workload_exits(job, *side).filter(|w| w.1).map(|w| w.0.to_json());
+                json!({ "workload": job, "side": side.name(), "whole_run": e.to_json(), "less_boot": net })
             })
             .collect();
         json!({
@@ -461,6 +485,7 @@ impl Report {
             "reps": self.reps,
             "qemu": self.qemu,
             "machine": "virt, -cpu rv64,h=false, 1 hart; guest 256 MiB (hypocaust: 1024 MiB machine)",
+            "sides": self.sides.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "icount": ICOUNT,
             "guest_kernel": self.guest,
             "elapsed_s": self.elapsed.as_secs_f64(),
@@ -484,7 +509,7 @@ impl Report {
         let borrowed = !self.has_boot_run;
         self.rows.retain(|r| {
             !(borrowed && r.name == "boot")
-                || Side::BOTH
+                || Side::ALL
                     .iter()
                     .any(|s| Mode::BOTH.iter().any(|m| !r.samples(*s, *m).is_empty()))
         });
@@ -495,7 +520,7 @@ impl Report {
 #[derive(Debug)]
 pub struct Baseline {
     pub path: PathBuf,
-    pub rows: Vec<(String, [[Option<f64>; 2]; 2])>,
+    pub rows: Vec<(String, [[Option<f64>; 2]; 3])>,
 }
 
 impl Baseline {
@@ -519,7 +544,7 @@ impl Baseline {
                         v.and_then(|v| v.get("wall_ns_per_op")).and_then(Value::as_f64),
                     ]
                 };
-                Some((name, [side("native"), side("hypocaust")]))
+                Some((name, [side("native"), side("hypocaust"), side("hypocaust_opensbi")]))
             })
             .collect();
         Ok(Self { path: path.to_path_buf(), rows })
@@ -582,8 +607,9 @@ mod tests {
         }
         assert_eq!(r.ops, 64.0);
         assert_eq!(r.per_op(Side::Native, Mode::Count), Some(1e6));
-        assert_eq!(r.ratio(Mode::Wall), Some(2.0));
-        assert!(r.complete());
+        assert_eq!(r.ratio(Side::Hypocaust, Mode::Wall), Some(2.0));
+        assert!(r.complete(&[Side::Native, Side::Hypocaust]));
+        assert!(!r.complete(&Side::ALL), "nothing on OpenSBI");
         let t = r.throughput(Side::Native).expect("bytes");
         assert!((t - 104.8576).abs() < 1e-6);
 
@@ -595,8 +621,9 @@ mod tests {
             filter: None,
             output: PathBuf::new(),
             verbose: false,
+            firmware: None,
         };
-        let report = Report::new(&opts, vec![r], false);
+        let report = Report::new(&opts, vec![r], false, Side::ALL.to_vec());
         let path = std::env::temp_dir().join(format!("xtask-bench-{}.json", std::process::id()));
         report.write_json(&path).expect("writes");
         let base = Baseline::read(&path).expect("reads back");

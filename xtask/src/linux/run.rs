@@ -58,6 +58,8 @@ pub struct Boot {
     pub files: Vec<(String, u32, PathBuf)>,
     /// More QEMU arguments (e.g. `-icount`).
     pub qemu_args: Vec<String>,
+    /// The firmware hypocaust runs on (natively: always OpenSBI).
+    pub firmware: qemu::Firmware,
 }
 
 impl Boot {
@@ -75,6 +77,7 @@ impl Boot {
             log: "info".into(),
             files: Vec::new(),
             qemu_args: Vec::new(),
+            firmware: qemu::Firmware::default(),
         }
     }
 
@@ -158,7 +161,7 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
             }],
             &bundle,
         )?;
-        let mut m = suite::hypocaust_machine(bundle)?;
+        let mut m = suite::hypocaust_machine(bundle, boot.firmware)?;
         m.memory_mib = boot.host_mib;
         m.append = Some(format!("hypocaust.log={}", boot.log));
         m

@@ -29,6 +29,7 @@ mod interrupts;
 mod paging;
 mod plic;
 mod sbi;
+mod smp;
 mod sweeps;
 mod uart;
 mod virtio;
@@ -42,6 +43,7 @@ pub const ALL: &[&[Test]] = &[
     fp::TESTS,
     paging::TESTS,
     sbi::TESTS,
+    smp::TESTS,
     uart::TESTS,
     plic::TESTS,
     virtio::TESTS,
