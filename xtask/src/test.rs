@@ -852,7 +852,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
             (None, "exit-status") if run.status != Some(7) => {
                 Err(format!("exit status {:?}, expected 7", run.status))
             }
-            _ => part(test).and_then(|out| check(out)),
+            _ => part(test).and_then(&check),
         };
         all_ok &= result.is_ok();
         verdict(&mut group, test, result);
