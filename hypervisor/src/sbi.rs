@@ -102,6 +102,10 @@ impl fmt::Display for SbiInfo {
         write!(f, "SBI v{}.{}, {}", self.spec.0, self.spec.1, self.impl_name())?;
         if self.impl_id == 1 {
             write!(f, " v{}.{}", self.impl_version >> 16, self.impl_version & 0xffff)?;
+        } else if self.impl_id == 4 {
+            // RustSBI: major << 16 | minor << 8 | patch.
+            let v = self.impl_version;
+            write!(f, " v{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)?;
         } else {
             write!(f, " version {:#x}", self.impl_version)?;
         }
