@@ -71,7 +71,7 @@ pub fn elf_to_image(elf: &Path, image: &Path) -> Result<()> {
 }
 
 /// A guest for a bundle.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GuestFiles {
     pub name: String,
     pub kernel: PathBuf,
@@ -81,6 +81,10 @@ pub struct GuestFiles {
     pub vcpus: u32,
     /// Bit `i`: the host's virtio-mmio slot `i` is passed through to the guest.
     pub virtio_slots: u64,
+    /// Bit `i`: its vCPUs may run on host hart index `i`; 0: on any.
+    pub harts: u64,
+    /// `(virtio slot, name)` of the devices a configuration named.
+    pub device_names: Vec<(usize, String)>,
 }
 
 /// Packs guests into a bundle file (hypocaust's initrd) at `out`.
@@ -100,14 +104,37 @@ pub fn bundle(guests: &[GuestFiles], out: &Path) -> Result<()> {
                 initrd: g.initrd.as_deref().map(read).transpose()?,
                 bootargs: g.bootargs.clone(),
                 virtio_slots: g.virtio_slots,
+                harts: g.harts,
+                device_names: g.device_names.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let data = bundle::writer::build(&specs).map_err(|e| anyhow::anyhow!(e))?;
+    let data = bundle::writer::build(&specs, seed()).map_err(|e| anyhow::anyhow!(e))?;
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(out, data).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Fresh random bytes for a bundle's seed (the host's /dev/urandom; without it, the clock
+/// and the process ID, hashed).
+fn seed() -> [u8; bundle::SEED_LEN] {
+    let mut seed = [0u8; bundle::SEED_LEN];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
+    if random.is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        for (i, chunk) in seed.chunks_mut(8).enumerate() {
+            let word = crate::util::fnv1a(
+                &[now.to_le_bytes(), (std::process::id() as u64 + i as u64).to_le_bytes()].concat(),
+            );
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
+    }
+    seed
 }
 
 /// Sectors of the suite's disk (1 MiB).

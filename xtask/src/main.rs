@@ -237,6 +237,7 @@ fn run_command(o: RunOptions) -> Result<bool> {
                 memory_mib: guest_memory,
                 vcpus: 1,
                 virtio_slots: if test_kernel { suite::ALL_VIRTIO_SLOTS } else { 0 },
+                ..Default::default()
             }],
             &bundle,
         )?;

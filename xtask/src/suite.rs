@@ -194,6 +194,7 @@ pub fn run(place: Place, opts: &Options) -> Result<(Report, Run)> {
                     memory_mib: GUEST_MIB,
                     vcpus: 1,
                     virtio_slots: ALL_VIRTIO_SLOTS,
+                    ..Default::default()
                 }],
                 &bundle,
             )?;

@@ -138,6 +138,7 @@ fn with_guest(
         memory_mib,
         vcpus,
         virtio_slots: 0,
+        ..Default::default()
     };
     artifacts::bundle(&[guest], &bundle)?;
     suite::hypocaust_machine(bundle, Firmware::default())
@@ -158,6 +159,7 @@ fn with_guests(case: &str, smp: usize, guests: &[(&str, &str)]) -> Result<Machin
             memory_mib: 64,
             vcpus: 1,
             virtio_slots: 0,
+            ..Default::default()
         })
         .collect();
     artifacts::bundle(&files, &bundle)?;

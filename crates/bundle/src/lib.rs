@@ -6,13 +6,17 @@
 //!
 //! ```text
 //! 0   magic "HYPCBNDL"
-//! 8   u32 format version (1)
+//! 8   u32 format version (2)
 //! 12  u32 number of guests
 //! 16  u64 total size in bytes
-//! 24  guest records, RECORD_SIZE bytes each:
+//! 24  seed [u8; 32]: random bytes from the host tool, fresh for every bundle (hypocaust
+//!     mixes them into each guest's `rng-seed`)
+//! 56  guest records, RECORD_SIZE bytes each:
 //!       name [u8; 32] (UTF-8, NUL padded), u32 memory in MiB, u32 vCPUs,
 //!       kernel blob, initrd blob, bootargs blob (each u64 offset + u64 size; size 0 =
-//!       none), u64 virtio slot mask, 48 reserved bytes (zero)
+//!       none), u64 virtio slot mask, u64 hart affinity mask (bit i: host hart index i;
+//!       0: any), device-names blob (UTF-8 lines `SLOT NAME`: the name the configuration
+//!       gave the device in virtio slot SLOT), 24 reserved bytes (zero)
 //! ... blobs
 //! ```
 //!
@@ -25,9 +29,11 @@ use core::fmt;
 /// First eight bytes of a bundle.
 pub const MAGIC: &[u8; 8] = b"HYPCBNDL";
 /// The format version this crate reads and writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Size of the header before the guest records.
-pub const HEADER_SIZE: usize = 24;
+pub const HEADER_SIZE: usize = 56;
+/// Bytes of the bundle's seed.
+pub const SEED_LEN: usize = 32;
 /// Size of one guest record.
 pub const RECORD_SIZE: usize = 32 + 4 + 4 + 3 * 16 + 8 + 48;
 /// Longest guest name.
@@ -75,6 +81,20 @@ pub struct Guest<'a> {
     pub bootargs: &'a str,
     /// Bit `i`: the host's virtio-mmio slot `i` (in address order) is passed through.
     pub virtio_slots: u64,
+    /// Bit `i`: the guest's vCPUs may run on host hart index `i`; 0: on any.
+    pub harts: u64,
+    /// Lines `SLOT NAME`: the configuration's names of its devices.
+    pub device_names: &'a str,
+}
+
+impl<'a> Guest<'a> {
+    /// The configuration's name of the device in virtio slot `slot`, if it gave one.
+    pub fn device_name(&self, slot: usize) -> Option<&'a str> {
+        self.device_names.lines().find_map(|line| {
+            let (s, name) = line.split_once(' ')?;
+            (s.parse() == Ok(slot)).then_some(name)
+        })
+    }
 }
 
 /// A bundle in memory.
@@ -143,6 +163,7 @@ impl<'a> Bundle<'a> {
             .map_err(|_| BundleError::BadName { guest: index })?;
         let initrd = blob(56)?;
         let bootargs = core::str::from_utf8(blob(72)?).map_err(|_| bad)?;
+        let device_names = core::str::from_utf8(blob(104)?).map_err(|_| bad)?;
         Ok(Guest {
             name,
             memory_mib: u32_at(record, 32).ok_or(bad)?,
@@ -151,7 +172,14 @@ impl<'a> Bundle<'a> {
             initrd: (!initrd.is_empty()).then_some(initrd),
             bootargs,
             virtio_slots: u64_at(record, 88).ok_or(bad)?,
+            harts: u64_at(record, 96).ok_or(bad)?,
+            device_names,
         })
+    }
+
+    /// The host tool's random seed.
+    pub fn seed(&self) -> [u8; SEED_LEN] {
+        self.data[24..24 + SEED_LEN].try_into().expect("the header was checked")
     }
 
     /// Every guest, in order.
@@ -175,30 +203,44 @@ pub mod writer {
         pub initrd: Option<Vec<u8>>,
         pub bootargs: String,
         pub virtio_slots: u64,
+        /// Host hart indexes the vCPUs may run on (bit i); 0: any.
+        pub harts: u64,
+        /// `(virtio slot, name)` of the devices the configuration named.
+        pub device_names: Vec<(usize, String)>,
     }
 
     fn align(v: &mut Vec<u8>) {
         v.resize(v.len().next_multiple_of(BLOB_ALIGN), 0);
     }
 
-    /// Packs `guests` into a bundle. Names longer than 32 bytes are an error.
-    pub fn build(guests: &[GuestSpec]) -> Result<Vec<u8>, String> {
+    /// Packs `guests` into a bundle with `seed`. Names longer than 32 bytes are an error.
+    pub fn build(guests: &[GuestSpec], seed: [u8; SEED_LEN]) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&(guests.len() as u32).to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes()); // size, patched below
+        out.extend_from_slice(&seed);
         let records = out.len();
         out.resize(records + guests.len() * RECORD_SIZE, 0);
         for (i, g) in guests.iter().enumerate() {
             if g.name.len() > NAME_LEN || g.name.is_empty() {
                 return Err(format!("guest name {:?} must be 1 to {NAME_LEN} bytes", g.name));
             }
-            let mut blobs = [(0u64, 0u64); 3];
-            for (slot, data) in
-                [&g.kernel[..], g.initrd.as_deref().unwrap_or(&[]), g.bootargs.as_bytes()]
-                    .into_iter()
-                    .enumerate()
+            let names: String =
+                g.device_names.iter().map(|(slot, name)| format!("{slot} {name}\n")).collect();
+            if g.device_names.iter().any(|(_, n)| n.is_empty() || n.contains(char::is_whitespace)) {
+                return Err(format!("guest {:?}: device names must be words", g.name));
+            }
+            let mut blobs = [(0u64, 0u64); 4];
+            for (slot, data) in [
+                &g.kernel[..],
+                g.initrd.as_deref().unwrap_or(&[]),
+                g.bootargs.as_bytes(),
+                names.as_bytes(),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if !data.is_empty() {
                     align(&mut out);
@@ -211,11 +253,13 @@ pub mod writer {
             r[32..36].copy_from_slice(&g.memory_mib.to_le_bytes());
             r[36..40].copy_from_slice(&g.vcpus.to_le_bytes());
             for (slot, (off, len)) in blobs.iter().enumerate() {
-                let at = 40 + slot * 16;
+                // Kernel, initrd, bootargs at 40, 56, 72; device names at 104.
+                let at = if slot < 3 { 40 + slot * 16 } else { 104 };
                 r[at..at + 8].copy_from_slice(&off.to_le_bytes());
                 r[at + 8..at + 16].copy_from_slice(&len.to_le_bytes());
             }
             r[88..96].copy_from_slice(&g.virtio_slots.to_le_bytes());
+            r[96..104].copy_from_slice(&g.harts.to_le_bytes());
         }
         let size = out.len() as u64;
         out[16..24].copy_from_slice(&size.to_le_bytes());
@@ -237,29 +281,46 @@ mod tests {
             initrd: Some(vec![0xBB; 10]),
             bootargs: "console=hvc0".into(),
             virtio_slots: 0b11,
+            harts: 0b101,
+            device_names: vec![(0, "disk".into()), (1, "net0".into())],
         }
     }
 
+    const SEED: [u8; SEED_LEN] = [7; SEED_LEN];
+
     #[test]
     fn round_trip() {
-        let data = build(&[
-            spec("linux"),
-            GuestSpec { initrd: None, bootargs: String::new(), ..spec("test") },
-        ])
+        let data = build(
+            &[
+                spec("linux"),
+                GuestSpec {
+                    initrd: None,
+                    bootargs: String::new(),
+                    device_names: vec![],
+                    ..spec("test")
+                },
+            ],
+            SEED,
+        )
         .unwrap();
         let b = Bundle::parse(&data).unwrap();
         assert_eq!(b.guest_count(), 2);
         assert_eq!(b.size(), data.len());
         let g = b.guest(0).unwrap();
         assert_eq!(
-            (g.name, g.memory_mib, g.vcpus, g.bootargs, g.virtio_slots),
-            ("linux", 256, 2, "console=hvc0", 3)
+            (g.name, g.memory_mib, g.vcpus, g.bootargs, g.virtio_slots, g.harts),
+            ("linux", 256, 2, "console=hvc0", 3, 0b101)
         );
+        assert_eq!(
+            (g.device_name(0), g.device_name(1), g.device_name(2)),
+            (Some("disk"), Some("net0"), None)
+        );
+        assert_eq!(b.seed(), SEED);
         assert_eq!(g.kernel, &[0xAA; 5000][..]);
         assert_eq!(g.initrd, Some(&[0xBB; 10][..]));
         assert_eq!(g.kernel.as_ptr() as usize % 4096, data.as_ptr() as usize % 4096);
         let t = b.guest(1).unwrap();
-        assert_eq!((t.name, t.initrd, t.bootargs), ("test", None, ""));
+        assert_eq!((t.name, t.initrd, t.bootargs, t.device_names), ("test", None, "", ""));
         assert_eq!(b.guests().count(), 2);
         // Trailing bytes after the bundle are ignored.
         let mut longer = data.clone();
@@ -269,7 +330,7 @@ mod tests {
 
     #[test]
     fn damage_is_detected() {
-        let data = build(&[spec("linux")]).unwrap();
+        let data = build(&[spec("linux")], SEED).unwrap();
         assert_eq!(Bundle::parse(&data[..10]).unwrap_err(), BundleError::NotABundle);
         assert_eq!(Bundle::parse(&data[..data.len() - 1]).unwrap_err(), BundleError::Truncated);
         let mut v = data.clone();
@@ -284,6 +345,8 @@ mod tests {
         let mut v = data;
         v[HEADER_SIZE] = 0xFF;
         assert_eq!(Bundle::parse(&v).unwrap_err(), BundleError::BadName { guest: 0 });
-        assert!(build(&[spec(&"x".repeat(33))]).is_err());
+        assert!(build(&[spec(&"x".repeat(33))], SEED).is_err());
+        let spaced = GuestSpec { device_names: vec![(0, "a b".into())], ..spec("x") };
+        assert!(build(&[spaced], SEED).is_err());
     }
 }

@@ -536,6 +536,7 @@ fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
                     memory_mib: suite::GUEST_MIB,
                     vcpus: 1,
                     virtio_slots: suite::ALL_VIRTIO_SLOTS,
+                    ..Default::default()
                 }],
                 &bundle,
             )?;

@@ -158,6 +158,7 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
                 memory_mib: boot.guest_mib,
                 vcpus: u32::try_from(boot.smp)?,
                 virtio_slots: suite::ALL_VIRTIO_SLOTS,
+                ..Default::default()
             }],
             &bundle,
         )?;
