@@ -8,6 +8,7 @@
 extern crate alloc;
 
 pub mod map;
+pub mod ranges;
 pub mod shadow;
 pub mod walk;
 
