@@ -12,7 +12,9 @@
 extern crate alloc;
 
 mod access;
+pub mod bus;
 pub mod plic;
+pub mod rtc;
 pub mod uart;
 pub mod virtio;
 
