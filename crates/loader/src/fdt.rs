@@ -21,6 +21,8 @@ pub struct GuestDt<'a> {
     pub bootargs: &'a str,
     /// `[start, end)` of the initrd.
     pub initrd: Option<(u64, u64)>,
+    /// `/chosen/rng-seed`: entropy for the guest's random number generator.
+    pub rng_seed: Option<&'a [u8]>,
     /// The emulated and passed-through devices.
     pub devices: Devices<'a>,
 }
@@ -53,6 +55,8 @@ pub struct Devices<'a> {
     pub plic: Option<PlicNode>,
     /// `virtio,mmio` transports.
     pub virtio: &'a [Device],
+    /// A Goldfish real-time clock (`google,goldfish-rtc`).
+    pub rtc: Option<Device>,
 }
 
 /// phandle of the PLIC.
@@ -87,6 +91,9 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
     if let Some((start, end)) = dt.initrd {
         w.property_u64("linux,initrd-start", start)?;
         w.property_u64("linux,initrd-end", end)?;
+    }
+    if let Some(seed) = dt.rng_seed {
+        w.property("rng-seed", seed)?;
     }
     w.end_node(chosen)?;
 
@@ -162,6 +169,12 @@ fn soc(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
         with_irq(w, uart)?;
         w.end_node(node)?;
     }
+    if let Some(rtc) = &d.rtc {
+        let node = w.begin_node(&format!("rtc@{:x}", rtc.base))?;
+        w.property_string("compatible", "google,goldfish-rtc")?;
+        with_irq(w, rtc)?;
+        w.end_node(node)?;
+    }
     for dev in d.virtio {
         let node = w.begin_node(&format!("virtio_mmio@{:x}", dev.base))?;
         w.property_string("compatible", "virtio,mmio")?;
@@ -187,6 +200,7 @@ mod tests {
             ram_size: 256 << 20,
             bootargs: "console=hvc0",
             initrd: Some((0x8800_0000, 0x8810_0000)),
+            rng_seed: Some(&[1, 2, 3, 4]),
             devices: Devices::default(),
         })
         .unwrap();
@@ -211,6 +225,7 @@ mod tests {
         assert!(fdt.find_node("/cpus/cpu@1/interrupt-controller").is_some());
         assert!(fdt.find_node("/soc/plic@c000000").is_none());
         assert!(chosen.property("stdout-path").is_none());
+        assert_eq!(chosen.property("rng-seed").map(|p| p.value), Some(&[1u8, 2, 3, 4][..]));
     }
 
     #[test]
@@ -229,10 +244,12 @@ mod tests {
             ram_size: 64 << 20,
             bootargs: "",
             initrd: None,
+            rng_seed: None,
             devices: Devices {
                 uart: Some(Device { base: 0x1000_0000, size: 0x100, irq: 10 }),
                 plic: Some(PlicNode { base: 0xc00_0000, size: 0x60_0000, ndev: 96 }),
                 virtio: &virtio,
+                rtc: Some(Device { base: 0x10_1000, size: 0x1000, irq: 11 }),
             },
         })
         .unwrap();
@@ -262,5 +279,9 @@ mod tests {
         let r = v.reg().unwrap().next().unwrap();
         assert_eq!((r.starting_address as u64, r.size), (0x1000_8000, Some(0x1000)));
         assert_eq!(fdt.all_nodes().filter(|n| n.name.starts_with("virtio_mmio")).count(), 2);
+        let rtc = fdt.find_node("/soc/rtc@101000").unwrap();
+        assert_eq!(rtc.compatible().unwrap().first(), "google,goldfish-rtc");
+        assert_eq!(rtc.property("interrupts").and_then(|p| p.as_usize()), Some(11));
+        assert!(chosen.property("rng-seed").is_none());
     }
 }
