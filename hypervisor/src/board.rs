@@ -11,10 +11,10 @@ use devices::virtio::{VirtioHost, VirtioProxy};
 use devices::{Mmio, Width};
 use loader::fdt::{Device, PlicNode};
 use platform::Platform;
-use rv::HostPhysAddr;
+use rv::{GuestPhysAddr, HostPhysAddr};
 
-use crate::guest::GuestMemory;
 use crate::layout::phys_to_virt;
+use crate::memory::GuestMemory;
 use crate::{console, irq, mm};
 
 /// A virtio-mmio slot as the guest sees it.
@@ -84,15 +84,15 @@ fn slot_populated(pa: HostPhysAddr) -> bool {
 }
 
 /// The `Version` register of the host's virtio-mmio slot at `pa` (1 legacy, 2 modern).
-fn slot_version(pa: u64) -> u32 {
-    let regs = phys_to_virt(HostPhysAddr::new(pa)).raw() as *const u32;
+fn slot_version(pa: HostPhysAddr) -> u32 {
+    let regs = phys_to_virt(pa).raw() as *const u32;
     // SAFETY: as in `slot_populated`.
     unsafe { regs.add(1).read_volatile() }
 }
 
 /// The `DeviceID` register of the host's virtio-mmio slot at `pa`.
-fn slot_device_id(pa: u64) -> u32 {
-    let regs = phys_to_virt(HostPhysAddr::new(pa)).raw() as *const u32;
+fn slot_device_id(pa: HostPhysAddr) -> u32 {
+    let regs = phys_to_virt(pa).raw() as *const u32;
     // SAFETY: as in `slot_populated`.
     unsafe { regs.add(2).read_volatile() }
 }
@@ -137,35 +137,35 @@ impl VirtioHost for Passthrough<'_> {
         }
     }
 
-    fn guest_to_host(&self, gpa: u64, len: u64) -> Option<u64> {
-        self.memory.translate(gpa, len).map(HostPhysAddr::raw)
+    fn guest_to_host(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr> {
+        self.memory.translate(gpa, len)
     }
 
-    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
+    fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
         self.memory.read(gpa, buf)
     }
 
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool {
+    fn write_guest(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> bool {
         self.memory.write(gpa, data)
     }
 
-    fn alloc_dma(&mut self, bytes: usize, align: usize) -> Option<u64> {
+    fn alloc_dma(&mut self, bytes: usize, align: usize) -> Option<HostPhysAddr> {
         debug_assert!(align <= rv::PAGE_SIZE as usize);
-        mm::alloc_frames(bytes.div_ceil(rv::PAGE_SIZE as usize)).map(HostPhysAddr::raw)
+        mm::alloc_frames(bytes.div_ceil(rv::PAGE_SIZE as usize))
     }
 
-    fn free_dma(&mut self, hpa: u64, bytes: usize) {
-        mm::free_frames(HostPhysAddr::new(hpa), bytes.div_ceil(rv::PAGE_SIZE as usize));
+    fn free_dma(&mut self, hpa: HostPhysAddr, bytes: usize) {
+        mm::free_frames(hpa, bytes.div_ceil(rv::PAGE_SIZE as usize));
     }
 
-    fn read_host(&self, hpa: u64, buf: &mut [u8]) {
-        let src = phys_to_virt(HostPhysAddr::new(hpa)).raw() as *const u8;
+    fn read_host(&self, hpa: HostPhysAddr, buf: &mut [u8]) {
+        let src = phys_to_virt(hpa).raw() as *const u8;
         // SAFETY: `hpa` is shadow-ring memory from `alloc_dma`, in the direct map.
         unsafe { crate::mm::read_shared(src, buf) }
     }
 
-    fn write_host(&mut self, hpa: u64, data: &[u8]) {
-        let dst = phys_to_virt(HostPhysAddr::new(hpa)).raw() as *mut u8;
+    fn write_host(&mut self, hpa: HostPhysAddr, data: &[u8]) {
+        let dst = phys_to_virt(hpa).raw() as *mut u8;
         // SAFETY: as in `read_host`.
         unsafe { crate::mm::write_shared(dst, data) }
     }
@@ -186,10 +186,12 @@ impl Board {
             .virtio
             .iter()
             .map(|&(dev, owned)| {
-                let real = owned.then(|| HostPhysAddr::new(dev.base));
+                // The guest sees the slot where the host has it.
+                let pa = HostPhysAddr::new(dev.base);
+                let real = owned.then_some(pa);
                 // An empty slot reports the transport version of the host's slots.
-                let proxy = VirtioProxy::absent_with_version(slot_version(dev.base));
-                let device_id = if owned { slot_device_id(dev.base) } else { 0 };
+                let proxy = VirtioProxy::absent_with_version(slot_version(pa));
+                let device_id = if owned { slot_device_id(pa) } else { 0 };
                 Slot { dev, proxy, real, device_id }
             })
             .collect();
@@ -232,31 +234,39 @@ impl Board {
     }
 
     /// A guest load of `width` at `gpa`; `None` if no device answers there.
-    pub fn read(&mut self, memory: &GuestMemory, gpa: u64, width: Width) -> Option<u64> {
+    pub fn read(&mut self, memory: &GuestMemory, gpa: GuestPhysAddr, width: Width) -> Option<u64> {
         self.access(memory, gpa, width, None)
     }
 
     /// A guest store; `false` if no device takes it.
-    pub fn write(&mut self, memory: &GuestMemory, gpa: u64, width: Width, value: u64) -> bool {
+    pub fn write(
+        &mut self,
+        memory: &GuestMemory,
+        gpa: GuestPhysAddr,
+        width: Width,
+        value: u64,
+    ) -> bool {
         self.access(memory, gpa, width, Some(value)).is_some()
     }
 
     fn access(
         &mut self,
         memory: &GuestMemory,
-        gpa: u64,
+        gpa: GuestPhysAddr,
         width: Width,
         store: Option<u64>,
     ) -> Option<u64> {
-        let inside = |d: &Device| gpa.wrapping_sub(d.base) < d.size;
-        let result = if let Some((d, uart)) = self.uart.as_mut().filter(|(d, _)| inside(d)) {
-            rw(uart, gpa - d.base, width, store)
-        } else if let Some((p, plic)) =
-            self.plic.as_mut().filter(|(p, _)| gpa.wrapping_sub(p.base) < p.size)
+        let result = if let Some((d, uart)) = &mut self.uart
+            && let Some(offset) = offset_in(gpa, d.base, d.size)
         {
-            rw(plic, gpa - p.base, width, store)
-        } else if let Some(slot) = self.slots.iter_mut().find(|s| inside(&s.dev)) {
-            let offset = gpa - slot.dev.base;
+            rw(uart, offset, width, store)
+        } else if let Some((p, plic)) = &mut self.plic
+            && let Some(offset) = offset_in(gpa, p.base, p.size)
+        {
+            rw(plic, offset, width, store)
+        } else if let Some((offset, slot)) =
+            self.slots.iter_mut().find_map(|s| Some((offset_in(gpa, s.dev.base, s.dev.size)?, s)))
+        {
             let regs = slot.real.map_or(0, |r| phys_to_virt(r).raw() as usize);
             let mut host = Passthrough { regs, memory };
             let was_broken = slot.proxy.fault().is_some();
@@ -340,6 +350,11 @@ impl Board {
         }
         true
     }
+}
+
+/// The offset of `gpa` in the registers at `[base, base + size)`, if it lies among them.
+fn offset_in(gpa: GuestPhysAddr, base: u64, size: u64) -> Option<u64> {
+    gpa.offset_from(GuestPhysAddr::new(base)).filter(|&offset| offset < size)
 }
 
 /// One register access on an [`Mmio`] device.

@@ -1,9 +1,8 @@
-//! Guests: their memory, images, device tree, and the page table they run on.
+//! Guests: their images, device tree, and the page table they run on.
 //!
-//! A guest's RAM is one contiguous block of host RAM that it sees at guest-physical
-//! `0x8000_0000`; GPA → HPA is an offset plus a bounds check. While the guest's `satp` is
-//! Bare it runs on a table that maps its RAM at GVA = GPA with U pages, and hypocaust's own
-//! slots without U; paged, it runs on shadow tables (paging.rs). Its devices are in
+//! A guest's RAM is one contiguous block of host RAM (memory.rs). While the guest's `satp`
+//! is Bare it runs on a table that maps its RAM at GVA = GPA with U pages, and hypocaust's
+//! own slots without U; paged, it runs on shadow tables (paging.rs). Its devices are in
 //! board.rs.
 
 use alloc::string::{String, ToString};
@@ -11,76 +10,15 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use mmu::map::Mapper;
-use rv::HostPhysAddr;
 use rv::csr::{Satp, SatpMode};
 use rv::pte::PteFlags;
+use rv::{GuestPhysAddr, HostPhysAddr};
 
+use crate::memory::{GuestMemory, RAM_BASE};
 use crate::{layout, mm};
-
-/// Where every guest's RAM starts.
-pub const RAM_BASE: u64 = 0x8000_0000;
 
 /// Smallest guest RAM accepted.
 pub const MIN_MEMORY_MIB: u32 = 16;
-
-/// A guest's RAM.
-pub struct GuestMemory {
-    base: HostPhysAddr,
-    size: u64,
-}
-
-impl GuestMemory {
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The host-physical address of `[gpa, gpa + len)`, if all of it is guest RAM.
-    pub fn translate(&self, gpa: u64, len: u64) -> Option<HostPhysAddr> {
-        let offset = gpa.checked_sub(RAM_BASE)?;
-        let end = offset.checked_add(len)?;
-        (end <= self.size).then(|| HostPhysAddr::new(self.base.raw() + offset))
-    }
-
-    /// Whether `gpa` is guest RAM.
-    pub fn contains(&self, gpa: u64) -> bool {
-        self.translate(gpa, 1).is_some()
-    }
-
-    /// A direct-map pointer to `[gpa, gpa + len)`, if all of it is guest RAM.
-    fn ptr(&self, gpa: u64, len: usize) -> Option<*mut u8> {
-        self.translate(gpa, len as u64).map(|hpa| layout::phys_to_virt(hpa).raw() as *mut u8)
-    }
-
-    /// Copies guest RAM at `gpa` into `buf`; `false` (nothing copied) if not all RAM.
-    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Some(src) = self.ptr(gpa, buf.len()) else {
-            return false;
-        };
-        // SAFETY: `ptr` checked that the range is this guest's RAM, which the direct map
-        // covers and which is never hypocaust's own memory. The guest's vCPUs and devices
-        // may change it meanwhile: small aligned reads do not tear.
-        unsafe { mm::read_shared(src, buf) };
-        true
-    }
-
-    /// Copies `data` into guest RAM at `gpa`; `false` (nothing written) if not all RAM.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> bool {
-        let Some(dst) = self.ptr(gpa, data.len()) else {
-            return false;
-        };
-        // SAFETY: as in `read`.
-        unsafe { mm::write_shared(dst, data) };
-        true
-    }
-
-    /// Zeroes all of it.
-    fn clear(&self) {
-        let dst = layout::phys_to_virt(self.base).raw() as *mut u8;
-        // SAFETY: the block belongs to this guest and is covered by the direct map.
-        unsafe { core::ptr::write_bytes(dst, 0, self.size as usize) };
-    }
-}
 
 /// Why a guest could not be set up.
 #[derive(Debug)]
@@ -171,7 +109,9 @@ impl Guest {
         let size = (mib as u64) << 20;
         let base = mm::alloc_frames_uninit((size / rv::PAGE_SIZE) as usize)
             .ok_or(GuestError::Memory { mib })?;
-        let memory = GuestMemory { base, size };
+        // SAFETY: the frames were just allocated for this guest's RAM alone, and the direct
+        // map covers all of the frame allocator's memory.
+        let memory = unsafe { GuestMemory::new(base, size) };
 
         let mut frames = mm::KernelFrames;
         let root = mm::alloc_frames(1).ok_or(GuestError::PageTable)?;
@@ -179,7 +119,7 @@ impl Guest {
         let user_rwx =
             PteFlags::U | PteFlags::R | PteFlags::W | PteFlags::X | PteFlags::A | PteFlags::D;
         table
-            .map_range(RAM_BASE, base.raw(), size, user_rwx, 2)
+            .map_range(RAM_BASE.raw(), base.raw(), size, user_rwx, 2)
             .map_err(|_| GuestError::PageTable)?;
         table.share_root_entries(
             HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12),
@@ -230,13 +170,14 @@ impl Guest {
     /// (Re)loads the guest's RAM: zeroes it, places the kernel, initrd and device tree.
     /// Returns the boot vCPU, ready to run.
     pub fn load(&self) -> Result<vcpu::Vcpu, GuestError> {
-        let size = self.memory.size;
-        let plan = loader::image::plan(self.kernel, RAM_BASE, size).map_err(GuestError::Image)?;
+        let size = self.memory.size();
+        let plan =
+            loader::image::plan(self.kernel, RAM_BASE.raw(), size).map_err(GuestError::Image)?;
         // The tree's size depends on where the initrd goes, which depends on the tree's
         // size: place with a generous bound first.
         let dtb_bound = 64 * 1024;
         let layout = loader::layout::place(
-            RAM_BASE,
+            RAM_BASE.raw(),
             size,
             plan.entry,
             plan.end(),
@@ -251,7 +192,7 @@ impl Guest {
             isa: &self.offer.isa,
             mmu_type: self.offer.features.max_satp_mode.dt_name(),
             timebase_hz: self.offer.timebase_hz,
-            ram_base: RAM_BASE,
+            ram_base: RAM_BASE.raw(),
             ram_size: size,
             bootargs: &self.bootargs,
             initrd: layout
@@ -272,12 +213,12 @@ impl Guest {
         self.memory.clear();
         for s in &plan.segments {
             // `plan` checked that every segment lies in RAM.
-            self.memory.write(s.gpa, s.data);
+            self.memory.write(GuestPhysAddr::new(s.gpa), s.data);
         }
         if let (Some(start), Some(initrd)) = (layout.initrd, self.initrd) {
-            self.memory.write(start, initrd);
+            self.memory.write(GuestPhysAddr::new(start), initrd);
         }
-        self.memory.write(layout.dtb, &dtb);
+        self.memory.write(GuestPhysAddr::new(layout.dtb), &dtb);
         self.with_board(|b| b.reset(&self.memory));
         Ok(vcpu::Vcpu::new(0, self.offer.features, plan.entry, layout.dtb))
     }

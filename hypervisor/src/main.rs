@@ -22,6 +22,7 @@ mod guest;
 mod hart;
 mod irq;
 mod layout;
+mod memory;
 mod mm;
 mod paging;
 mod panic;
@@ -314,7 +315,7 @@ fn run_guest(index: usize) -> ! {
         println!("hypocaust: guest '{}' has no shadow table pool", g.name);
         idle()
     };
-    let mut mmu = paging::VcpuMmu::new(index, pool);
+    let mut mmu = paging::VcpuMmu::new(index, g.bare_satp, pool);
     loop {
         mmu.reset();
         let vcpu = match g.load() {

@@ -11,13 +11,13 @@ use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use mmu::map::Frames;
 use mmu::shadow::{Fill, GuestRam, Key, ShadowCache, ShadowFrames, View, access_of, is_paged};
 use mmu::walk::{Access, AccessType, WalkFeatures};
-use rv::HostPhysAddr;
 use rv::csr::{Satp, SatpMode, Sstatus};
 use rv::pte::Pte;
 use rv::trap::Exception;
+use rv::{GuestPhysAddr, HostPhysAddr};
 use vcpu::{Fault, Privilege, Vcpu};
 
-use crate::guest::{Guest, GuestMemory};
+use crate::memory::GuestMemory;
 use crate::{arch, layout, mm};
 
 /// Shadow trees a vCPU keeps (address spaces × views).
@@ -128,16 +128,16 @@ impl ShadowFrames for FramePool {
 }
 
 impl mmu::walk::GuestMemory for GuestMemory {
-    fn read_u64(&self, gpa: rv::GuestPhysAddr) -> Option<u64> {
+    fn read_u64(&self, gpa: GuestPhysAddr) -> Option<u64> {
         let mut b = [0u8; 8];
-        (gpa.is_aligned(8) && self.read(gpa.raw(), &mut b)).then(|| u64::from_le_bytes(b))
+        (gpa.is_aligned(8) && self.read(gpa, &mut b)).then(|| u64::from_le_bytes(b))
     }
 
-    fn compare_exchange_u64(&self, gpa: rv::GuestPhysAddr, old: u64, new: u64) -> Option<u64> {
+    fn compare_exchange_u64(&self, gpa: GuestPhysAddr, old: u64, new: u64) -> Option<u64> {
         if !gpa.is_aligned(8) {
             return None;
         }
-        let hpa = self.translate(gpa.raw(), 8)?;
+        let hpa = self.translate(gpa, 8)?;
         // SAFETY: an aligned word of this guest's RAM, reached through the direct map; other
         // vCPUs update it only atomically too.
         let word = unsafe { AtomicU64::from_ptr(layout::phys_to_virt(hpa).raw() as *mut u64) };
@@ -148,7 +148,7 @@ impl mmu::walk::GuestMemory for GuestMemory {
 }
 
 impl GuestRam for GuestMemory {
-    fn host_addr(&self, gpa: u64, len: u64) -> Option<HostPhysAddr> {
+    fn host_addr(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr> {
         self.translate(gpa, len)
     }
 }
@@ -165,7 +165,7 @@ pub enum PageFault {
     Guest(Fault),
     /// The guest's translation leads to guest-physical `gpa`, which is not RAM: a device,
     /// or nothing.
-    NotRam { kind: AccessType, gpa: u64 },
+    NotRam { kind: AccessType, gpa: GuestPhysAddr },
 }
 
 /// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]),
@@ -179,12 +179,14 @@ struct CodePage {
     satp: u64,
     user: bool,
     va_page: u64,
-    gpa_page: u64,
+    gpa_page: GuestPhysAddr,
 }
 
 /// The memory side of one vCPU.
 pub struct VcpuMmu {
     guest_index: usize,
+    /// `satp` of the table the guest runs on while its own `satp` is Bare.
+    bare_satp: u64,
     pool: FramePool,
     cache: ShadowCache,
     /// The key, slot and real `satp` of the tree the vCPU runs on now (None: the Bare view).
@@ -200,11 +202,13 @@ pub struct VcpuMmu {
 }
 
 impl VcpuMmu {
-    /// The memory view of a vCPU of guest `guest_index`, with `pool` for its shadow tables.
-    pub fn new(guest_index: usize, pool: FramePool) -> Self {
+    /// The memory view of a vCPU of guest `guest_index`, whose Bare view is the table of
+    /// `bare_satp`, with `pool` for its shadow tables.
+    pub fn new(guest_index: usize, bare_satp: u64, pool: FramePool) -> Self {
         let host_root = HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12);
         Self {
             guest_index,
+            bare_satp,
             pool,
             cache: ShadowCache::new(MAX_TREES, host_root, layout::HYPERVISOR_ROOT_SLOTS),
             current: None,
@@ -228,8 +232,8 @@ impl VcpuMmu {
     }
 
     /// Puts the hart on the table the vCPU must run on now.
-    pub fn load(&mut self, guest: &Guest, v: &Vcpu) {
-        let satp = self.satp_for(guest, v);
+    pub fn load(&mut self, v: &Vcpu) {
+        let satp = self.satp_for(v);
         if self.loaded == satp {
             return;
         }
@@ -252,11 +256,11 @@ impl VcpuMmu {
 
     /// The real `satp` the vCPU must run on now: the Bare view, or the shadow tree of its
     /// address space and view (made empty if new).
-    fn satp_for(&mut self, guest: &Guest, v: &Vcpu) -> u64 {
+    fn satp_for(&mut self, v: &Vcpu) -> u64 {
         let satp = v.csrs.satp;
         if !is_paged(satp) {
             self.current = None;
-            return Satp(guest.bare_satp).0 & !(0xFFFF << Satp::ASID_SHIFT)
+            return Satp(self.bare_satp).0 & !(0xFFFF << Satp::ASID_SHIFT)
                 | (real_asid(self.guest_index, None) as u64) << Satp::ASID_SHIFT;
         }
         let view = View::of(v.privilege == Privilege::User, v.csrs.status(Sstatus::SUM));
@@ -307,7 +311,13 @@ impl VcpuMmu {
 
     /// Handles a real page fault of the guest at `va` while paged: a shadow fill, the
     /// exception the guest must see, or an access to guest-physical memory that is no RAM.
-    pub fn page_fault(&mut self, guest: &Guest, v: &Vcpu, cause: Exception, va: u64) -> PageFault {
+    pub fn page_fault(
+        &mut self,
+        memory: &GuestMemory,
+        v: &Vcpu,
+        cause: Exception,
+        va: u64,
+    ) -> PageFault {
         let Some(kind) = access_of(cause) else { return PageFault::Guest((cause, va)) };
         let Some((_, slot, _)) = self.current else { return PageFault::Guest((cause, va)) };
         let access = access_for(v, kind);
@@ -315,8 +325,8 @@ impl VcpuMmu {
         self.leave_tree();
         match self.cache.fill(
             slot,
-            &guest.memory,
-            &guest.memory,
+            memory,
+            memory,
             v.csrs.satp,
             va,
             access,
@@ -334,22 +344,22 @@ impl VcpuMmu {
     /// A/D as the hardware would), to a guest-physical address.
     pub fn translate(
         &self,
-        guest: &Guest,
+        memory: &GuestMemory,
         v: &Vcpu,
         va: u64,
         access: Access,
-    ) -> Result<u64, Fault> {
+    ) -> Result<GuestPhysAddr, Fault> {
         if !is_paged(v.csrs.satp) {
-            return Ok(va);
+            return Ok(GuestPhysAddr::new(va));
         }
         mmu::walk::translate(
-            &guest.memory,
+            memory,
             Satp(v.csrs.satp),
             rv::GuestVirtAddr::new(va),
             access,
             FEATURES,
         )
-        .map(|t| t.gpa.raw())
+        .map(|t| t.gpa)
         .map_err(|e| (e, va))
     }
 }
@@ -359,10 +369,15 @@ impl VcpuMmu {
     /// by hypocaust at the vCPU's privilege: from the recent code pages, or a walk of the
     /// guest's tables (remembered then). Like a TLB entry, a remembered page stays until
     /// the guest fences; `None` where the fetch would fault.
-    pub fn code_address(&mut self, guest: &Guest, v: &Vcpu, pc: u64) -> Option<u64> {
+    pub fn code_address(
+        &mut self,
+        memory: &GuestMemory,
+        v: &Vcpu,
+        pc: u64,
+    ) -> Option<GuestPhysAddr> {
         let satp = v.csrs.satp;
         if !is_paged(satp) {
-            return Some(pc);
+            return Some(GuestPhysAddr::new(pc));
         }
         let user = v.privilege == Privilege::User;
         let va_page = pc & !0xfff;
@@ -372,11 +387,11 @@ impl VcpuMmu {
             && c.satp == satp
             && c.user == user
         {
-            return Some(c.gpa_page | (pc & 0xfff));
+            return c.gpa_page.checked_add(pc & 0xfff);
         }
-        let gpa = self.translate(guest, v, pc, access_for(v, AccessType::Execute)).ok()?;
+        let gpa = self.translate(memory, v, pc, access_for(v, AccessType::Execute)).ok()?;
         self.code[(pc >> 12) as usize % CODE_PAGES] =
-            Some(CodePage { satp, user, va_page, gpa_page: gpa & !0xfff });
+            Some(CodePage { satp, user, va_page, gpa_page: gpa.align_down(rv::PAGE_SIZE) });
         Some(gpa)
     }
 }

@@ -2,6 +2,7 @@
 //! it, deliver virtual interrupts, repeat.
 
 use mmu::walk::AccessType;
+use rv::GuestPhysAddr;
 use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
 use rv::trap::{Cause, Exception, Interrupt};
 use vcpu::mmio::Direction;
@@ -62,7 +63,7 @@ struct GuestHost<'a> {
 impl GuestHost<'_> {
     /// Reads `buf.len()` bytes at guest-virtual `va` as an access of `kind` by the vCPU.
     fn read_virt(&self, v: &Vcpu, va: u64, kind: AccessType, buf: &mut [u8]) -> Result<(), Fault> {
-        let gpa = self.mmu.translate(self.guest, v, va, access_for(v, kind))?;
+        let gpa = self.mmu.translate(&self.guest.memory, v, va, access_for(v, kind))?;
         if self.guest.memory.read(gpa, buf) { Ok(()) } else { Err((kind.access_fault(), va)) }
     }
 }
@@ -73,7 +74,7 @@ impl GuestHost<'_> {
     /// with the fault the fetch takes.
     fn fetch_half(&mut self, v: &Vcpu, va: u64) -> Result<u16, Fault> {
         let mut half = [0u8; 2];
-        match self.mmu.code_address(self.guest, v, va) {
+        match self.mmu.code_address(&self.guest.memory, v, va) {
             Some(gpa) if self.guest.memory.read(gpa, &mut half) => Ok(u16::from_le_bytes(half)),
             Some(_) => Err((AccessType::Execute.access_fault(), va)),
             None => self
@@ -107,7 +108,7 @@ impl Host for GuestHost<'_> {
         if pc & 0xfff > 0xffc {
             return None;
         }
-        let gpa = self.mmu.code_address(self.guest, vcpu, pc)?;
+        let gpa = self.mmu.code_address(&self.guest.memory, vcpu, pc)?;
         let mut bits = [0u8; 4];
         self.guest.memory.read(gpa, &mut bits).then(|| u32::from_le_bytes(bits))
     }
@@ -118,23 +119,23 @@ impl Host for GuestHost<'_> {
         Ok(u64::from_le_bytes(b))
     }
 
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+    fn read_phys(&mut self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
         self.guest.memory.read(gpa, buf)
     }
 
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
+    fn write_phys(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> bool {
         self.guest.memory.write(gpa, data)
     }
 
-    fn is_ram(&self, gpa: u64) -> bool {
+    fn is_ram(&self, gpa: GuestPhysAddr) -> bool {
         self.guest.memory.contains(gpa)
     }
 
-    fn mmio_read(&mut self, gpa: u64, width: rv::insn::Width) -> Option<u64> {
+    fn mmio_read(&mut self, gpa: GuestPhysAddr, width: rv::insn::Width) -> Option<u64> {
         self.guest.with_board(|b| b.read(&self.guest.memory, gpa, width))
     }
 
-    fn mmio_write(&mut self, gpa: u64, width: rv::insn::Width, value: u64) -> bool {
+    fn mmio_write(&mut self, gpa: GuestPhysAddr, width: rv::insn::Width, value: u64) -> bool {
         self.guest.with_board(|b| b.write(&self.guest.memory, gpa, width, value))
     }
 
@@ -169,7 +170,7 @@ impl Host for GuestHost<'_> {
         HartState::Stopped
     }
 
-    fn hart_start(&mut self, _hart: usize, _start: u64, _opaque: u64) {}
+    fn hart_start(&mut self, _hart: usize, _start: GuestPhysAddr, _opaque: u64) {}
 
     fn send_ipi(&mut self, _hart: usize) {}
 
@@ -206,8 +207,8 @@ fn read_csr_scause_stval() -> (u64, u64) {
 }
 
 /// Sets the real CSRs the vCPU's state calls for.
-fn prepare(real: &mut RealCsrs, guest: &Guest, mmu: &mut VcpuMmu, v: &Vcpu) {
-    mmu.load(guest, v);
+fn prepare(real: &mut RealCsrs, mmu: &mut VcpuMmu, v: &Vcpu) {
+    mmu.load(v);
     let status = v.csrs.sstatus & MIRRORED;
     if real.status != status {
         // SAFETY: FS gates the guest's FP use (hypocaust, built without F/D, has none); MXR
@@ -294,7 +295,13 @@ pub fn host_external(guest: Option<&Guest>) {
 }
 
 /// The device access a page fault stands for, at guest-physical `gpa` (no RAM there).
-fn device_access(v: &mut Vcpu, host: &mut GuestHost, kind: AccessType, va: u64, gpa: u64) {
+fn device_access(
+    v: &mut Vcpu,
+    host: &mut GuestHost,
+    kind: AccessType,
+    va: u64,
+    gpa: GuestPhysAddr,
+) {
     match kind {
         AccessType::Read => v.emulate_mmio(host, Direction::Load, va, gpa),
         AccessType::Write => v.emulate_mmio(host, Direction::Store, va, gpa),
@@ -335,7 +342,7 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
             }
         }
         set_timer(&mut real, wanted_timer(v, now));
-        prepare(&mut real, guest, mmu, v);
+        prepare(&mut real, mmu, v);
 
         // SAFETY: `prepare` set up satp, sstatus and scounteren for this guest.
         unsafe { enter_guest(ctx) };
@@ -356,11 +363,12 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
                 | Exception::StorePageFault),
             ) => {
                 let result = if mmu::shadow::is_paged(v.csrs.satp) {
-                    mmu.page_fault(guest, v, e, stval)
+                    mmu.page_fault(&guest.memory, v, e, stval)
                 } else {
-                    // Bare: all of the guest's RAM is mapped, so this is no RAM.
+                    // Bare: all of the guest's RAM is mapped, so this is no RAM, and the address
+                    // that faulted is guest-physical.
                     let kind = mmu::shadow::access_of(e).expect("a page fault");
-                    PageFault::NotRam { kind, gpa: stval }
+                    PageFault::NotRam { kind, gpa: GuestPhysAddr::new(stval) }
                 };
                 log::trace!("{e:?} at {stval:#x} (pc {:#x}): {result:x?}", v.regs.pc);
                 match result {

@@ -108,7 +108,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 
-use rv::GuestPhysAddr;
+use rv::{GuestPhysAddr, HostPhysAddr};
 
 use crate::access::{cpu_read, cpu_write, low_bytes_mask};
 use crate::{BusError, Width};
@@ -137,20 +137,20 @@ pub trait VirtioHost {
     fn device_write(&mut self, offset: u64, width: Width, value: u64);
     /// The host-physical address of guest range `[gpa, gpa + len)`, if all of it is the guest's
     /// RAM (`len` > 0).
-    fn guest_to_host(&self, gpa: u64, len: u64) -> Option<u64>;
+    fn guest_to_host(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr>;
     /// Reads guest RAM at `gpa`; false if not all of it is guest RAM.
-    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool;
     /// Writes guest RAM at `gpa`; false if not all of it is guest RAM.
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool;
+    fn write_guest(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> bool;
     /// Zeroed, physically contiguous host memory for shadow rings and tables, `align`-aligned
     /// (a power of two, at most 4096); `None` if none is left.
-    fn alloc_dma(&mut self, bytes: usize, align: usize) -> Option<u64>;
+    fn alloc_dma(&mut self, bytes: usize, align: usize) -> Option<HostPhysAddr>;
     /// Gives back what [`alloc_dma`](Self::alloc_dma) returned, with the same size.
-    fn free_dma(&mut self, hpa: u64, bytes: usize);
+    fn free_dma(&mut self, hpa: HostPhysAddr, bytes: usize);
     /// Reads host memory that `alloc_dma` returned (volatile: the device writes it).
-    fn read_host(&self, hpa: u64, buf: &mut [u8]);
+    fn read_host(&self, hpa: HostPhysAddr, buf: &mut [u8]);
     /// Writes host memory that `alloc_dma` returned (volatile: the device reads it).
-    fn write_host(&mut self, hpa: u64, data: &[u8]);
+    fn write_host(&mut self, hpa: HostPhysAddr, data: &[u8]);
 }
 
 /// `MagicValue`: "virt".
@@ -296,9 +296,9 @@ impl Queue {
 /// Where a queue's new shadow rings are, for programming the device.
 struct Programmed {
     num: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
+    desc: HostPhysAddr,
+    avail: HostPhysAddr,
+    used: HostPhysAddr,
 }
 
 /// A guest's virtio-mmio slot: the proxy for a real device, or an empty slot.
@@ -668,6 +668,7 @@ impl VirtioProxy {
         let Some(Programmed { num, desc, avail, used }) = self.enable(host, sel, rings) else {
             return;
         };
+        let (desc, avail, used) = (desc.raw(), avail.raw(), used.raw());
         for (offset, value) in [
             (reg::QUEUE_NUM, u64::from(num)),
             (reg::QUEUE_DESC_LOW, desc & 0xffff_ffff),
@@ -697,7 +698,7 @@ impl VirtioProxy {
         let Some(Programmed { num, desc: block, .. }) = self.enable(host, sel, rings) else {
             return;
         };
-        let Ok(pfn) = u32::try_from(block / queue::SHADOW_ALIGN) else {
+        let Ok(pfn) = u32::try_from(block.raw() / queue::SHADOW_ALIGN) else {
             // The device cannot address this block; give it back.
             if let Some(shadow) = self.queue_mut(sel).shadow.take() {
                 shadow.free(host);

@@ -21,10 +21,10 @@
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use rv::HostPhysAddr;
 use rv::csr::{Satp, SatpMode};
 use rv::pte::{ENTRIES_PER_TABLE, PagingGeometry, Pte, PteFlags};
 use rv::trap::Exception;
+use rv::{GuestPhysAddr, HostPhysAddr};
 
 use crate::map::Frames;
 use crate::walk::{self, Access, AccessType, GuestMemory, WalkFeatures};
@@ -119,18 +119,18 @@ pub struct ShadowCache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fill {
     /// A leaf was installed: retry the access.
-    Installed { gpa: u64, level: u32 },
+    Installed { gpa: GuestPhysAddr, level: u32 },
     /// The guest's own translation refuses the access: this exception goes to the guest.
     GuestFault(Exception),
     /// The guest translates to guest-physical `gpa`, which is not RAM (a device, or
     /// nothing): the caller decides.
-    NotRam { gpa: u64 },
+    NotRam { gpa: GuestPhysAddr },
 }
 
 /// How a guest-physical address maps to host memory.
 pub trait GuestRam {
     /// The host-physical address of `[gpa, gpa + len)` if all of it is RAM.
-    fn host_addr(&self, gpa: u64, len: u64) -> Option<HostPhysAddr>;
+    fn host_addr(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr>;
 }
 
 impl ShadowCache {
@@ -361,14 +361,14 @@ impl ShadowCache {
                 return Ok(Fill::GuestFault(e));
             }
         };
-        let gpa = t.gpa.raw();
+        let gpa = t.gpa;
         let Some(hpa) = ram.host_addr(gpa, 1) else { return Ok(Fill::NotRam { gpa }) };
         let view = self.tree(slot).map_or(View::Supervisor, |t| t.key.view);
         let flags = shadow_flags(t.pte.flags(), view);
         // A 2 MiB shadow leaf where the guest's page is at least that large and the whole
         // 2 MiB is RAM (so no device access hides in it); 4 KiB otherwise.
         let mega = PagingGeometry::page_size(1);
-        let gpa_mega = gpa & !(mega - 1);
+        let gpa_mega = gpa.align_down(mega);
         let level =
             if t.level >= 1 && ram.host_addr(gpa_mega, mega).is_some_and(|h| h.is_aligned(mega)) {
                 1
@@ -376,8 +376,8 @@ impl ShadowCache {
                 0
             };
         let size = PagingGeometry::page_size(level);
-        let hpa_leaf = hpa.raw() & !(size - 1);
-        self.install(slot, va & !(size - 1), hpa_leaf, level, flags, frames)?;
+        let hpa_leaf = hpa.align_down(size);
+        self.install(slot, va & !(size - 1), hpa_leaf.raw(), level, flags, frames)?;
         self.stats.fills += 1;
         Ok(Fill::Installed { gpa, level })
     }

@@ -1,6 +1,7 @@
 //! What a vCPU needs from hypocaust while it handles an exit: time, guest memory, the
 //! console, the other vCPUs of its guest. Tests implement it with plain data.
 
+use rv::GuestPhysAddr;
 use rv::insn::Width;
 use rv::trap::Exception;
 
@@ -58,18 +59,18 @@ pub trait Host {
 
     /// Copies guest-physical memory at `gpa` into `buf`; `false` (nothing copied) unless all
     /// of it is guest RAM.
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> bool;
+    fn read_phys(&mut self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool;
 
     /// Copies `data` to guest-physical memory at `gpa`; `false` (nothing written) unless all
     /// of it is guest RAM.
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool;
+    fn write_phys(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> bool;
 
     /// Reads a device register at guest-physical `gpa`; `None` if the bus refuses (no
     /// device there, or one that does not decode the access).
-    fn mmio_read(&mut self, gpa: u64, width: Width) -> Option<u64>;
+    fn mmio_read(&mut self, gpa: GuestPhysAddr, width: Width) -> Option<u64>;
 
     /// Writes a device register; `false` if the bus refuses.
-    fn mmio_write(&mut self, gpa: u64, width: Width, value: u64) -> bool;
+    fn mmio_write(&mut self, gpa: GuestPhysAddr, width: Width, value: u64) -> bool;
 
     /// The guest's FP register `reg` (the guest's FP state lives in the hart), raw 64 bits.
     fn fp_read(&mut self, reg: u8) -> u64;
@@ -78,7 +79,7 @@ pub trait Host {
     fn fp_write(&mut self, reg: u8, value: u64);
 
     /// Whether `gpa` is guest RAM (where a hart may start executing).
-    fn is_ram(&self, gpa: u64) -> bool;
+    fn is_ram(&self, gpa: GuestPhysAddr) -> bool;
 
     /// Writes guest console output.
     fn console_write(&mut self, bytes: &[u8]);
@@ -96,7 +97,7 @@ pub trait Host {
     fn hart_state(&self, hart: usize) -> HartState;
 
     /// Starts stopped vCPU `hart` at `start` in S-mode with a1 = `opaque`.
-    fn hart_start(&mut self, hart: usize, start: u64, opaque: u64);
+    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64);
 
     /// Makes SSIP pending on another vCPU of the guest.
     fn send_ipi(&mut self, hart: usize);

@@ -1,6 +1,7 @@
 //! Guest loads and stores that reach a device: the instruction is decoded and carried out
 //! against the device model, as the hart would have done it on the bus.
 
+use rv::GuestPhysAddr;
 use rv::insn::{Decoded, Instruction, Width, decode};
 use rv::trap::Exception;
 
@@ -46,7 +47,13 @@ impl Vcpu {
     /// The guest's load or store at guest-virtual `va` (the pc's instruction) reached
     /// guest-physical `gpa`, which is not RAM: performs it on the device there. Anything the
     /// bus or decoder refuses gets the access fault a hart takes, with `stval` = `va`.
-    pub fn emulate_mmio(&mut self, host: &mut impl Host, dir: Direction, va: u64, gpa: u64) {
+    pub fn emulate_mmio(
+        &mut self,
+        host: &mut impl Host,
+        dir: Direction,
+        va: u64,
+        gpa: GuestPhysAddr,
+    ) {
         let fault = dir.access_fault();
         let bits = match host.fetch_instruction(self, self.regs.pc) {
             Ok(bits) => bits,

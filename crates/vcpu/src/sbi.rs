@@ -5,6 +5,7 @@
 //! untouched; a legacy call whose pointer argument faults has that fault redirected to the
 //! guest at the `ecall`; an unknown extension returns a1 = 0).
 
+use rv::GuestPhysAddr;
 use rv::trap::{Exception, Interrupt};
 use sbi_spec::binary as ret;
 use sbi_spec::{base, dbcn, hsm, legacy, rfnc, spi, srst, time};
@@ -232,10 +233,11 @@ fn hsm_call(vcpu: &mut Vcpu, host: &mut impl Host, fid: usize, a: [u64; 6]) -> O
             if state_of(vcpu, host, hart) != HartState::Stopped {
                 return Outcome::Error(ALREADY_AVAILABLE);
             }
-            if !host.is_ram(a[1]) {
+            let start = GuestPhysAddr::new(a[1]);
+            if !host.is_ram(start) {
                 return Outcome::Error(INVALID_ADDRESS);
             }
-            host.hart_start(hart, a[1], a[2]);
+            host.hart_start(hart, start, a[2]);
             Outcome::Value(0)
         }
         hsm::HART_STOP => {
@@ -248,7 +250,7 @@ fn hsm_call(vcpu: &mut Vcpu, host: &mut impl Host, fid: usize, a: [u64; 6]) -> O
             }
             Outcome::Value(state_of(vcpu, host, a[0] as usize).sbi_code() as u64)
         }
-        hsm::HART_SUSPEND => suspend(vcpu, host, a[0] as u32, a[1], a[2]),
+        hsm::HART_SUSPEND => suspend(vcpu, host, a[0] as u32, GuestPhysAddr::new(a[1]), a[2]),
         _ => Outcome::Error(NOT_SUPPORTED),
     }
 }
@@ -258,7 +260,13 @@ fn state_of(vcpu: &Vcpu, host: &impl Host, hart: usize) -> HartState {
     if hart == vcpu.hart_id { vcpu.state } else { host.hart_state(hart) }
 }
 
-fn suspend(vcpu: &mut Vcpu, host: &mut impl Host, kind: u32, resume: u64, opaque: u64) -> Outcome {
+fn suspend(
+    vcpu: &mut Vcpu,
+    host: &mut impl Host,
+    kind: u32,
+    resume: GuestPhysAddr,
+    opaque: u64,
+) -> Outcome {
     use hsm::suspend_type::{NON_RETENTIVE, RETENTIVE};
     let how = match kind {
         RETENTIVE => Resume::Retentive,
@@ -309,21 +317,22 @@ fn console(host: &mut impl Host, fid: usize, a: [u64; 6]) -> Outcome {
             if a[2] != 0 {
                 return Outcome::Error(INVALID_PARAM);
             }
+            let gpa = GuestPhysAddr::new(a[1]);
             let len = (a[0] as usize).min(DBCN_CHUNK);
             if fid == dbcn::CONSOLE_WRITE {
-                if !host.read_phys(a[1], &mut buf[..len]) {
+                if !host.read_phys(gpa, &mut buf[..len]) {
                     return Outcome::Error(INVALID_PARAM);
                 }
                 host.console_write(&buf[..len]);
                 Outcome::Value(len as u64)
             } else {
-                if !host.is_ram(a[1])
-                    || (len > 0 && !host.is_ram(a[1].wrapping_add(len as u64 - 1)))
-                {
+                // The last byte too (a range that would wrap past 2^64 is no RAM).
+                let last = gpa.checked_add((len as u64).saturating_sub(1));
+                if !host.is_ram(gpa) || !last.is_some_and(|last| host.is_ram(last)) {
                     return Outcome::Error(INVALID_PARAM);
                 }
                 let got = host.console_read(&mut buf[..len]);
-                if !host.write_phys(a[1], &buf[..got]) {
+                if !host.write_phys(gpa, &buf[..got]) {
                     return Outcome::Error(INVALID_PARAM);
                 }
                 Outcome::Value(got as u64)

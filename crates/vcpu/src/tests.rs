@@ -2,6 +2,7 @@ extern crate std;
 
 use std::vec::Vec;
 
+use rv::GuestPhysAddr;
 use rv::csr::{self as num, Sstatus};
 use rv::trap::{Exception, INTERRUPT_BIT, Interrupt};
 use sbi_spec::binary as ret;
@@ -25,7 +26,7 @@ struct FakeHost {
     console_in: Vec<u8>,
     fences: Vec<(Option<usize>, Fence)>,
     ipis: Vec<usize>,
-    started: Vec<(usize, u64, u64)>,
+    started: Vec<(usize, GuestPhysAddr, u64)>,
     harts: usize,
     /// Instruction bits `fetch_instruction` returns at any pc not in `code`.
     fetch: Option<u32>,
@@ -63,7 +64,8 @@ impl Host for FakeHost {
     fn load_u64(&mut self, _: &Vcpu, va: u64) -> Result<u64, Fault> {
         self.load.unwrap_or(Err((Exception::LoadAccessFault, va)))
     }
-    fn read_phys(&mut self, gpa: u64, buf: &mut [u8]) -> bool {
+    fn read_phys(&mut self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
+        let gpa = gpa.raw();
         if !(RAM.contains(&gpa)
             && RAM.contains(&(gpa + buf.len() as u64).saturating_sub(1).max(gpa)))
         {
@@ -74,7 +76,8 @@ impl Host for FakeHost {
         }
         true
     }
-    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
+    fn write_phys(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> bool {
+        let gpa = gpa.raw();
         if !RAM.contains(&gpa) {
             return false;
         }
@@ -83,14 +86,16 @@ impl Host for FakeHost {
         }
         true
     }
-    fn is_ram(&self, gpa: u64) -> bool {
-        RAM.contains(&gpa)
+    fn is_ram(&self, gpa: GuestPhysAddr) -> bool {
+        RAM.contains(&gpa.raw())
     }
-    fn mmio_read(&mut self, gpa: u64, width: rv::insn::Width) -> Option<u64> {
+    fn mmio_read(&mut self, gpa: GuestPhysAddr, width: rv::insn::Width) -> Option<u64> {
+        let gpa = gpa.raw();
         self.device_log.push((gpa, width.bytes(), None));
         DEVICE.contains(&gpa).then(|| *self.device.get(&gpa).unwrap_or(&0))
     }
-    fn mmio_write(&mut self, gpa: u64, width: rv::insn::Width, value: u64) -> bool {
+    fn mmio_write(&mut self, gpa: GuestPhysAddr, width: rv::insn::Width, value: u64) -> bool {
+        let gpa = gpa.raw();
         self.device_log.push((gpa, width.bytes(), Some(value)));
         if DEVICE.contains(&gpa) {
             self.device.insert(gpa, value);
@@ -125,7 +130,7 @@ impl Host for FakeHost {
             HartState::Stopped
         }
     }
-    fn hart_start(&mut self, hart: usize, start: u64, opaque: u64) {
+    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64) {
         self.started.push((hart, start, opaque));
     }
     fn send_ipi(&mut self, hart: usize) {
@@ -558,7 +563,10 @@ fn sbi_hsm() {
     sbi_call(&mut v, &mut h, e, 0, [1, 0x1000, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v).0, ret::RET_ERR_INVALID_ADDRESS as u64);
     sbi_call(&mut v, &mut h, e, 0, [1, 0x8000_8000, 42, 0, 0, 0]);
-    assert_eq!((ret_regs(&v).0, h.started.as_slice()), (0, &[(1, 0x8000_8000, 42)][..]));
+    assert_eq!(
+        (ret_regs(&v).0, h.started.as_slice()),
+        (0, &[(1, GuestPhysAddr::new(0x8000_8000), 42)][..])
+    );
     sbi_call(&mut v, &mut h, e, 0, [1, 0x8000_8000, 42, 0, 0, 0]);
     assert_eq!(ret_regs(&v).0, ret::RET_ERR_ALREADY_AVAILABLE as u64, "hart 1 runs now");
     // Suspend: reserved types are invalid; retentive waits; non-retentive restarts.
@@ -620,7 +628,7 @@ fn sbi_debug_console() {
     let mut h = FakeHost::new();
     let mut v = vcpu();
     let e = sbi_spec::dbcn::EID_DBCN;
-    h.write_phys(0x8000_1000, b"hello");
+    h.write_phys(GuestPhysAddr::new(0x8000_1000), b"hello");
     sbi_call(&mut v, &mut h, e, 0, [5, 0x8000_1000, 0, 0, 0, 0]);
     assert_eq!((ret_regs(&v), h.console_out.as_slice()), ((0, 5), &b"hello"[..]));
     for (addr, hi) in [(0x1000, 0), (0x8000_1000, 1), (RAM.end - 2, 0)] {
@@ -633,7 +641,7 @@ fn sbi_debug_console() {
     sbi_call(&mut v, &mut h, e, 1, [8, 0x8000_2000, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v), (0, 2));
     let mut got = [0u8; 2];
-    h.read_phys(0x8000_2000, &mut got);
+    h.read_phys(GuestPhysAddr::new(0x8000_2000), &mut got);
     assert_eq!(&got, b"ab");
     sbi_call(&mut v, &mut h, e, 1, [8, 0x8000_2000, 0, 0, 0, 0]);
     assert_eq!(ret_regs(&v), (0, 0), "nothing to read");
@@ -746,7 +754,7 @@ mod mmio {
         let mut v = vcpu();
         h.fetch = Some(bits);
         v.regs.set(11, gpa);
-        v.emulate_mmio(h, dir, 0x4000_0000 + (gpa & 0xfff), gpa);
+        v.emulate_mmio(h, dir, 0x4000_0000 + (gpa & 0xfff), GuestPhysAddr::new(gpa));
         v
     }
 
@@ -784,11 +792,11 @@ mod mmio {
         let mut v = vcpu();
         h.fetch = Some(0x00c5_a223); // sw a2, 4(a1)
         v.regs.set(12, 0xaaaa_bbbb_cccc_dddd);
-        v.emulate_mmio(&mut h, Direction::Store, 0x4000_0004, 0x1000_0004);
+        v.emulate_mmio(&mut h, Direction::Store, 0x4000_0004, GuestPhysAddr::new(0x1000_0004));
         assert_eq!(h.device_log, [(0x1000_0004, 4, Some(0xcccc_dddd))]);
         assert_eq!(v.regs.pc, 0x8020_0004);
         h.fetch = Some(0x00c5_8023); // sb a2, 0(a1)
-        v.emulate_mmio(&mut h, Direction::Store, 0x4000_0000, 0x1000_0000);
+        v.emulate_mmio(&mut h, Direction::Store, 0x4000_0000, GuestPhysAddr::new(0x1000_0000));
         assert_eq!(h.device_log[1], (0x1000_0000, 1, Some(0xdd)));
     }
 
@@ -830,7 +838,7 @@ mod mmio {
         // The pc cannot be fetched: that fault.
         let mut v = vcpu();
         h.fetch = None;
-        v.emulate_mmio(&mut h, Direction::Load, 0x4000_0000, 0x1000_0000);
+        v.emulate_mmio(&mut h, Direction::Load, 0x4000_0000, GuestPhysAddr::new(0x1000_0000));
         assert_eq!((v.csrs.scause, v.csrs.stval), (1, 0x8020_0000));
     }
 }

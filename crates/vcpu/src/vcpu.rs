@@ -7,6 +7,7 @@
 //! `stvec` exactly as a hart would take them; privileged instructions of virtual S-mode are
 //! emulated; `ecall` from virtual S-mode is an SBI call.
 
+use rv::GuestPhysAddr;
 use rv::csr::{ExtState, Interrupts, Sstatus, TvecMode, tvec_mode};
 use rv::insn::{CsrOp, CsrSource, Decoded, Instruction, decode};
 use rv::trap::{Exception, Interrupt};
@@ -112,7 +113,7 @@ pub enum Resume {
     /// Where it left off (`wfi`, retentive suspend).
     Retentive,
     /// At `addr` in S-mode with a0 = hart ID, a1 = `opaque`, like a fresh start.
-    NonRetentive { addr: u64, opaque: u64 },
+    NonRetentive { addr: GuestPhysAddr, opaque: u64 },
 }
 
 /// A virtual hart.
@@ -263,7 +264,8 @@ impl Vcpu {
     /// Ends a wait: a non-retentive resume restarts the hart at its resume address.
     pub fn wake(&mut self) {
         match self.waiting.take() {
-            Some(Resume::NonRetentive { addr, opaque }) => self.reset_to(addr, opaque),
+            // `satp` is Bare after the reset, so the pc is the guest-physical address.
+            Some(Resume::NonRetentive { addr, opaque }) => self.reset_to(addr.raw(), opaque),
             Some(Resume::Retentive) | None => {}
         }
         if self.state == HartState::Suspended {

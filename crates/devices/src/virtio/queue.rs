@@ -107,9 +107,9 @@ impl GuestRings {
     /// without `VIRTIO_RING_F_EVENT_IDX`, which the proxy never offers).
     pub fn in_ram(&self, host: &impl VirtioHost, num: u16) -> bool {
         let n = u64::from(num);
-        host.guest_to_host(self.desc.raw(), desc_table_bytes(num)).is_some()
-            && host.guest_to_host(self.avail.raw(), RING_HEADER + 2 * n).is_some()
-            && host.guest_to_host(self.used.raw(), RING_HEADER + USED_ELEM_BYTES * n).is_some()
+        host.guest_to_host(self.desc, desc_table_bytes(num)).is_some()
+            && host.guest_to_host(self.avail, RING_HEADER + 2 * n).is_some()
+            && host.guest_to_host(self.used, RING_HEADER + USED_ELEM_BYTES * n).is_some()
     }
 }
 
@@ -173,7 +173,7 @@ impl ShadowQueue {
         let used_off = avail_end.div_ceil(SHADOW_ALIGN) * SHADOW_ALIGN;
         // Room for the used ring's trailing `avail_event` too, as the spec lays it out.
         let bytes = usize::try_from(used_off + RING_HEADER + USED_ELEM_BYTES * n + 2).ok()?;
-        let block = HostPhysAddr::new(host.alloc_dma(bytes, SHADOW_ALIGN as usize)?);
+        let block = host.alloc_dma(bytes, SHADOW_ALIGN as usize)?;
         let entries = usize::from(num);
         Some(Self {
             num,
@@ -201,16 +201,26 @@ impl ShadowQueue {
         self.num
     }
 
-    pub fn desc_hpa(&self) -> u64 {
-        self.block.raw()
+    pub fn desc_hpa(&self) -> HostPhysAddr {
+        self.block
     }
 
-    pub fn avail_hpa(&self) -> u64 {
-        self.block.raw() + desc_table_bytes(self.num)
+    pub fn avail_hpa(&self) -> HostPhysAddr {
+        self.shadow_at(self.avail_off())
     }
 
-    pub fn used_hpa(&self) -> u64 {
-        self.block.raw() + self.used_off
+    pub fn used_hpa(&self) -> HostPhysAddr {
+        self.shadow_at(self.used_off)
+    }
+
+    /// Where the avail ring starts in the block: right after the descriptors.
+    fn avail_off(&self) -> u64 {
+        desc_table_bytes(self.num)
+    }
+
+    /// The host address `offset` bytes into the block (`offset` inside it).
+    fn shadow_at(&self, offset: u64) -> HostPhysAddr {
+        dma_at(self.block, offset)
     }
 
     /// Whether a head is waiting for host memory.
@@ -286,11 +296,12 @@ impl ShadowQueue {
             fence(Ordering::SeqCst);
             for (k, &head) in (0u16..).zip(&heads) {
                 let slot = u64::from(self.shadow_avail.wrapping_add(k) % self.num);
-                host.write_host(self.avail_hpa() + RING_HEADER + 2 * slot, &head.to_le_bytes());
+                let hpa = self.shadow_at(self.avail_off() + RING_HEADER + 2 * slot);
+                host.write_host(hpa, &head.to_le_bytes());
             }
             fence(Ordering::SeqCst);
             self.shadow_avail = self.shadow_avail.wrapping_add(count);
-            host.write_host(self.avail_hpa() + 2, &self.shadow_avail.to_le_bytes());
+            host.write_host(self.shadow_at(self.avail_off() + 2), &self.shadow_avail.to_le_bytes());
         }
         self.heads = heads;
         (count, fault)
@@ -307,7 +318,7 @@ impl ShadowQueue {
     /// and publishes the guest's used index. Returns whether there were any and the guest did
     /// not suppress interrupts (`VIRTQ_AVAIL_F_NO_INTERRUPT`).
     pub fn sync_used(&mut self, host: &mut impl VirtioHost) -> Result<bool, Fault> {
-        let device_idx = read_host_u16(host, self.used_hpa() + 2);
+        let device_idx = read_host_u16(host, self.shadow_at(self.used_off + 2));
         // A device that runs more than a ring ahead is out of spec; take one ring's worth.
         let new = device_idx.wrapping_sub(self.last_used).min(self.num);
         if new == 0 {
@@ -319,7 +330,7 @@ impl ShadowQueue {
             let slot = u64::from(self.last_used.wrapping_add(k) % self.num);
             let offset = RING_HEADER + USED_ELEM_BYTES * slot;
             let mut elem = [0; 8];
-            host.read_host(self.used_hpa() + offset, &mut elem);
+            host.read_host(self.shadow_at(self.used_off + offset), &mut elem);
             let [i0, i1, i2, i3, ..] = elem;
             self.release(host, u32::from_le_bytes([i0, i1, i2, i3]));
             write_guest(host, guest_offset(self.guest.used, offset)?, &elem)?;
@@ -339,9 +350,9 @@ impl ShadowQueue {
     /// use them (it has been reset).
     pub fn free(self, host: &mut impl VirtioHost) {
         for table in self.tables.into_iter().flatten() {
-            host.free_dma(table.hpa.raw(), table.bytes);
+            host.free_dma(table.hpa, table.bytes);
         }
-        host.free_dma(self.block.raw(), self.block_bytes);
+        host.free_dma(self.block, self.block_bytes);
     }
 
     /// Translates the chain at `head` into the shadow table, or says why not. Nothing is
@@ -386,17 +397,17 @@ impl ShadowQueue {
                 return Ok(Staged::NoMemory);
             };
             for (k, entry) in (0u64..).zip(&entries) {
-                host.write_host(hpa + DESC_BYTES * k, &entry.to_bytes());
+                host.write_host(dma_at(hpa, DESC_BYTES * k), &entry.to_bytes());
             }
             let len = u32::try_from(bytes).map_err(|_| Fault::IndirectTooLong)?;
-            self.tables[usize::from(head)] = Some(Table { hpa: HostPhysAddr::new(hpa), bytes });
+            self.tables[usize::from(head)] = Some(Table { hpa, bytes });
             self.table_bytes += bytes;
-            self.chain.push((head, Desc { addr: hpa, len, flags: DESC_INDIRECT, next: 0 }));
+            self.chain.push((head, Desc { addr: hpa.raw(), len, flags: DESC_INDIRECT, next: 0 }));
         }
         for &(i, desc) in &self.chain {
             let i = usize::from(i);
             if self.mirror[i] != desc {
-                host.write_host(self.block.raw() + DESC_BYTES * i as u64, &desc.to_bytes());
+                host.write_host(self.shadow_at(DESC_BYTES * i as u64), &desc.to_bytes());
                 self.mirror[i] = desc;
             }
             self.inflight[i] += 1;
@@ -417,7 +428,7 @@ impl ShadowQueue {
             self.inflight[i] = self.inflight[i].saturating_sub(1);
             let table = if desc.flags & DESC_INDIRECT != 0 { self.tables[i].take() } else { None };
             if let Some(table) = table {
-                host.free_dma(table.hpa.raw(), table.bytes);
+                host.free_dma(table.hpa, table.bytes);
                 self.table_bytes -= table.bytes;
             }
             if desc.flags & DESC_NEXT == 0 {
@@ -431,7 +442,7 @@ impl ShadowQueue {
     fn read_guest_desc(&self, host: &impl VirtioHost, index: u16) -> Result<Desc, Fault> {
         let gpa = guest_offset(self.guest.desc, DESC_BYTES * u64::from(index))?;
         let mut bytes = [0; 16];
-        if !host.read_guest(gpa.raw(), &mut bytes) {
+        if !host.read_guest(gpa, &mut bytes) {
             return Err(Fault::RingOutsideRam);
         }
         Ok(Desc::from_bytes(bytes))
@@ -465,9 +476,12 @@ fn translate(host: &impl VirtioHost, desc: Desc, next: Option<u16>) -> Result<De
     if desc.len == 0 {
         return Err(Fault::ZeroLength);
     }
-    let addr = host.guest_to_host(desc.addr, u64::from(desc.len)).ok_or(Fault::BufferOutsideRam)?;
+    // The guest wrote the address into its descriptor: it names guest-physical memory.
+    let hpa = host
+        .guest_to_host(GuestPhysAddr::new(desc.addr), u64::from(desc.len))
+        .ok_or(Fault::BufferOutsideRam)?;
     Ok(Desc {
-        addr,
+        addr: hpa.raw(),
         len: desc.len,
         flags: desc.flags & (DESC_NEXT | DESC_WRITE),
         next: next.unwrap_or(0),
@@ -481,11 +495,11 @@ fn copy_indirect(host: &impl VirtioHost, desc: Desc) -> Result<Vec<Desc>, Fault>
     if len == 0 || len % DESC_BYTES != 0 {
         return Err(Fault::IndirectSize);
     }
-    if host.guest_to_host(desc.addr, len).is_none() {
+    let base = GuestPhysAddr::new(desc.addr);
+    if host.guest_to_host(base, len).is_none() {
         return Err(Fault::IndirectOutsideRam);
     }
     let max = len / DESC_BYTES;
-    let base = GuestPhysAddr::new(desc.addr);
     let mut entries = Vec::new();
     let mut index = 0u64;
     loop {
@@ -498,7 +512,7 @@ fn copy_indirect(host: &impl VirtioHost, desc: Desc) -> Result<Vec<Desc>, Fault>
         }
         let mut bytes = [0; 16];
         let gpa = guest_offset(base, DESC_BYTES * index)?;
-        if !host.read_guest(gpa.raw(), &mut bytes) {
+        if !host.read_guest(gpa, &mut bytes) {
             return Err(Fault::IndirectOutsideRam);
         }
         let entry = Desc::from_bytes(bytes);
@@ -521,7 +535,7 @@ fn guest_offset(base: GuestPhysAddr, offset: u64) -> Result<GuestPhysAddr, Fault
 
 fn read_guest_u16(host: &impl VirtioHost, base: GuestPhysAddr, offset: u64) -> Result<u16, Fault> {
     let mut bytes = [0; 2];
-    if host.read_guest(guest_offset(base, offset)?.raw(), &mut bytes) {
+    if host.read_guest(guest_offset(base, offset)?, &mut bytes) {
         Ok(u16::from_le_bytes(bytes))
     } else {
         Err(Fault::RingOutsideRam)
@@ -529,10 +543,17 @@ fn read_guest_u16(host: &impl VirtioHost, base: GuestPhysAddr, offset: u64) -> R
 }
 
 fn write_guest(host: &mut impl VirtioHost, gpa: GuestPhysAddr, data: &[u8]) -> Result<(), Fault> {
-    if host.write_guest(gpa.raw(), data) { Ok(()) } else { Err(Fault::RingOutsideRam) }
+    if host.write_guest(gpa, data) { Ok(()) } else { Err(Fault::RingOutsideRam) }
 }
 
-fn read_host_u16(host: &impl VirtioHost, hpa: u64) -> u16 {
+/// The host address `offset` bytes into a block [`VirtioHost::alloc_dma`] returned, `offset`
+/// inside the block. The block is memory, which does not wrap past the top of the address
+/// space, so neither does an address in it.
+fn dma_at(block: HostPhysAddr, offset: u64) -> HostPhysAddr {
+    block.checked_add(offset).expect("a DMA block does not wrap past 2^64")
+}
+
+fn read_host_u16(host: &impl VirtioHost, hpa: HostPhysAddr) -> u16 {
     let mut bytes = [0; 2];
     host.read_host(hpa, &mut bytes);
     u16::from_le_bytes(bytes)

@@ -433,11 +433,12 @@ impl VirtioHost for FakeHost {
         }
     }
 
-    fn guest_to_host(&self, gpa: u64, len: u64) -> Option<u64> {
-        Self::ram_range(gpa, len).map(|r| RAM_HPA + r.start as u64)
+    fn guest_to_host(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr> {
+        Self::ram_range(gpa.raw(), len).map(|r| HostPhysAddr::new(RAM_HPA + r.start as u64))
     }
 
-    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
+    fn read_guest(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
+        let gpa = gpa.raw();
         let Some(range) = Self::ram_range(gpa, buf.len() as u64) else { return false };
         buf.copy_from_slice(&self.ram.borrow()[range]);
         if let Ok(bytes) = <[u8; 16]>::try_from(&*buf) {
@@ -459,13 +460,13 @@ impl VirtioHost for FakeHost {
         true
     }
 
-    fn write_guest(&mut self, gpa: u64, data: &[u8]) -> bool {
-        let Some(range) = Self::ram_range(gpa, data.len() as u64) else { return false };
+    fn write_guest(&mut self, gpa: GuestPhysAddr, data: &[u8]) -> bool {
+        let Some(range) = Self::ram_range(gpa.raw(), data.len() as u64) else { return false };
         self.ram.get_mut()[range].copy_from_slice(data);
         true
     }
 
-    fn alloc_dma(&mut self, bytes: usize, align: usize) -> Option<u64> {
+    fn alloc_dma(&mut self, bytes: usize, align: usize) -> Option<HostPhysAddr> {
         assert!(align.is_power_of_two() && align <= 4096 && bytes > 0);
         if self.refuse_small_allocs.is_some_and(|limit| bytes <= limit) {
             return None;
@@ -480,14 +481,15 @@ impl VirtioHost for FakeHost {
                 self.alloc_calls += 1;
                 let o = (aligned - DMA_HPA) as usize;
                 self.dma[o..o + bytes].fill(0);
-                return Some(aligned);
+                return Some(HostPhysAddr::new(aligned));
             }
             at = at.max(start + len as u64);
         }
         None
     }
 
-    fn free_dma(&mut self, hpa: u64, bytes: usize) {
+    fn free_dma(&mut self, hpa: HostPhysAddr, bytes: usize) {
+        let hpa = hpa.raw();
         let i =
             self.allocs.iter().position(|&a| a == (hpa, bytes)).expect("free of a non-allocation");
         self.allocs.swap_remove(i);
@@ -498,13 +500,15 @@ impl VirtioHost for FakeHost {
         self.dma[o..o + bytes].fill(0xdd);
     }
 
-    fn read_host(&self, hpa: u64, buf: &mut [u8]) {
+    fn read_host(&self, hpa: HostPhysAddr, buf: &mut [u8]) {
+        let hpa = hpa.raw();
         assert!(self.live_alloc(hpa, buf.len() as u64), "proxy reads outside its memory");
         let o = (hpa - DMA_HPA) as usize;
         buf.copy_from_slice(&self.dma[o..o + buf.len()]);
     }
 
-    fn write_host(&mut self, hpa: u64, data: &[u8]) {
+    fn write_host(&mut self, hpa: HostPhysAddr, data: &[u8]) {
+        let hpa = hpa.raw();
         assert!(self.live_alloc(hpa, data.len() as u64), "proxy writes outside its memory");
         let o = (hpa - DMA_HPA) as usize;
         self.dma[o..o + data.len()].copy_from_slice(data);

@@ -14,7 +14,8 @@ const GUEST_ROOT: u64 = 0x8000_0000;
 struct Ram;
 
 impl GuestRam for Ram {
-    fn host_addr(&self, gpa: u64, len: u64) -> Option<HostPhysAddr> {
+    fn host_addr(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr> {
+        let gpa = gpa.raw();
         let end = gpa.checked_add(len)?;
         (gpa >= RAM.start && end <= RAM.end).then(|| HostPhysAddr::new(gpa - RAM.start + HPA_BASE))
     }
@@ -147,7 +148,7 @@ fn fill_installs_and_hardware_then_translates() {
             &mut frames,
         )
         .unwrap();
-    assert_eq!(f, Fill::Installed { gpa: 0x8010_0008, level: 0 });
+    assert_eq!(f, Fill::Installed { gpa: GuestPhysAddr::new(0x8010_0008), level: 0 });
     assert_eq!(hw(&frames, root, 0x1008, AccessType::Read, false), Some(HPA_BASE + 0x10_0008));
     assert_eq!(hw(&frames, root, 0x1008, AccessType::Write, false), Some(HPA_BASE + 0x10_0008));
     // In the user view the S page is not there at all.
@@ -248,7 +249,7 @@ fn superpages_get_2m_shadow_leaves_when_all_ram() {
         wf,
         &mut frames,
     );
-    assert_eq!(f, Ok(Fill::Installed { gpa: 0x8030_1234, level: 1 }));
+    assert_eq!(f, Ok(Fill::Installed { gpa: GuestPhysAddr::new(0x8030_1234), level: 1 }));
     assert_eq!(hw(&frames, root, 0x403f_fff8, AccessType::Read, false), Some(HPA_BASE + 0x3f_fff8));
     // Beyond RAM, the guest's translation names no memory.
     let f = cache.fill(
@@ -261,7 +262,7 @@ fn superpages_get_2m_shadow_leaves_when_all_ram() {
         wf,
         &mut frames,
     );
-    assert_eq!(f, Ok(Fill::NotRam { gpa: 0x8800_0000 }));
+    assert_eq!(f, Ok(Fill::NotRam { gpa: GuestPhysAddr::new(0x8800_0000) }));
 }
 
 #[test]
@@ -519,7 +520,7 @@ fn shadow_agrees_with_reference_walks() {
                                 None
                             }
                             Fill::NotRam { gpa } => {
-                                assert_eq!(reference.map(|t| t.gpa.raw()), Ok(gpa));
+                                assert_eq!(reference.map(|t| t.gpa), Ok(gpa));
                                 assert!(Ram.host_addr(gpa, 1).is_none());
                                 None
                             }
@@ -528,7 +529,7 @@ fn shadow_agrees_with_reference_walks() {
                     if let Some(hpa) = got {
                         match reference {
                             Ok(t) => {
-                                let expect = Ram.host_addr(t.gpa.raw(), 1).map(|h| h.raw());
+                                let expect = Ram.host_addr(t.gpa, 1).map(|h| h.raw());
                                 assert!(
                                     expect == Some(hpa) || stale_ok,
                                     "round {round} step {step}: {va:#x} -> {hpa:#x}, reference {expect:x?}"
