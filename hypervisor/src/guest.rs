@@ -199,10 +199,12 @@ impl Guest {
                 .initrd
                 .zip(self.initrd)
                 .map(|(start, i)| (start, start + i.len() as u64)),
+            rng_seed: None,
             devices: loader::fdt::Devices {
                 uart: self.devices.uart,
                 plic: self.devices.plic,
                 virtio: &virtio,
+                rtc: None,
             },
         };
         let dtb: Vec<u8> = loader::fdt::build(&dt).map_err(|_| GuestError::DeviceTree)?;
