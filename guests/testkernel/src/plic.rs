@@ -23,7 +23,27 @@ pub fn pending_addr(word: usize) -> u64 {
 
 /// Enable word `word` of the S-mode context.
 pub fn enable_addr(word: usize) -> u64 {
-    BASE + 0x2000 + 0x80 * CONTEXT + 4 * word as u64
+    context_enable_addr(CONTEXT, word)
+}
+
+/// Enable word `word` of context `context`.
+pub fn context_enable_addr(context: u64, word: usize) -> u64 {
+    BASE + 0x2000 + 0x80 * context + 4 * word as u64
+}
+
+/// The priority threshold of context `context`.
+pub fn context_threshold(context: u64) -> u64 {
+    BASE + 0x20_0000 + 0x1000 * context
+}
+
+/// The claim/complete register of context `context`.
+pub fn context_claim(context: u64) -> u64 {
+    context_threshold(context) + 4
+}
+
+/// The S-mode context of hart `hart` on `virt` (context 2h is its M-mode one).
+pub fn supervisor_context(hart: usize) -> u64 {
+    2 * hart as u64 + 1
 }
 
 /// The priority threshold of the S-mode context.

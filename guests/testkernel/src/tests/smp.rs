@@ -26,13 +26,16 @@ pub const TESTS: &[Test] = &[
     test!("smp/remote-fence-i", remote_fence_i),
     test!("smp/hsm-suspend-retentive", suspend_retentive),
     test!("smp/hsm-suspend-non-retentive", suspend_non_retentive),
+    test!("smp/timer-per-hart", timer_per_hart),
+    test!("smp/plic-context-per-hart", plic_context_per_hart),
 ];
 
 /// Harts with a stack here (higher IDs are left out of the tests).
 const MAX_HARTS: usize = 8;
 const STACK_SIZE: usize = 16 * 1024;
-/// How long either side waits for the other.
-const WAIT_US: u64 = 2_000_000;
+/// How long either side waits for the other: long, for a loaded host may leave one
+/// hart's thread unscheduled for a while (a bound for a lost event, not a timing check).
+const WAIT_US: u64 = 10_000_000;
 
 /// What a job does.
 const REPORT: u64 = 1;
@@ -40,6 +43,8 @@ const WAIT_IPI: u64 = 2;
 const READER: u64 = 3;
 const SUSPEND: u64 = 4;
 const SUSPEND_NON_RETENTIVE: u64 = 5;
+const OWN_TIMER: u64 = 6;
+const WAIT_EXTERNAL: u64 = 7;
 
 /// Job states.
 const WAITING: u64 = 1;
@@ -198,6 +203,40 @@ extern "C" fn secondary_main(hartid: usize, job: &Job) -> ! {
             job.value.store(ret.error as u64, Ordering::SeqCst);
             // SAFETY: clears the IPI that woke the hart.
             unsafe { core::arch::asm!("csrc sip, {0}", in(reg) Interrupts::SSI.bits()) };
+        }
+        OWN_TIMER => {
+            // Its own timer, `arg` ticks ahead; it must come here, not before the deadline.
+            // SAFETY: STIE only, sstatus.SIE clear: wfi sees STIP, nothing is taken.
+            unsafe { core::arch::asm!("csrs sie, {0}", in(reg) Interrupts::STI.bits()) };
+            let deadline = timer::now() + job.arg;
+            timer::arm(deadline);
+            job.state.store(WAITING, Ordering::SeqCst);
+            let give_up = timer::now() + timer::ticks_from_us(WAIT_US);
+            while csr_read!("sip") & Interrupts::STI.bits() == 0 && timer::now() < give_up {
+                crate::arch_wfi();
+            }
+            let at = timer::now();
+            timer::disarm();
+            // value: 1 if it came, not before the deadline.
+            let came =
+                csr_read!("sip") & Interrupts::STI.bits() == 0 && at >= deadline && at < give_up;
+            job.value.store(came as u64, Ordering::SeqCst);
+        }
+        WAIT_EXTERNAL => {
+            // SAFETY: SEIE only, sstatus.SIE clear: wfi sees SEIP, nothing is taken.
+            unsafe { core::arch::asm!("csrs sie, {0}", in(reg) Interrupts::SEI.bits()) };
+            job.state.store(WAITING, Ordering::SeqCst);
+            let give_up = timer::now() + timer::ticks_from_us(WAIT_US);
+            while csr_read!("sip") & Interrupts::SEI.bits() == 0 && timer::now() < give_up {
+                crate::arch_wfi();
+            }
+            // Claim through this hart's own context (the main hart drops the source).
+            let claim = crate::plic::context_claim(crate::plic::supervisor_context(hartid));
+            let source = crate::plic::read(claim);
+            job.value.store(source as u64, Ordering::SeqCst);
+            job.state.store(READY, Ordering::SeqCst);
+            let _ = wait(|| job.command.load(Ordering::SeqCst) == STOP);
+            crate::plic::write(claim, source);
         }
         _ => {}
     }
@@ -401,5 +440,76 @@ fn suspend_non_retentive() -> TestResult {
     finished(hart, &resumed)?;
     check_eq!(resumed.hartid.load(Ordering::SeqCst), hart as u64);
     check_eq!(job.state.load(Ordering::SeqCst), WAITING);
+    Ok(())
+}
+
+/// Each hart has its own timer: another hart's deadline neither fires here nor delays it.
+fn timer_per_hart() -> TestResult {
+    let hart = other_harts()?[0];
+    let mut job = Job::new(OWN_TIMER);
+    job.arg = timer::ticks_from_us(1_000);
+    check_eq!(start(hart, &mut job).error, 0);
+    check!(wait(|| job.state.load(Ordering::SeqCst) == WAITING), "hart {hart} never waited");
+    // This hart's own deadline, later than the other's.
+    // SAFETY: STIE only, sstatus.SIE clear: nothing is taken.
+    unsafe { core::arch::asm!("csrs sie, {0}", in(reg) Interrupts::STI.bits()) };
+    let deadline = timer::now() + timer::ticks_from_us(3_000);
+    timer::arm(deadline);
+    let give_up = timer::now() + timer::ticks_from_us(WAIT_US);
+    while csr_read!("sip") & Interrupts::STI.bits() == 0 && timer::now() < give_up {
+        crate::arch_wfi();
+    }
+    let at = timer::now();
+    timer::disarm();
+    finished(hart, &job)?;
+    check!(job.value.load(Ordering::SeqCst) == 1, "hart {hart}'s own timer did not come in time");
+    check!(at >= deadline, "this hart's timer came {} ticks early", deadline - at);
+    check!(at < give_up, "this hart's timer never came");
+    Ok(())
+}
+
+/// A PLIC source enabled in another hart's S-mode context interrupts that hart, which
+/// claims it through its context; this hart's context, where it is not enabled, sees
+/// nothing.
+fn plic_context_per_hart() -> TestResult {
+    use crate::plic::{self, context_enable_addr, context_threshold, supervisor_context};
+    use crate::uart16550 as uart;
+    let hart = other_harts()?[0];
+    let theirs = supervisor_context(hart);
+    let word = uart::IRQ as usize / 32;
+    let bit = 1u32 << (uart::IRQ % 32);
+    let saved_theirs =
+        (plic::read(context_enable_addr(theirs, word)), plic::read(context_threshold(theirs)));
+    let mut seen = (u32::MAX, true, 0u64, 0u64);
+    {
+        let _plic = plic::Saved::take(&[uart::IRQ]);
+        let _uart = uart::Saved::take().map_err(|e| crate::harness::Outcome::Fail(e.into()))?;
+        plic::take_over(uart::IRQ);
+        plic::set_enabled(uart::IRQ, false);
+        let mut job = Job::new(WAIT_EXTERNAL);
+        if start(hart, &mut job).error == 0 && wait(|| job.state.load(Ordering::SeqCst) == WAITING)
+        {
+            // Only once the hart runs: firmware sets up a starting hart's contexts itself.
+            plic::write(context_threshold(theirs), 0);
+            plic::write(context_enable_addr(theirs, word), saved_theirs.0 | bit);
+            // The UART in loopback with its receive interrupt on: source 10 asserted.
+            uart::write(uart::FCR, uart::FCR_CLEAR);
+            uart::write(uart::MCR, uart::MCR_LOOP);
+            uart::write(uart::IER, uart::IER_RDI);
+            uart::write(uart::THR, 0x5a);
+            let _ = wait(|| job.state.load(Ordering::SeqCst) == READY);
+            seen.1 = csr_read!("sip") & Interrupts::SEI.bits() != 0;
+            seen.0 = uart::read(uart::RBR) as u32;
+            seen.2 = job.value.load(Ordering::SeqCst);
+            job.command.store(STOP, Ordering::SeqCst);
+            seen.3 = finished(hart, &job).is_ok() as u64;
+        }
+        plic::write(context_enable_addr(theirs, word), saved_theirs.0);
+        plic::write(context_threshold(theirs), saved_theirs.1);
+    }
+    check_eq!(seen.2, uart::IRQ as u64);
+    check!(!seen.1, "sip.SEIP here, where the source is not enabled");
+    check_eq!(seen.0, 0x5a);
+    check_eq!(seen.3, 1);
     Ok(())
 }
