@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod bench;
+mod config;
 mod cpio;
 mod debian;
 mod gdb;
@@ -30,8 +31,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build hypocaust and boot it in QEMU `virt` with the Debian Linux guest (console on
-    /// this terminal, virtio disk and network, the guest's sshd forwarded; Ctrl-A X quits).
+    /// this terminal, virtio disk and network, the guest's sshd forwarded; Ctrl-A X quits),
+    /// or with the guests and devices of a configuration file (docs/config.md).
     Run {
+        /// A configuration file (TOML) describing the machine, the guests and their devices,
+        /// instead of the flags below (docs/config.md; examples/).
+        #[arg(long, value_name = "FILE", conflicts_with_all = [
+            "smp", "memory", "native", "testkernel", "kernel", "initrd", "append",
+            "guest_memory", "ssh_port", "firmware",
+        ])]
+        config: Option<std::path::PathBuf>,
         /// Number of harts.
         #[arg(long, default_value_t = 1)]
         smp: usize,
@@ -183,6 +192,7 @@ fn code(ok: bool) -> ExitCode {
 
 /// The options of `cargo xtask run`.
 struct RunOptions {
+    config: Option<std::path::PathBuf>,
     smp: usize,
     memory: u64,
     timeout: Option<Duration>,
@@ -197,68 +207,83 @@ struct RunOptions {
     firmware: Firmware,
 }
 
-/// `cargo xtask run`: the Linux guest by default, the test kernel or a kernel of one's own.
+/// `cargo xtask run`: a configuration file, or the one-guest configuration its flags make
+/// (the Linux guest by default, the test kernel or a kernel of one's own), booted alike.
 fn run_command(o: RunOptions) -> Result<bool> {
-    provision::all()?;
-    if o.kernel.is_none() && !o.testkernel {
-        let images = linux::images()?;
-        let mut boot = linux::run::Boot::new("run", o.native);
-        boot.smp = o.smp;
-        boot.host_mib = o.memory;
-        boot.guest_mib = o.guest_memory.unwrap_or(linux::run::GUEST_MIB);
-        boot.append = o.append;
-        boot.ssh_port = Some(linux::run::pick_ssh_port(o.ssh_port)?);
-        boot.log = o.log;
-        boot.firmware = o.firmware;
-        return linux::run::interactive(&images, &boot, o.timeout);
-    }
-    // The test kernel gets the suite's machine: its devices, passed through.
-    let test_kernel = o.kernel.is_none();
-    let (name, kernel) = match o.kernel {
-        Some(k) => (k.file_name().map_or("guest".into(), |n| n.to_string_lossy().into_owned()), k),
-        None => ("testkernel".to_string(), artifacts::testkernel()?),
+    let mut launch = config::Launch {
+        run: "run".into(),
+        native: o.native,
+        timeout: o.timeout,
+        log: o.log.clone(),
     };
-    let guest_memory = o.guest_memory.unwrap_or(suite::GUEST_MIB);
-    let mut machine = if o.native {
-        let mut m = qemu::Machine::new(&kernel);
-        m.memory_mib = u64::from(guest_memory);
-        m.initrd = o.initrd;
-        m.append = (!o.append.is_empty()).then_some(o.append);
-        m
+    let config = match &o.config {
+        Some(file) => {
+            launch.run = "config".into();
+            config::Config::load(file)?
+        }
+        None => flags_config(&o)?,
+    };
+    config::boot(&config, &launch)
+}
+
+/// The configuration `cargo xtask run`'s flags describe: one guest, its devices.
+fn flags_config(o: &RunOptions) -> Result<config::Config> {
+    use config::{DeviceConfig, DeviceKind, GuestConfig};
+    let machine = config::MachineConfig { harts: o.smp, memory: o.memory, firmware: o.firmware };
+    let disk = |image: &str| DeviceConfig {
+        name: "disk".into(),
+        kind: DeviceKind::Blk,
+        image: Some(image.into()),
+        ssh: None,
+    };
+    let net = |ssh| DeviceConfig { name: "net".into(), kind: DeviceKind::Net, image: None, ssh };
+    let mut guest = GuestConfig {
+        name: String::new(),
+        kernel: String::new(),
+        initrd: o.initrd.clone(),
+        bootargs: o.append.clone(),
+        memory: o.guest_memory.unwrap_or(config::DEFAULT_GUEST_MIB),
+        vcpus: 1,
+        harts: None,
+        devices: Vec::new(),
+    };
+    let mut devices = Vec::new();
+    if let Some(kernel) = &o.kernel {
+        // A kernel of one's own, without devices, named after its file.
+        let file = kernel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name: String = file
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .take(bundle::NAME_LEN)
+            .collect();
+        guest.name = if name.is_empty() { "guest".into() } else { name };
+        // A file named like a keyword is still a file.
+        let keyword = [config::DEBIAN, config::TESTKERNEL].iter().any(|k| kernel.as_os_str() == *k);
+        let path = if keyword { std::path::Path::new(".").join(kernel) } else { kernel.clone() };
+        guest.kernel = path.to_string_lossy().into_owned();
+    } else if o.testkernel {
+        // The test kernel with the suite's devices.
+        guest.name = config::TESTKERNEL.into();
+        guest.kernel = config::TESTKERNEL.into();
+        devices = vec![disk(config::TESTKERNEL), net(None)];
     } else {
-        let bundle = qemu::log_dir().join("run-bundle.img");
-        let name: String = name.chars().take(bundle::NAME_LEN).collect();
-        artifacts::bundle(
-            &[artifacts::GuestFiles {
-                name,
-                kernel,
-                initrd: o.initrd,
-                bootargs: o.append,
-                memory_mib: guest_memory,
-                vcpus: 1,
-                virtio_slots: if test_kernel { suite::ALL_VIRTIO_SLOTS } else { 0 },
-                ..Default::default()
-            }],
-            &bundle,
-        )?;
-        let mut m = suite::hypocaust_machine(bundle, o.firmware)?;
-        m.memory_mib = o.memory;
-        m.append = Some(format!("hypocaust.log={}", o.log));
-        m
-    };
-    if test_kernel {
-        suite::add_devices(&mut machine, "run", false)?;
+        // The Debian Linux guest with its disk and network, sshd forwarded; under hypocaust
+        // --smp gives it as many vCPUs.
+        guest.name = linux::run::GUEST_NAME.into();
+        guest.kernel = config::DEBIAN.into();
+        guest.memory = o.guest_memory.unwrap_or(linux::run::GUEST_MIB);
+        guest.vcpus = if o.native { 1 } else { u32::try_from(o.smp).unwrap_or(u32::MAX) };
+        devices = vec![disk(config::DEBIAN), net(Some(linux::run::pick_ssh_port(o.ssh_port)?))];
     }
-    machine.smp = o.smp;
-    eprintln!("xtask: {}", machine.command_line());
-    let status = qemu::run_interactive(&machine, o.timeout)?;
-    Ok(status.success())
+    guest.devices = devices.iter().map(|d| d.name.clone()).collect();
+    Ok(config::Config::from_flags(machine, vec![guest], devices))
 }
 
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Run {
+            config,
             smp,
             memory,
             timeout,
@@ -272,6 +297,7 @@ fn run() -> Result<ExitCode> {
             log,
             firmware,
         } => run_command(RunOptions {
+            config,
             smp,
             memory,
             timeout: timeout.map(Duration::from_secs),

@@ -27,27 +27,47 @@ pub fn virtio_devices(disk: &Path, legacy: bool) -> Vec<String> {
 /// [`virtio_devices`], with host port `ssh` (on 127.0.0.1), if given, forwarded to the
 /// guest's TCP port 22 (10.0.2.15).
 pub fn virtio_devices_forwarding(disk: &Path, legacy: bool, ssh: Option<u16>) -> Vec<String> {
-    // A comma in an option value is written twice.
-    let file = disk.to_string_lossy().replace(',', ",,");
-    let forward = ssh.map(|port| format!(",hostfwd=tcp:127.0.0.1:{port}-:22")).unwrap_or_default();
-    let mut args: Vec<String> = vec![
-        "-drive".into(),
-        format!("file={file},if=none,format=raw,id=hd0"),
-        "-device".into(),
-        "virtio-blk-device,drive=hd0".into(),
-        "-netdev".into(),
-        format!("user,id=net0{forward}"),
-        "-device".into(),
-        "virtio-net-device,netdev=net0".into(),
-    ];
+    let mut args: Vec<String> = virtio_blk("hd0", disk).into();
+    args.extend(virtio_net("net0", ssh));
     if !legacy {
-        args.extend(["-global".into(), "virtio-mmio.force-legacy=false".into()]);
+        args.extend(MODERN_VIRTIO.map(String::from));
     }
     args
 }
 
+/// The QEMU arguments that make `virt`'s virtio-mmio transports modern (Version 2).
+pub const MODERN_VIRTIO: [&str; 2] = ["-global", "virtio-mmio.force-legacy=false"];
+
+/// QEMU arguments for a virtio block device with QEMU id `id` on the raw image `disk`. Each
+/// `-device virtio-*-device` takes the next free virtio-mmio slot of `virt`, from the
+/// highest address down.
+pub fn virtio_blk(id: &str, disk: &Path) -> [String; 4] {
+    // A comma in an option value is written twice.
+    let file = disk.to_string_lossy().replace(',', ",,");
+    [
+        "-drive".into(),
+        format!("file={file},if=none,format=raw,id={id}"),
+        "-device".into(),
+        format!("virtio-blk-device,drive={id}"),
+    ]
+}
+
+/// QEMU arguments for a virtio network device with QEMU id `id` on a user network of its
+/// own (10.0.2.0/24, gateway 10.0.2.2), with host port `ssh` (on 127.0.0.1), if given,
+/// forwarded to the guest's TCP port 22 (10.0.2.15).
+pub fn virtio_net(id: &str, ssh: Option<u16>) -> [String; 4] {
+    let forward = ssh.map(|port| format!(",hostfwd=tcp:127.0.0.1:{port}-:22")).unwrap_or_default();
+    [
+        "-netdev".into(),
+        format!("user,id={id}{forward}"),
+        "-device".into(),
+        format!("virtio-net-device,netdev={id}"),
+    ]
+}
+
 /// The M-mode firmware a machine running hypocaust boots with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Firmware {
     /// hypocaust's own (firmware/, built on RustSBI): it delegates to S-mode every
     /// exception hypocaust handles.

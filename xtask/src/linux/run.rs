@@ -88,15 +88,20 @@ impl Boot {
 
     /// The guest kernel's command line.
     pub fn bootargs(&self) -> String {
-        // Under hypocaust the SBI console shows the earliest messages too.
-        let mut args =
-            String::from(if self.native { "console=ttyS0" } else { "earlycon=sbi console=ttyS0" });
-        if !self.append.trim().is_empty() {
-            args.push(' ');
-            args.push_str(self.append.trim());
-        }
-        args
+        bootargs(self.native, &self.append)
     }
+}
+
+/// The guest kernel's command line natively or under hypocaust, with `append` added.
+pub fn bootargs(native: bool, append: &str) -> String {
+    // Under hypocaust the SBI console shows the earliest messages too.
+    let mut args =
+        String::from(if native { "console=ttyS0" } else { "earlycon=sbi console=ttyS0" });
+    if !append.trim().is_empty() {
+        args.push(' ');
+        args.push_str(append.trim());
+    }
+    args
 }
 
 /// A fresh copy of the pristine disk at `path`.
