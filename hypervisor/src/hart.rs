@@ -1,12 +1,16 @@
-//! Harts: per-hart state (reached through `tp`) and bringing secondary harts up through
-//! SBI HSM.
+//! Harts: per-hart state (reached through `tp`), bringing secondary harts up through
+//! SBI HSM, and the table every hart reads to tell another one to look at its vCPUs
+//! ([`notify`]).
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use spin::Once;
 
 use rv::HostVirtAddr;
 
-use crate::{arch, layout, mm};
+use crate::{arch, firmware, layout, mm};
 
 /// State of one physical hart, owned by that hart.
 #[derive(Debug)]
@@ -122,10 +126,67 @@ pub extern "C" fn rust_secondary(_hartid: usize, boot: HostVirtAddr) -> ! {
     let index = local.index;
     enter(local);
     log::debug!("online (hart index {index})");
-    crate::hart_main()
+    crate::schedule::secondary_main()
 }
 
 /// Number of harts online.
 pub fn online() -> usize {
     ONLINE.load(Ordering::Acquire)
+}
+
+/// What every hart knows about each hart hypocaust runs on.
+struct HartSlot {
+    /// The hart ID, as SBI knows it.
+    id: usize,
+    /// Something changed for the hart's vCPUs (one woke, a guest wants a reboot...): the
+    /// hart's scheduler must look.
+    attention: AtomicBool,
+}
+
+/// The harts hypocaust runs on, by hart index.
+static HARTS: Once<Vec<HartSlot>> = Once::new();
+
+/// Records the harts hypocaust runs on (hart IDs by hart index). Call once at boot.
+pub fn set_harts(ids: &[usize]) {
+    HARTS.call_once(|| {
+        ids.iter().map(|&id| HartSlot { id, attention: AtomicBool::new(false) }).collect()
+    });
+}
+
+/// The number of harts hypocaust runs on.
+pub fn count() -> usize {
+    HARTS.get().map_or(1, Vec::len)
+}
+
+/// The hart ID of hart index `index`.
+pub fn id_of(index: usize) -> usize {
+    HARTS.get().and_then(|h| h.get(index)).map_or(0, |h| h.id)
+}
+
+/// The calling hart's index.
+pub fn current_index() -> usize {
+    current().map_or(0, |h| h.index)
+}
+
+/// Tells hart index `index` to look at its vCPUs: marks it, and kicks it unless it is the
+/// calling hart (which looks at its next scheduling point).
+pub fn notify(index: usize) {
+    let Some(slot) = HARTS.get().and_then(|h| h.get(index)) else { return };
+    slot.attention.store(true, Ordering::SeqCst);
+    if index != current_index() {
+        firmware::kick(slot.id);
+    }
+}
+
+/// Whether hart index `index` has been told to look, clearing the mark.
+pub fn take_attention(index: usize) -> bool {
+    HARTS
+        .get()
+        .and_then(|h| h.get(index))
+        .is_some_and(|s| s.attention.swap(false, Ordering::SeqCst))
+}
+
+/// Whether hart index `index` has been told to look (the mark stays).
+pub fn attention(index: usize) -> bool {
+    HARTS.get().and_then(|h| h.get(index)).is_some_and(|s| s.attention.load(Ordering::SeqCst))
 }

@@ -26,6 +26,10 @@ static PLIC: Once<HostPlic> = Once::new();
 /// Harts' S-mode context numbers, by hart ID (usize::MAX: none). Sized at init.
 static CONTEXTS: Once<alloc::vec::Vec<AtomicUsize>> = Once::new();
 
+/// The guest that owns each source (a passed-through device's), by source number
+/// (usize::MAX: none). Sized at init.
+static OWNERS: Once<alloc::vec::Vec<AtomicUsize>> = Once::new();
+
 impl HostPlic {
     fn reg(&self, offset: usize) -> *mut u32 {
         (self.base + offset) as *mut u32
@@ -49,6 +53,7 @@ pub fn init(platform: &Platform, harts: &[usize]) {
     let Some(p) = &platform.plic else { return };
     let plic = PLIC
         .call_once(|| HostPlic { base: phys_to_virt(p.region.start).raw() as usize, ndev: p.ndev });
+    OWNERS.call_once(|| (0..=p.ndev).map(|_| AtomicUsize::new(usize::MAX)).collect());
     let max_hart = harts.iter().copied().max().unwrap_or(0);
     let contexts =
         CONTEXTS.call_once(|| (0..=max_hart).map(|_| AtomicUsize::new(usize::MAX)).collect());
@@ -117,4 +122,17 @@ pub fn complete(hart: usize, source: u32) {
     if let (Some(plic), Some(ctx)) = (PLIC.get(), context(hart)) {
         plic.write(CONTEXT + ctx * CONTEXT_STRIDE + 4, source);
     }
+}
+
+/// Records which guest owns host source `source` (its passed-through device's), or none.
+pub fn set_owner(source: u32, guest: Option<usize>) {
+    if let Some(slot) = OWNERS.get().and_then(|o| o.get(source as usize)) {
+        slot.store(guest.unwrap_or(usize::MAX), Ordering::Release);
+    }
+}
+
+/// The guest that owns host source `source`, if any.
+pub fn owner(source: u32) -> Option<usize> {
+    let guest = OWNERS.get()?.get(source as usize)?.load(Ordering::Acquire);
+    (guest != usize::MAX).then_some(guest)
 }

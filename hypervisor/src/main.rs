@@ -7,7 +7,8 @@
 //! assembly turns on an early Sv48 table and calls [`rust_boot`] in the direct map, which
 //! reads the device tree, sets up memory and hypocaust's own page table, moves to the boot
 //! hart's mapped stack and continues in [`boot_main`]: secondary harts are started, the
-//! platform summary is printed, and the configured guests run.
+//! platform summary is printed, the guests are set up (hypervisor.rs), and every hart
+//! runs its scheduler (schedule.rs).
 #![no_std]
 #![no_main]
 
@@ -18,16 +19,20 @@ mod console;
 
 mod arch;
 mod board;
+mod clock;
+mod firmware;
 mod guest;
 mod hart;
+mod hypervisor;
 mod irq;
 mod layout;
 mod memory;
 mod mm;
+mod monitor;
 mod paging;
 mod panic;
 mod run;
-mod sbi;
+mod schedule;
 mod summary;
 mod timer;
 mod trap;
@@ -35,7 +40,6 @@ mod trap;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use log::LevelFilter;
 use platform::{PhysRange, Platform};
@@ -44,8 +48,8 @@ use rv::csr::SatpMode;
 use spin::Once;
 
 use crate::console::Uart16550;
+use crate::firmware::SbiInfo;
 use crate::layout::phys_to_virt;
-use crate::sbi::SbiInfo;
 
 /// hypocaust's version, as Cargo knows it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -53,21 +57,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The platform, as read from the device tree at boot.
 static PLATFORM: Once<Platform> = Once::new();
 
-/// The guests, once created; `None` where a guest could not be set up.
-static GUESTS: Once<Vec<guest::Guest>> = Once::new();
-
-/// Guests still running; the hart that ends the last one powers the machine off.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// Hart IDs by hart index (index i runs guest i).
-static HART_IDS: Once<Vec<usize>> = Once::new();
-
-/// The physical machine's identity, for guests' SBI BASE calls.
-static MACHINE_IDS: Once<vcpu::MachineIds> = Once::new();
-
-/// The physical machine's identity as firmware reports it.
-pub fn machine_ids() -> vcpu::MachineIds {
-    MACHINE_IDS.get().copied().unwrap_or_default()
+/// Ticks of the `time` CSR per second.
+pub fn timebase_hz() -> u64 {
+    PLATFORM.get().map_or(10_000_000, |p| p.timebase_hz)
 }
 
 /// Everything the boot hart carries across the stack switch.
@@ -82,7 +74,7 @@ struct BootState {
 /// Prints the one line that says why hypocaust cannot run here, and powers off.
 fn refuse(reason: fmt::Arguments) -> ! {
     println!("hypocaust: cannot run on this platform: {reason}");
-    sbi::shutdown(true)
+    firmware::shutdown(true)
 }
 
 /// Reads the size field of a flattened device tree header.
@@ -97,14 +89,18 @@ fn dtb_size(pa: HostPhysAddr) -> Option<usize> {
     (u32::from_be(magic) == 0xd00d_feed).then_some(u32::from_be(size) as usize)
 }
 
-/// Chooses the log level from `hypocaust.log=LEVEL` in the boot arguments.
-fn log_level(bootargs: Option<&str>) -> LevelFilter {
+/// The value of `hypocaust.KEY=VALUE` in the boot arguments.
+fn boot_arg<'a>(bootargs: Option<&'a str>, key: &str) -> Option<&'a str> {
     bootargs
         .into_iter()
         .flat_map(|a| a.split_whitespace())
-        .find_map(|arg| arg.strip_prefix("hypocaust.log="))
-        .and_then(|level| level.parse().ok())
-        .unwrap_or(LevelFilter::Info)
+        .filter_map(|arg| arg.strip_prefix("hypocaust."))
+        .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Chooses the log level from `hypocaust.log=LEVEL` in the boot arguments.
+fn log_level(bootargs: Option<&str>) -> LevelFilter {
+    boot_arg(bootargs, "log").and_then(|level| level.parse().ok()).unwrap_or(LevelFilter::Info)
 }
 
 /// Rust entry of the boot hart, on the early page table and the boot stack.
@@ -187,7 +183,8 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
     unsafe { arch::run_on_stack(layout::stack_top(0), boot_main, state as *mut BootState as usize) }
 }
 
-/// The boot hart, on its own stack: start the other harts, report, run guests.
+/// The boot hart, on its own stack: start the other harts, report, set up the guests,
+/// schedule.
 extern "C" fn boot_main(state: usize) -> ! {
     // SAFETY: `rust_boot` passed a leaked `BootState`.
     let state = unsafe { &*(state as *const BootState) };
@@ -203,197 +200,41 @@ extern "C" fn boot_main(state: usize) -> ! {
     while hart::online() < state.harts.len() && arch::time() < deadline {
         core::hint::spin_loop();
     }
+    // Harts that did not come up get no vCPUs.
+    let online = hart::online().min(state.harts.len());
+    hart::set_harts(&state.harts[..online]);
 
+    let slice_ms = boot_arg(platform.bootargs.as_deref(), "slice_ms")
+        .and_then(|v| v.parse().ok())
+        .filter(|&ms| ms > 0)
+        .unwrap_or(schedule::DEFAULT_SLICE_MS);
+    schedule::set_slice(slice_ms, platform.timebase_hz);
     summary::print(platform, state);
     println!("timer     {}", timer::init());
     println!("asids     {} (guests: Sv39 on shadow tables)", paging::probe_asids());
-    MACHINE_IDS.call_once(|| vcpu::MachineIds {
-        mvendorid: sbi_rt::get_mvendorid() as u64,
-        marchid: sbi_rt::get_marchid() as u64,
-        mimpid: sbi_rt::get_mimpid() as u64,
-    });
+    let epoch = clock::init(platform);
+    println!("clock     {epoch} s since the epoch (guests' RTCs run from it)");
+    println!("schedule  {slice_ms} ms slices where vCPUs share a hart");
 
-    let guests = create_guests(platform, state);
-    let runnable = guests.len().min(state.harts.len());
-    if runnable == 0 {
-        println!("hypocaust: no guests configured; powering off");
-        sbi::shutdown(false)
+    irq::init(platform, &state.harts[..online]);
+    let count = hypervisor::create(platform, state.hartid, online);
+    if count == 0 {
+        println!("hypocaust: no guest can run; powering off");
+        firmware::shutdown(true)
     }
-    for g in &guests[runnable..] {
-        println!(
-            "hypocaust: guest '{}' not started: one hart per guest, and all {} are taken",
-            g.name,
-            state.harts.len()
-        );
-    }
-    HART_IDS.call_once(|| state.harts.clone());
-    irq::init(platform, &state.harts);
-    let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
+    let names: Vec<&str> = hypervisor::guests().iter().map(|g| g.name.as_str()).collect();
     console::set_guests(&names);
     // Console input comes by interrupt to the boot hart, which hands it to the guest in
-    // focus (Ctrl-] and a digit move the focus).
+    // focus (Ctrl-] and a digit move the focus; Ctrl-] and another key open the monitor).
     if let Some(irq) = platform.uart.as_ref().and_then(|u| u.irq)
         && platform.plic.is_some()
     {
         irq::route_console(irq, state.hartid);
         console::enable_input_interrupt();
     }
-    RUNNING.store(runnable, Ordering::Release);
-    GUESTS.call_once(|| guests);
-    // Wake the other harts: hart index i runs guest i.
-    for &id in state.harts.iter().skip(1).take(runnable - 1) {
-        let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, id));
+    // Wake the other harts: the guests are ready.
+    for index in 1..online {
+        firmware::kick(hart::id_of(index));
     }
-    run_guest(0)
-}
-
-/// Reads the guest bundle the boot loader placed as the initrd, and sets up its guests.
-fn create_guests(platform: &Platform, state: &BootState) -> Vec<guest::Guest> {
-    let Some(range) = platform.initrd else {
-        return Vec::new();
-    };
-    // SAFETY: the initrd range is reserved RAM (kept out of the allocator by `mm::init`),
-    // covered by the direct map, and nothing writes to it.
-    let data: &'static [u8] = unsafe {
-        core::slice::from_raw_parts(
-            phys_to_virt(range.start).raw() as *const u8,
-            range.size() as usize,
-        )
-    };
-    let bundle = match bundle::Bundle::parse(data) {
-        Ok(b) => b,
-        Err(e) => {
-            println!("hypocaust: the initrd is not a usable guest bundle: {e}");
-            return Vec::new();
-        }
-    };
-    let boot_hart = platform.hart(state.hartid);
-    let host_isa = boot_hart.map_or("rv64imac", |h| h.isa.raw.as_str());
-    let sstc = boot_hart.is_some_and(|h| h.isa.has_extension("sstc"));
-    let offer = guest::Offer {
-        isa: loader::isa::guest_isa(host_isa, sstc),
-        features: vcpu::Features {
-            sstc,
-            fp: boot_hart.is_some_and(|h| h.isa.has_letter('f') || h.isa.has_letter('d')),
-            max_satp_mode: SatpMode::Sv39,
-            counters: arch::scounteren_writable() & 0xFFFF_FFFF,
-        },
-
-        timebase_hz: platform.timebase_hz as u32,
-    };
-    let mut guests = Vec::new();
-    let mut taken_slots = 0;
-    for (id, spec) in bundle.guests().enumerate() {
-        let devices = board::Layout::for_guest(platform, spec.virtio_slots, &mut taken_slots);
-        match guest::Guest::create(guests.len(), &spec, offer.clone(), devices) {
-            Ok(g) => {
-                println!(
-                    "guest     '{}': {} MiB RAM, {} vCPU, isa {}",
-                    g.name,
-                    g.memory.size() >> 20,
-                    spec.vcpus,
-                    g.offer.isa
-                );
-                for (base, id) in g.board.lock().passed_through() {
-                    println!("          virtio {} at {base:#x} passed through", virtio_name(id));
-                }
-                guests.push(g);
-            }
-            Err(e) => println!("hypocaust: guest {id} '{}' cannot start: {e}", spec.name),
-        }
-    }
-    guests
-}
-
-/// Runs guest `index` on this hart until it powers off (rebooting it when it asks), then
-/// powers the machine off if it was the last guest running.
-fn run_guest(index: usize) -> ! {
-    let guests = GUESTS.get().expect("guests are created before harts run them");
-    let g = &guests[index];
-    let mut stats = run::ExitStats::default();
-    let Some(pool) = g.take_shadow_pool() else {
-        println!("hypocaust: guest '{}' has no shadow table pool", g.name);
-        idle()
-    };
-    let mut mmu = paging::VcpuMmu::new(index, g.bare_satp, pool);
-    loop {
-        mmu.reset();
-        let vcpu = match g.load() {
-            Ok(v) => v,
-            Err(e) => {
-                println!("hypocaust: guest '{}' cannot start: {e}", g.name);
-                break;
-            }
-        };
-        let mut ctx = Box::new(arch::trap::GuestContext::new(vcpu));
-        let end = run::run(g, &mut ctx, &mut mmu, &mut stats);
-        log::debug!("guest '{}': shadow {:?}", g.name, mmu.stats());
-        log::debug!("guest '{}': exits {}", g.name, stats);
-        match end {
-            run::End::Reset(vcpu::ResetKind::Shutdown) => {
-                println!("hypocaust: guest '{}' powered off", g.name);
-                break;
-            }
-            run::End::Reset(kind) => println!("hypocaust: guest '{}' reboots ({kind:?})", g.name),
-            run::End::Stopped => {
-                println!("hypocaust: guest '{}' stopped its last hart", g.name);
-                break;
-            }
-        }
-    }
-    // Off the guest's tables for good.
-    mmu.reset();
-    if RUNNING.fetch_sub(1, Ordering::AcqRel) == 1 {
-        println!("hypocaust: all guests are off; powering off");
-        sbi::shutdown(false)
-    }
-    idle()
-}
-
-/// Parks the hart for good (still serving the host interrupts routed to it).
-fn idle() -> ! {
-    // SAFETY: an external interrupt only wakes `wfi` (sstatus.SIE stays clear).
-    unsafe { core::arch::asm!("csrs sie, {0}", in(reg) rv::csr::Interrupts::SEI.bits()) };
-    loop {
-        arch::wait_for_interrupt();
-        run::host_external(None);
-    }
-}
-
-/// The name of virtio device type `id`.
-fn virtio_name(id: u32) -> &'static str {
-    match id {
-        1 => "net",
-        2 => "block",
-        3 => "console",
-        4 => "entropy",
-        8 => "scsi",
-        9 => "9p",
-        18 => "input",
-        19 => "vsock",
-        _ => "device",
-    }
-}
-
-/// The hart ID of the hart that runs guest `index`.
-pub fn guest_hart(index: usize) -> Option<usize> {
-    HART_IDS.get()?.get(index).copied()
-}
-
-/// What every hart but the boot hart does once online: wait for a guest to run.
-pub fn hart_main() -> ! {
-    let index = hart::current().map_or(0, |h| h.index);
-    // SAFETY: a software interrupt only wakes `wfi` (sstatus.SIE stays clear).
-    unsafe { core::arch::asm!("csrs sie, {0}", in(reg) rv::csr::Interrupts::SSI.bits()) };
-    loop {
-        if let Some(guests) = GUESTS.get() {
-            // SAFETY: clearing SSIP acknowledges the wake-up.
-            unsafe { core::arch::asm!("csrc sip, {0}", in(reg) rv::csr::Interrupts::SSI.bits()) };
-            if index < guests.len() {
-                run_guest(index);
-            }
-            idle();
-        }
-        arch::wait_for_interrupt();
-    }
+    schedule::run(0)
 }

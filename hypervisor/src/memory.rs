@@ -12,7 +12,8 @@ use crate::{layout, mm};
 /// Where every guest's RAM starts.
 pub const RAM_BASE: GuestPhysAddr = GuestPhysAddr::new(0x8000_0000);
 
-/// A guest's RAM.
+/// A guest's RAM. Clones are views of the same RAM (the guest's devices keep one).
+#[derive(Clone, Debug)]
 pub struct GuestMemory {
     base: HostPhysAddr,
     size: u64,
@@ -32,6 +33,11 @@ impl GuestMemory {
     /// Size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Where it is in host RAM.
+    pub fn host_base(&self) -> HostPhysAddr {
+        self.base
     }
 
     /// The host-physical address of `[gpa, gpa + len)`, if all of it is guest RAM.

@@ -1,11 +1,16 @@
-//! Physical memory: which RAM is free, the frame allocator, the heap, and hypocaust's own
-//! page table.
+//! Physical memory: which RAM is free, the heap, and hypocaust's own page table.
+//!
+//! Free RAM is a list of ranges ([`RangeAllocator`]): guests' RAM and shadow pools are
+//! blocks of any size from it ([`alloc_block`]), so guests fit the way their sizes add up.
+//! The heap and a reserve for small page-sized allocations (table pages, stacks, virtio
+//! shadow rings; a buddy allocator, [`alloc_frames`]) are carved from it at boot.
 
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use buddy_system_allocator::{FrameAllocator, LockedHeap};
 use mmu::map::{Frames, MapError, Mapper};
+use mmu::ranges::RangeAllocator;
 use platform::{PhysRange, Platform};
 use rv::pte::{Pte, PteFlags};
 use rv::{HostPhysAddr, HostVirtAddr, PAGE_SIZE};
@@ -24,11 +29,18 @@ struct BootHeap(#[allow(dead_code)] [u8; BOOT_HEAP_SIZE]);
 
 static mut BOOT_HEAP: BootHeap = BootHeap([0; BOOT_HEAP_SIZE]);
 
-/// Free RAM, in 4 KiB frames.
+/// Free RAM not yet handed out in blocks.
+static BLOCKS: Mutex<RangeAllocator> = Mutex::new(RangeAllocator::new());
+
+/// The reserve for page-sized allocations, in 4 KiB frames.
 static FRAMES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
 
-/// Bytes the frame allocator can still hand out.
-static FREE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes the frame reserve can still hand out.
+static FREE_FRAME_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of the frame reserve: page tables (hypocaust's and guests' Bare views), stacks,
+/// boot blocks, virtio shadow rings.
+const FRAME_RESERVE: u64 = 16 << 20;
 
 /// `satp` of hypocaust's own page table, once built.
 static KERNEL_SATP: AtomicU64 = AtomicU64::new(0);
@@ -117,30 +129,29 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
         );
     }
 
-    let mut total = 0;
-    {
-        let mut frames = FRAMES.lock();
-        for &(start, end) in &free {
-            let (first, last) = (start.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
-            if first < last {
-                frames.add_frame(first as usize, last as usize);
-                total += (last - first) * PAGE_SIZE;
-            }
-        }
+    let mut blocks = BLOCKS.lock();
+    for &(start, end) in &free {
+        blocks.add(start.next_multiple_of(PAGE_SIZE), end & !(PAGE_SIZE - 1));
     }
-    FREE_BYTES.store(total, Ordering::Relaxed);
+    let total = blocks.free_bytes();
     if total < MIN_RAM {
         return Err(MemoryError::TooLittleRam { free: total });
     }
+    let reserve =
+        blocks.alloc(FRAME_RESERVE, PAGE_SIZE).ok_or(MemoryError::TooLittleRam { free: total })?;
+    FRAMES.lock().add_frame(
+        (reserve / PAGE_SIZE) as usize,
+        ((reserve + FRAME_RESERVE) / PAGE_SIZE) as usize,
+    );
+    FREE_FRAME_BYTES.store(FRAME_RESERVE, Ordering::Relaxed);
 
     // The heap gets 1/16 of free RAM rounded down to a power of two, between 4 and 32 MiB.
     let heap_bytes = (1u64 << (total / 16).max(1).ilog2()).clamp(4 << 20, 32 << 20);
-    let heap_frames = (heap_bytes / PAGE_SIZE) as usize;
-    let heap_added = match alloc_frames(heap_frames) {
+    let heap_added = match blocks.alloc(heap_bytes, PAGE_SIZE) {
         Some(pa) => {
-            let va = phys_to_virt(pa).raw() as usize;
-            // SAFETY: the frames were just taken from the allocator, so nothing else uses
-            // them; the direct map covers them.
+            let va = phys_to_virt(HostPhysAddr::new(pa)).raw() as usize;
+            // SAFETY: the block was just taken from the free ranges, so nothing else uses
+            // it; the direct map covers it.
             unsafe { HEAP.lock().add_to_heap(va, va + heap_bytes as usize) };
             heap_bytes
         }
@@ -150,32 +161,43 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
     Ok(MemoryReport { heap: heap_added + BOOT_HEAP_SIZE as u64, image: image_end - image_start })
 }
 
-/// Allocates `count` contiguous frames, not cleared (the allocator rounds `count` up to a
-/// power of two).
-pub fn alloc_frames_uninit(count: usize) -> Option<HostPhysAddr> {
-    let frame = FRAMES.lock().alloc(count)?;
-    FREE_BYTES.fetch_sub(count.next_power_of_two() as u64 * PAGE_SIZE, Ordering::Relaxed);
-    Some(HostPhysAddr::new(frame as u64 * PAGE_SIZE))
+/// A block of `bytes` (a multiple of the page size) aligned to `align`, not cleared.
+pub fn alloc_block(bytes: u64, align: u64) -> Option<HostPhysAddr> {
+    BLOCKS.lock().alloc(bytes, align.max(PAGE_SIZE)).map(HostPhysAddr::new)
 }
 
-/// Allocates `count` contiguous zeroed frames (rounded up to a power of two).
+/// Gives back a block from [`alloc_block`].
+pub fn free_block(pa: HostPhysAddr, bytes: u64) {
+    BLOCKS.lock().free(pa.raw(), bytes);
+}
+
+/// Bytes of RAM free for guests, and the largest block among them.
+pub fn free_for_guests() -> (u64, u64) {
+    let blocks = BLOCKS.lock();
+    (blocks.free_bytes(), blocks.largest())
+}
+
+/// Allocates `count` contiguous zeroed frames from the reserve (rounded up to a power of
+/// two).
 pub fn alloc_frames(count: usize) -> Option<HostPhysAddr> {
-    let pa = alloc_frames_uninit(count)?;
+    let frame = FRAMES.lock().alloc(count)?;
+    FREE_FRAME_BYTES.fetch_sub(count.next_power_of_two() as u64 * PAGE_SIZE, Ordering::Relaxed);
+    let pa = HostPhysAddr::new(frame as u64 * PAGE_SIZE);
     let va = phys_to_virt(pa).raw() as *mut u8;
     // SAFETY: the frames are ours alone now and the direct map covers all RAM.
     unsafe { core::ptr::write_bytes(va, 0, count * PAGE_SIZE as usize) };
     Some(pa)
 }
 
-/// Gives back `count` frames from [`alloc_frames`] or [`alloc_frames_uninit`] at `pa`.
+/// Gives back `count` frames from [`alloc_frames`] at `pa`.
 pub fn free_frames(pa: HostPhysAddr, count: usize) {
     FRAMES.lock().dealloc((pa.raw() / PAGE_SIZE) as usize, count);
-    FREE_BYTES.fetch_add(count.next_power_of_two() as u64 * PAGE_SIZE, Ordering::Relaxed);
+    FREE_FRAME_BYTES.fetch_add(count.next_power_of_two() as u64 * PAGE_SIZE, Ordering::Relaxed);
 }
 
-/// Bytes of free RAM left in the frame allocator.
-pub fn free_bytes() -> u64 {
-    FREE_BYTES.load(Ordering::Relaxed)
+/// Bytes left in the frame reserve.
+pub fn free_frame_bytes() -> u64 {
+    FREE_FRAME_BYTES.load(Ordering::Relaxed)
 }
 
 /// Table frames for hypocaust's own page tables, reached through the direct map.
@@ -252,6 +274,7 @@ pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64
         .iter()
         .map(|u| u.region)
         .chain(platform.plic.iter().map(|p| p.region))
+        .chain(platform.rtc.iter().map(|r| r.region))
         .chain(platform.virtio.iter().map(|v| v.region));
     for region in devices {
         let start = region.start.raw() & !(PAGE_SIZE - 1);

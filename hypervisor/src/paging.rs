@@ -23,55 +23,42 @@ use crate::{arch, layout, mm};
 /// Shadow trees a vCPU keeps (address spaces × views).
 pub const MAX_TREES: usize = 31;
 
-/// Real ASIDs each guest uses: its Bare view and one per tree slot.
-const ASIDS_PER_GUEST: u16 = MAX_TREES as u16 + 1;
+/// Real ASIDs each vCPU uses: its Bare view and one per tree slot.
+const ASIDS_PER_VCPU: u16 = MAX_TREES as u16 + 1;
 
 /// Highest real ASID the harts implement (probed at boot); 0 means none.
 static MAX_ASID: AtomicU16 = AtomicU16::new(0);
 
-/// Finds how many ASID bits `satp` keeps (writes all ones to the field of the current
-/// table's `satp`, reads back, restores).
+/// Finds how many ASID bits `satp` keeps; returns the largest ASID.
 pub fn probe_asids() -> u16 {
-    let current = mm::kernel_satp();
-    let probe = current | (0xFFFF << Satp::ASID_SHIFT);
-    let read: u64;
-    // SAFETY: the same table with a different ASID maps exactly the same; the original
-    // value is restored before anything else runs.
-    unsafe {
-        core::arch::asm!(
-            "csrw satp, {probe}",
-            "csrr {read}, satp",
-            "csrw satp, {current}",
-            "sfence.vma",
-            probe = in(reg) probe,
-            current = in(reg) current,
-            read = out(reg) read,
-        )
-    };
-    let max = Satp(read).asid();
+    let max = arch::csr::probe_max_asid(mm::kernel_satp());
     MAX_ASID.store(max, Ordering::Relaxed);
     max
 }
 
-/// The real ASID for a guest's Bare view (`slot` None) or tree slot; 0 (with full flushes on
-/// every switch) when the harts have too few.
-fn real_asid(guest: usize, slot: Option<usize>) -> u16 {
-    let asid = (guest as u16 + 1) * ASIDS_PER_GUEST + slot.map_or(0, |s| s as u16 + 1);
-    if asid <= MAX_ASID.load(Ordering::Relaxed) { asid } else { 0 }
+/// The real ASID for the Bare view (`slot` None) or a tree slot of the vCPU with number
+/// `owner` (unique among all guests' vCPUs); 0 (with full flushes on every switch) when
+/// the harts have too few.
+fn real_asid(owner: usize, slot: Option<usize>) -> u16 {
+    let asid = (owner as u64 + 1) * ASIDS_PER_VCPU as u64 + slot.map_or(0, |s| s as u64 + 1);
+    let max = MAX_ASID.load(Ordering::Relaxed) as u64;
+    if asid <= max { asid as u16 } else { 0 }
 }
 
-/// Frames reserved for one guest's shadow tables.
+/// Frames reserved for one vCPU's shadow tables.
 pub struct FramePool {
     free: Vec<u64>,
-    guest: usize,
+    /// The vCPU's number, for its ASIDs.
+    owner: usize,
 }
 
 impl FramePool {
-    /// A pool of `frames` frames from the frame allocator; `None` if memory is short.
-    pub fn new(guest: usize, frames: usize) -> Option<Self> {
-        let base = mm::alloc_frames_uninit(frames)?;
+    /// A pool of `frames` frames of guest memory for vCPU number `owner`; `None` if memory
+    /// is short.
+    pub fn new(owner: usize, frames: usize) -> Option<Self> {
+        let base = mm::alloc_block(frames as u64 * rv::PAGE_SIZE, rv::PAGE_SIZE)?;
         let free = (0..frames as u64).rev().map(|i| base.raw() + i * rv::PAGE_SIZE).collect();
-        Some(Self { free, guest })
+        Some(Self { free, owner })
     }
 
     fn entry(table: HostPhysAddr, index: usize) -> *mut u64 {
@@ -112,18 +99,8 @@ impl ShadowFrames for FramePool {
     }
 
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {
-        let asid = real_asid(self.guest, Some(tree)) as u64;
-        // SAFETY: dropping translations never breaks hypocaust: its own entries are global,
-        // and only the tree's (non-global) entries are named.
-        unsafe {
-            match va {
-                Some(va) if asid != 0 => {
-                    core::arch::asm!("sfence.vma {0}, {1}", in(reg) va, in(reg) asid)
-                }
-                None if asid != 0 => core::arch::asm!("sfence.vma zero, {0}", in(reg) asid),
-                _ => core::arch::asm!("sfence.vma"),
-            }
-        }
+        // A vCPU runs on one hart only, so its translations are in this hart's TLB alone.
+        arch::csr::sfence_vma(va, real_asid(self.owner, Some(tree)));
     }
 }
 
@@ -166,6 +143,8 @@ pub enum PageFault {
     /// The guest's translation leads to guest-physical `gpa`, which is not RAM: a device,
     /// or nothing.
     NotRam { kind: AccessType, gpa: GuestPhysAddr },
+    /// The vCPU's shadow pool cannot hold one more path.
+    Exhausted,
 }
 
 /// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]),
@@ -182,9 +161,15 @@ struct CodePage {
     gpa_page: GuestPhysAddr,
 }
 
+/// The shadow frame pool cannot hold even the tables of one translation (the guest is
+/// failed, never hypocaust).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolExhausted;
+
 /// The memory side of one vCPU.
 pub struct VcpuMmu {
-    guest_index: usize,
+    /// The vCPU's number among all guests' vCPUs (for its ASIDs).
+    owner: usize,
     /// `satp` of the table the guest runs on while its own `satp` is Bare.
     bare_satp: u64,
     pool: FramePool,
@@ -202,12 +187,12 @@ pub struct VcpuMmu {
 }
 
 impl VcpuMmu {
-    /// The memory view of a vCPU of guest `guest_index`, whose Bare view is the table of
+    /// The memory view of vCPU number `owner`, whose Bare view is the table of
     /// `bare_satp`, with `pool` for its shadow tables.
-    pub fn new(guest_index: usize, bare_satp: u64, pool: FramePool) -> Self {
+    pub fn new(owner: usize, bare_satp: u64, pool: FramePool) -> Self {
         let host_root = HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12);
         Self {
-            guest_index,
+            owner,
             bare_satp,
             pool,
             cache: ShadowCache::new(MAX_TREES, host_root, layout::HYPERVISOR_ROOT_SLOTS),
@@ -232,21 +217,27 @@ impl VcpuMmu {
     }
 
     /// Puts the hart on the table the vCPU must run on now.
-    pub fn load(&mut self, v: &Vcpu) {
-        let satp = self.satp_for(v);
+    pub fn load(&mut self, v: &Vcpu) -> Result<(), PoolExhausted> {
+        let satp = self.satp_for(v)?;
         if self.loaded == satp {
-            return;
+            return Ok(());
         }
         // SAFETY: every table a guest runs on maps hypocaust exactly as its own table does.
         // Tables are told apart by ASID; without ASIDs, loading another one flushes.
-        unsafe {
-            arch::switch_page_table_keep_tlb(satp);
-            if Satp(satp).asid() == 0 && satp != self.last_guest_satp {
-                core::arch::asm!("sfence.vma");
-            }
+        unsafe { arch::switch_page_table_keep_tlb(satp) };
+        if Satp(satp).asid() == 0 && satp != self.last_guest_satp {
+            arch::csr::sfence_vma(None, 0);
         }
         self.loaded = satp;
         self.last_guest_satp = satp;
+        Ok(())
+    }
+
+    /// Leaves the guest's tables for hypocaust's own before another vCPU runs on this hart.
+    pub fn unload(&mut self) {
+        self.leave_tree();
+        // Without ASIDs, the next vCPU's table must not meet this one's entries.
+        self.last_guest_satp = 0;
     }
 
     /// The shadow statistics.
@@ -256,32 +247,28 @@ impl VcpuMmu {
 
     /// The real `satp` the vCPU must run on now: the Bare view, or the shadow tree of its
     /// address space and view (made empty if new).
-    fn satp_for(&mut self, v: &Vcpu) -> u64 {
+    fn satp_for(&mut self, v: &Vcpu) -> Result<u64, PoolExhausted> {
         let satp = v.csrs.satp;
         if !is_paged(satp) {
             self.current = None;
-            return Satp(self.bare_satp).0 & !(0xFFFF << Satp::ASID_SHIFT)
-                | (real_asid(self.guest_index, None) as u64) << Satp::ASID_SHIFT;
+            return Ok(Satp(self.bare_satp).0 & !(0xFFFF << Satp::ASID_SHIFT)
+                | (real_asid(self.owner, None) as u64) << Satp::ASID_SHIFT);
         }
         let view = View::of(v.privilege == Privilege::User, v.csrs.status(Sstatus::SUM));
         let key = Key { satp, view };
         if let Some((k, _, real)) = self.current
             && k == key
         {
-            return real;
+            return Ok(real);
         }
         // A miss may evict a tree, perhaps the one loaded now.
         self.leave_tree();
-        let slot = match self.cache.select(key, &mut self.pool) {
-            Ok((slot, _)) => slot,
-            Err(_) => panic!("the shadow frame pool cannot hold even one table"),
-        };
-        let root = self.cache.tree(slot).expect("selected above").root;
+        let (slot, _) = self.cache.select(key, &mut self.pool).map_err(|_| PoolExhausted)?;
+        let root = self.cache.tree(slot).ok_or(PoolExhausted)?.root;
         let real =
-            Satp::new(SatpMode::Sv48, real_asid(self.guest_index, Some(slot)), root.page_number())
-                .0;
+            Satp::new(SatpMode::Sv48, real_asid(self.owner, Some(slot)), root.page_number()).0;
         self.current = Some((key, slot, real));
-        real
+        Ok(real)
     }
 
     /// Drops shadow translations as `sfence.vma` asks.
@@ -336,7 +323,7 @@ impl VcpuMmu {
             Ok(Fill::Installed { .. }) => PageFault::Filled,
             Ok(Fill::GuestFault(e)) => PageFault::Guest((e, va)),
             Ok(Fill::NotRam { gpa }) => PageFault::NotRam { kind, gpa },
-            Err(_) => panic!("the shadow frame pool cannot hold even one path"),
+            Err(_) => PageFault::Exhausted,
         }
     }
 

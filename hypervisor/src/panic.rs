@@ -6,5 +6,5 @@ use core::panic::PanicInfo;
 fn panic(info: &PanicInfo) -> ! {
     let hart = crate::hart::current_hart_id();
     crate::console::print_emergency(format_args!("hypocaust: PANIC on hart {hart}: {info}\n"));
-    crate::sbi::shutdown(true)
+    crate::firmware::shutdown(true)
 }

@@ -1,62 +1,95 @@
-//! Running a vCPU on this hart: enter the guest, take its trap, let the vCPU logic handle
-//! it, deliver virtual interrupts, repeat.
+//! Running one vCPU on this hart: enter the guest, take its trap, let the vCPU logic handle
+//! it, deliver virtual interrupts, repeat — until the vCPU waits, stops, asks for a reset,
+//! or the hart's scheduler wants the hart back ([`Leave`]).
+//!
+//! What other vCPUs send this one (IPIs, remote fences) waits in its mailbox and is taken
+//! at the top of every pass, before the guest is entered; a kick (a real software
+//! interrupt) makes a running vCPU leave the guest to take it.
+
+use core::sync::atomic::{AtomicU64, Ordering, fence};
 
 use mmu::walk::AccessType;
 use rv::GuestPhysAddr;
 use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
 use rv::trap::{Cause, Exception, Interrupt};
+use sched::mailbox::Flush;
+use sched::state::VcpuState;
 use vcpu::mmio::Direction;
 use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
 
-use crate::arch::trap::{GuestContext, enter_guest};
-use crate::guest::Guest;
+use crate::arch::trap::enter_guest;
+use crate::guest::{Guest, VcpuCell, VcpuInner};
 use crate::paging::{PageFault, VcpuMmu, access_for};
-use crate::{arch, console, hart, irq, timer};
+use crate::{arch, console, firmware, hart, hypervisor, irq, timer};
 
-/// Why a vCPU stopped running.
+/// Why a vCPU left the hart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
+pub enum Leave {
+    /// It waits for an interrupt (`wfi`, SBI HSM suspend).
+    Wait,
+    /// It could run on, but the hart's scheduler must look: its slice is over, another
+    /// vCPU woke, the guest is being paused, rebooted or powered off.
+    Yield,
+    /// It stopped (SBI HSM `hart_stop`).
+    Stopped,
     /// The guest asked for a system reset.
     Reset(ResetKind),
-    /// Its only hart stopped (SBI HSM `hart_stop`).
-    Stopped,
+    /// Its shadow table pool cannot hold even one translation: the guest fails.
+    Exhausted,
 }
 
-/// Exits taken, by cause: exceptions by code, interrupts by code + 64.
-#[derive(Clone, Debug)]
-pub struct ExitStats {
-    pub counts: [u64; 128],
+/// Exits taken, by cause: exceptions by code, interrupts by code + 64. Counted by the
+/// hart that runs the vCPU, read by anyone (the monitor).
+pub struct ExitCounters {
+    counts: [AtomicU64; 128],
 }
 
-impl core::fmt::Display for ExitStats {
-    /// The causes with the most exits, most first: `name count, ...`.
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let mut top: alloc::vec::Vec<(usize, u64)> =
-            self.counts.iter().copied().enumerate().filter(|&(_, n)| n > 0).collect();
-        top.sort_by_key(|t| core::cmp::Reverse(t.1));
-        let total: u64 = top.iter().map(|t| t.1).sum();
-        write!(f, "{total} in all")?;
-        for (slot, n) in top.iter().take(8) {
-            let cause = if *slot >= 64 {
-                Cause::from_scause(1 << 63 | (*slot as u64 - 64))
-            } else {
-                Cause::from_scause(*slot as u64)
-            };
-            write!(f, ", {cause:?} {n}")?;
-        }
-        Ok(())
+impl Default for ExitCounters {
+    fn default() -> Self {
+        Self { counts: [const { AtomicU64::new(0) }; 128] }
     }
 }
 
-impl Default for ExitStats {
-    fn default() -> Self {
-        Self { counts: [0; 128] }
+impl ExitCounters {
+    /// Counts an exit with `scause`.
+    fn count(&self, scause: u64) {
+        let slot = (scause & 63) as usize + if scause >> 63 != 0 { 64 } else { 0 };
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// All exits.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The causes with the most exits, most first, up to `n`: (cause, count).
+    pub fn top(&self, n: usize) -> alloc::vec::Vec<(Cause, u64)> {
+        let mut top: alloc::vec::Vec<(usize, u64)> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .enumerate()
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        top.sort_by_key(|t| core::cmp::Reverse(t.1));
+        top.truncate(n);
+        top.into_iter()
+            .map(|(slot, count)| {
+                let cause = if slot >= 64 {
+                    Cause::from_scause(1 << 63 | (slot as u64 - 64))
+                } else {
+                    Cause::from_scause(slot as u64)
+                };
+                (cause, count)
+            })
+            .collect()
     }
 }
 
 /// The services a vCPU of `guest` gets while it handles an exit.
 struct GuestHost<'a> {
     guest: &'a Guest,
+    cell: &'a VcpuCell,
     mmu: &'a mut VcpuMmu,
 }
 
@@ -66,9 +99,7 @@ impl GuestHost<'_> {
         let gpa = self.mmu.translate(&self.guest.memory, v, va, access_for(v, kind))?;
         if self.guest.memory.read(gpa, buf) { Ok(()) } else { Err((kind.access_fault(), va)) }
     }
-}
 
-impl GuestHost<'_> {
     /// The 16 bits at guest-virtual `va` as the vCPU fetches them: through the recent code
     /// pages (every emulated instruction is fetched, so this is on the exit path), else
     /// with the fault the fetch takes.
@@ -84,13 +115,18 @@ impl GuestHost<'_> {
     }
 }
 
+/// The vCPUs of `guest` named in `harts` (bit `i`: vCPU `i`) but vCPU `me`.
+fn others(guest: &Guest, me: usize, harts: u64) -> impl Iterator<Item = &VcpuCell> + '_ {
+    guest.vcpus.iter().filter(move |c| c.index != me && c.index < 64 && harts & 1 << c.index != 0)
+}
+
 impl Host for GuestHost<'_> {
     fn now(&self) -> u64 {
         arch::time()
     }
 
-    fn external_irq(&self, _hart: usize) -> bool {
-        self.guest.external()
+    fn external_irq(&self, hart: usize) -> bool {
+        self.guest.external(hart)
     }
 
     fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
@@ -132,11 +168,11 @@ impl Host for GuestHost<'_> {
     }
 
     fn mmio_read(&mut self, gpa: GuestPhysAddr, width: rv::insn::Width) -> Option<u64> {
-        self.guest.with_board(|b| b.read(&self.guest.memory, gpa, width))
+        self.guest.with_board(|b| b.read(gpa, width))
     }
 
     fn mmio_write(&mut self, gpa: GuestPhysAddr, width: rv::insn::Width, value: u64) -> bool {
-        self.guest.with_board(|b| b.write(&self.guest.memory, gpa, width, value))
+        self.guest.with_board(|b| b.write(gpa, width, value))
     }
 
     fn fp_read(&mut self, reg: u8) -> u64 {
@@ -157,32 +193,94 @@ impl Host for GuestHost<'_> {
     }
 
     fn machine_ids(&self) -> MachineIds {
-        crate::machine_ids()
+        hypervisor::machine_ids()
     }
 
     fn hart_count(&self) -> usize {
-        1
+        self.guest.vcpus.len()
     }
 
-    // A guest has one vCPU (Guest::create refuses more), so `hart_set` never names another
-    // hart and the four calls below cannot be reached.
-    fn hart_state(&self, _hart: usize) -> HartState {
-        HartState::Stopped
+    fn hart_state(&self, hart: usize) -> HartState {
+        self.guest.vcpus.get(hart).map_or(HartState::Stopped, VcpuCell::hart_state)
     }
 
-    fn hart_start(&mut self, _hart: usize, _start: GuestPhysAddr, _opaque: u64) {}
+    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64) -> bool {
+        self.guest.start_vcpu(hart, start.raw(), opaque)
+    }
 
-    fn send_ipi(&mut self, _hart: usize) {}
+    fn send_ipi(&mut self, harts: u64) {
+        for cell in others(self.guest, self.cell.index, harts) {
+            // As on a hart with SBI firmware, a stopped hart takes no IPI.
+            if cell.hart_state() == HartState::Stopped {
+                continue;
+            }
+            cell.mailbox.post_ipi();
+            // Pairs with the fence between a vCPU's blocking and its last look at its
+            // mailbox (schedule.rs): either it sees the IPI, or it is blocked by now and
+            // `wake` finds it so.
+            fence(Ordering::SeqCst);
+            crate::guest::wake(cell);
+        }
+    }
 
-    fn remote_fence(&mut self, _hart: usize, _fence: Fence) {}
+    fn remote_fence(&mut self, harts: u64, fence_kind: Fence) {
+        let (flush, instructions) = match fence_kind {
+            Fence::I => (None, true),
+            Fence::Vma { start, size, asid } => (Some(Flush { start, size, asid }), false),
+        };
+        let mut waits: [Option<(&VcpuCell, u64)>; crate::guest::MAX_VCPUS] = Default::default();
+        let guest = self.guest;
+        for (slot, cell) in waits.iter_mut().zip(others(guest, self.cell.index, harts)) {
+            *slot = Some((cell, cell.mailbox.post_flush(flush, instructions)));
+        }
+        // A vCPU that is not running takes the fence before it next enters the guest (its
+        // mailbox is read at the top of every pass); one that runs is kicked out of the
+        // guest to take it, and waited for. The fence pairs with the one after a vCPU is
+        // marked running (schedule.rs).
+        fence(Ordering::SeqCst);
+        for (cell, _) in waits.iter().flatten() {
+            if cell.state.get() == VcpuState::Running {
+                firmware::kick(hart::id_of(cell.hart));
+            }
+        }
+        for (cell, ticket) in waits.iter().flatten() {
+            while !cell.mailbox.is_done(*ticket) && cell.state.get() == VcpuState::Running {
+                // The other vCPU may be waiting for this one's fence meanwhile.
+                serve_flushes(self.cell, self.mmu);
+                core::hint::spin_loop();
+            }
+        }
+    }
 
     fn fence(&mut self, _vcpu: &Vcpu, fence: Fence) {
         match fence {
-            // SAFETY: `fence.i` only orders instruction fetch after earlier stores.
-            Fence::I => unsafe { core::arch::asm!("fence.i") },
+            Fence::I => arch::csr::fence_i(),
             Fence::Vma { start, size, asid } => self.mmu.fence(start, size, asid),
         }
     }
+}
+
+/// Carries out the fences other vCPUs asked of `cell`.
+fn serve_flushes(cell: &VcpuCell, mmu: &mut VcpuMmu) {
+    let (flushes, ticket) = cell.mailbox.take_flushes();
+    for f in flushes.iter() {
+        mmu.fence(f.start, f.size, f.asid);
+    }
+    if flushes.instructions {
+        arch::csr::fence_i();
+    }
+    cell.mailbox.complete(ticket);
+}
+
+/// Takes what other vCPUs sent `cell`: an IPI becomes its `sip.SSIP`, fences are done.
+pub fn serve_mailbox(cell: &VcpuCell, inner: &mut VcpuInner) {
+    if !cell.mailbox.has_work() {
+        return;
+    }
+    if cell.mailbox.take_ipi() {
+        inner.ctx.vcpu.csrs.sip_soft |= Interrupt::SupervisorSoft.mask();
+    }
+    serve_flushes(cell, &mut inner.mmu);
 }
 
 /// The real CSRs hypocaust last set for the guest, so unchanged ones are not rewritten.
@@ -197,44 +295,28 @@ struct RealCsrs {
 /// The `sstatus` bits the real hart takes from the guest's.
 const MIRRORED: u64 = Sstatus::FS.bits() | Sstatus::MXR.bits();
 
-fn read_csr_scause_stval() -> (u64, u64) {
-    let (scause, stval): (u64, u64);
-    // SAFETY: reading CSRs.
-    unsafe {
-        core::arch::asm!("csrr {0}, scause", "csrr {1}, stval", out(reg) scause, out(reg) stval)
-    };
-    (scause, stval)
-}
-
 /// Sets the real CSRs the vCPU's state calls for.
-fn prepare(real: &mut RealCsrs, mmu: &mut VcpuMmu, v: &Vcpu) {
-    mmu.load(v);
+fn prepare(real: &mut RealCsrs, v: &Vcpu) {
     let status = v.csrs.sstatus & MIRRORED;
     if real.status != status {
-        // SAFETY: FS gates the guest's FP use (hypocaust, built without F/D, has none); MXR
-        // acts on the guest's shadow entries, never on hypocaust's own (no X-only pages).
-        unsafe {
-            core::arch::asm!("csrc sstatus, {0}", "csrs sstatus, {1}", in(reg) MIRRORED, in(reg) status)
-        };
+        arch::csr::set_sstatus_bits(MIRRORED, status);
         real.status = status;
     }
     let counters = v.real_scounteren();
     if real.scounteren != counters {
-        // SAFETY: scounteren only gates U-mode counter reads.
-        unsafe { core::arch::asm!("csrw scounteren, {0}", in(reg) counters) };
+        arch::csr::set_scounteren(counters);
         real.scounteren = counters;
     }
     // The guest always runs in real U-mode. A trap from the guest clears SPP; only a trap
     // taken in hypocaust itself sets it.
-    if real_sstatus() & Sstatus::SPP.bits() != 0 {
-        // SAFETY: clearing SPP makes the next `sret` go to U-mode.
-        unsafe { core::arch::asm!("csrc sstatus, {0}", in(reg) Sstatus::SPP.bits()) };
+    if arch::csr::sstatus() & Sstatus::SPP.bits() != 0 {
+        arch::csr::set_sstatus_bits(Sstatus::SPP.bits(), 0);
     }
 }
 
 /// The real timer deadline a vCPU needs: its own, unless already passed (its timer
 /// interrupt is then pending and visible without the hardware's help).
-fn wanted_timer(v: &Vcpu, now: u64) -> u64 {
+pub fn wanted_timer(v: &Vcpu, now: u64) -> u64 {
     if v.csrs.stimecmp > now { v.csrs.stimecmp } else { u64::MAX }
 }
 
@@ -245,26 +327,9 @@ fn set_timer(real: &mut RealCsrs, deadline: u64) {
     }
 }
 
-/// Acknowledges what woke or interrupted the hart. Timer interrupts need nothing: the
-/// next pass re-arms the timer from the vCPU's deadline.
-fn acknowledge(irq: Option<Interrupt>, real: &mut RealCsrs, guest: &Guest) {
-    match irq {
-        Some(Interrupt::SupervisorExternal) => host_external(Some(guest)),
-        Some(Interrupt::SupervisorTimer) | None => {
-            // Force the next `set_timer` to write, which clears STIP.
-            real.timer = 0;
-        }
-        Some(Interrupt::SupervisorSoft) => {
-            // SAFETY: clearing SSIP acknowledges a cross-hart kick.
-            unsafe { core::arch::asm!("csrc sip, {0}", in(reg) Interrupts::SSI.bits()) };
-        }
-        Some(other) => log::warn!("unexpected host interrupt {other:?}"),
-    }
-}
-
 /// Serves the host's external interrupts pending for this hart: console input, and the
-/// passed-through devices of `guest` (the guest this hart runs, if any).
-pub fn host_external(guest: Option<&Guest>) {
+/// passed-through devices of whichever guest owns them.
+pub fn host_external() {
     let hart = hart::current_hart_id();
     loop {
         let source = irq::claim(hart);
@@ -272,25 +337,37 @@ pub fn host_external(guest: Option<&Guest>) {
             return;
         }
         if irq::is_console(source) {
-            let got = console::pump_input();
+            let focus = console::pump_input();
             irq::complete(hart, source);
-            // The guest in focus may run on another hart, perhaps waiting in `wfi`.
-            if let Some(index) = got.filter(|&i| guest.map(|g| g.index) != Some(i))
-                && let Some(id) = crate::guest_hart(index)
-            {
-                let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, id));
+            // The guest in focus may wait in `wfi` for its UART: its line wakes it.
+            if let Some(g) = focus.and_then(hypervisor::guest) {
+                g.with_board(|b| b.pump_uart());
             }
             continue;
         }
         log::trace!("host interrupt {source}");
-        let taken =
-            guest.is_some_and(|g| g.with_board(|b| b.host_interrupt(&g.memory, source, hart)));
+        let taken = irq::owner(source)
+            .and_then(hypervisor::guest)
+            .is_some_and(|g| g.with_board(|b| b.host_interrupt(source, hart)));
         if !taken {
-            // Nobody owns it here (its guest is gone): stop it from coming back.
-            log::warn!("host interrupt {source} has no guest on this hart; masking it");
+            // Nobody owns it (its guest is gone): stop it from coming back.
+            log::warn!("host interrupt {source} has no guest; masking it");
             irq::route(source, None);
             irq::complete(hart, source);
         }
+    }
+}
+
+/// Acknowledges what interrupted the hart. Timer interrupts need nothing: the next pass
+/// re-arms the timer.
+fn acknowledge(irq: Interrupt, real: &mut RealCsrs) {
+    match irq {
+        Interrupt::SupervisorExternal => host_external(),
+        // Force the next `set_timer` to write, which clears STIP.
+        Interrupt::SupervisorTimer => real.timer = 0,
+        // A kick: the next pass looks at the mailbox and the hart's marks.
+        Interrupt::SupervisorSoft => arch::csr::clear_soft_interrupt(),
+        other => log::warn!("unexpected host interrupt {other:?}"),
     }
 }
 
@@ -310,60 +387,55 @@ fn device_access(
     }
 }
 
-/// Runs the vCPU in `ctx` until the guest resets or stops its hart.
-pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut ExitStats) -> End {
+/// Runs vCPU `cell` of `guest` (its state in `inner`) on this hart until it leaves;
+/// `deadline` (`time`) is when the hart's scheduler wants the hart back (`u64::MAX`:
+/// never).
+pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline: u64) -> Leave {
+    let hart = hart::current_index();
     let mut real = RealCsrs { status: u64::MAX, scounteren: u64::MAX, timer: 0 };
-    // SAFETY: host timer, software and external interrupts trap while the guest runs (U-mode); in
-    // hypocaust sstatus.SIE stays clear, so they only wake `wfi` there.
-    unsafe {
-        core::arch::asm!("csrs sie, {0}", in(reg) (Interrupts::STI | Interrupts::SSI | Interrupts::SEI).bits())
-    };
     loop {
-        let now = arch::time();
-        let lines = Lines { now, external: false };
-        if console::input_waiting() {
-            guest.with_board(|b| b.pump_uart());
+        serve_mailbox(cell, inner);
+        if hart::attention(hart) || guest.needs_attention() {
+            return Leave::Yield;
         }
-        let lines = Lines { external: guest.external(), ..lines };
-        let v = &mut ctx.vcpu;
+        let now = arch::time();
+        if now >= deadline {
+            return Leave::Yield;
+        }
+        let lines = Lines { now, external: guest.external(cell.index) };
+        let v = &mut inner.ctx.vcpu;
         v.effects = vcpu::CsrEffect::empty();
         match v.prepare_entry(lines) {
             Entry::Run => {}
-            Entry::Stopped => return End::Stopped,
-            Entry::Wait => {
-                // Whatever becomes pending from here on (the timer armed now, a device, a
-                // kick from another hart) is a real interrupt that ends the `wfi`; the next
-                // pass looks again.
-                set_timer(&mut real, wanted_timer(v, now));
-                console::flush_guest(guest.index);
-                arch::wait_for_interrupt();
-                acknowledge(pending_host_interrupt(), &mut real, guest);
-                continue;
-            }
+            Entry::Stopped => return Leave::Stopped,
+            Entry::Wait => return Leave::Wait,
         }
-        set_timer(&mut real, wanted_timer(v, now));
-        prepare(&mut real, mmu, v);
+        set_timer(&mut real, wanted_timer(v, now).min(deadline));
+        if inner.mmu.load(v).is_err() {
+            return Leave::Exhausted;
+        }
+        prepare(&mut real, v);
 
-        // SAFETY: `prepare` set up satp, sstatus and scounteren for this guest.
-        unsafe { enter_guest(ctx) };
+        // SAFETY: `load` and `prepare` set up satp, sstatus and scounteren for this vCPU,
+        // and the scheduler enabled the host interrupts that must end its run.
+        unsafe { enter_guest(&mut inner.ctx) };
 
-        let (scause, stval) = read_csr_scause_stval();
-        let v = &mut ctx.vcpu;
+        let (scause, stval) = arch::csr::trap_cause();
+        let v = &mut inner.ctx.vcpu;
         if real.status & Sstatus::FS.bits() != 0 && real_fs() == ExtState::Dirty as u64 {
             v.csrs.set_fs_dirty();
             real.status |= Sstatus::FS.bits();
         }
-        let slot = (scause & 63) as usize + if scause >> 63 != 0 { 64 } else { 0 };
-        stats.counts[slot] += 1;
+        cell.exits.count(scause);
         match Cause::from_scause(scause) {
-            Cause::Interrupt(irq) => acknowledge(Some(irq), &mut real, guest),
+            Cause::Interrupt(irq) => acknowledge(irq, &mut real),
             Cause::Exception(
                 e @ (Exception::InstructionPageFault
                 | Exception::LoadPageFault
                 | Exception::StorePageFault),
             ) => {
                 let result = if mmu::shadow::is_paged(v.csrs.satp) {
-                    mmu.page_fault(&guest.memory, v, e, stval)
+                    inner.mmu.page_fault(&guest.memory, v, e, stval)
                 } else {
                     // Bare: all of the guest's RAM is mapped, so this is no RAM, and the address
                     // that faulted is guest-physical.
@@ -375,24 +447,24 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
                     PageFault::Filled => {}
                     PageFault::Guest((fault, tval)) => v.raise(fault, tval),
                     PageFault::NotRam { kind, gpa } => {
-                        let mut host = GuestHost { guest, mmu };
+                        let mut host = GuestHost { guest, cell, mmu: &mut inner.mmu };
                         device_access(v, &mut host, kind, stval, gpa);
                     }
+                    PageFault::Exhausted => return Leave::Exhausted,
                 }
             }
             Cause::Exception(e) => {
-                let mut host = GuestHost { guest, mmu };
+                let mut host = GuestHost { guest, cell, mmu: &mut inner.mmu };
                 match v.handle_exception(e, stval, &mut host) {
                     Action::Resume | Action::Wait => {}
-                    Action::Stop => return End::Stopped,
-                    Action::Reset(kind) => return End::Reset(kind),
+                    Action::Stop => return Leave::Stopped,
+                    Action::Reset(kind) => return Leave::Reset(kind),
                 }
             }
             Cause::Unknown(code) if code >> 63 != 0 => {
                 // An interrupt hypocaust never enables: mask it so it cannot storm.
                 log::warn!("unexpected host interrupt, scause {code:#x}; masking it");
-                // SAFETY: clearing a sie bit only stops an interrupt from being taken.
-                unsafe { core::arch::asm!("csrc sie, {0}", in(reg) 1u64 << (code & 63)) };
+                arch::csr::disable_interrupt(code);
             }
             Cause::Unknown(code) => {
                 // An exception hypocaust does not know (a newer extension's): the guest's.
@@ -402,25 +474,19 @@ pub fn run(guest: &Guest, ctx: &mut GuestContext, mmu: &mut VcpuMmu, stats: &mut
     }
 }
 
-/// The real `sstatus`.
-fn real_sstatus() -> u64 {
-    let sstatus: u64;
-    // SAFETY: reading a CSR.
-    unsafe { core::arch::asm!("csrr {0}, sstatus", out(reg) sstatus) };
-    sstatus
-}
-
 /// The real `sstatus.FS`.
 fn real_fs() -> u64 {
-    (real_sstatus() >> SSTATUS_FS_SHIFT) & 3
+    (arch::csr::sstatus() >> SSTATUS_FS_SHIFT) & 3
 }
 
 /// The highest-priority host interrupt pending now, if any (after `wfi`).
-fn pending_host_interrupt() -> Option<Interrupt> {
-    let sip: u64;
-    // SAFETY: reading a CSR.
-    unsafe { core::arch::asm!("csrr {0}, sip", out(reg) sip) };
+pub fn pending_host_interrupt() -> Option<Interrupt> {
+    let sip = arch::csr::sip();
     [Interrupt::SupervisorExternal, Interrupt::SupervisorSoft, Interrupt::SupervisorTimer]
         .into_iter()
         .find(|i| sip & i.mask() != 0)
 }
+
+/// The host interrupts that end a guest's run or a `wfi`.
+pub const HOST_INTERRUPTS: Interrupts =
+    Interrupts::STI.union(Interrupts::SSI).union(Interrupts::SEI);

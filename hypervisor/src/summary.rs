@@ -55,11 +55,13 @@ pub fn print(platform: &Platform, state: &BootState) {
     for bank in &platform.memory {
         println!("memory    {} MiB at {:#x}..{:#x}", mib(bank.size()), bank.start, bank.end);
     }
+    let (free, largest) = crate::mm::free_for_guests();
     println!(
-        "          image {} KiB, heap {} MiB, {} MiB free for guests",
+        "          image {} KiB, heap {} MiB, {} MiB free for guests (at most {} MiB in one piece)",
         state.memory.image >> 10,
         mib(state.memory.heap),
-        mib(crate::mm::free_bytes())
+        mib(free),
+        mib(largest)
     );
     match &platform.uart {
         Some(u) => println!(

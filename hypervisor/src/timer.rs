@@ -20,8 +20,8 @@ pub fn init() -> &'static str {
 /// pending timer interrupt whose deadline is moved into the future.
 pub fn arm(deadline: u64) {
     if USE_STIMECMP.load(Ordering::Relaxed) {
-        // SAFETY: probed writable at boot; writing stimecmp only moves the timer.
-        unsafe { core::arch::asm!("csrw stimecmp, {0}", in(reg) deadline) };
+        // Probed writable at boot.
+        arch::csr::set_stimecmp(deadline);
     } else {
         let _ = sbi_rt::set_timer(deadline);
     }

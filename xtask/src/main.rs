@@ -176,9 +176,13 @@ enum Cmd {
         /// The M-mode firmware under hypocaust (the native run is on OpenSBI).
         #[arg(long, value_enum, default_value_t = Firmware::default())]
         firmware: Firmware,
-        /// Harts of the machine.
+        /// Harts of the machine (under hypocaust: the guest's vCPUs).
         #[arg(long, default_value_t = 1)]
         smp: usize,
+        /// Harts of the machine under hypocaust, if not --smp: fewer than --smp time-slices
+        /// the guest's vCPUs on them.
+        #[arg(long, value_name = "N")]
+        harts: Option<usize>,
         /// Instead of hypocaust: the test kernel natively on hypocaust's firmware, compared
         /// with natively on OpenSBI (how `cargo xtask test` checks the firmware).
         #[arg(long, conflicts_with = "native")]
@@ -366,9 +370,11 @@ fn run() -> Result<ExitCode> {
             repeat,
             firmware,
             smp,
+            harts,
             compare_firmware,
         } => {
-            let opts = suite::Options { filter, legacy, icount, sweep, firmware, smp };
+            let harts = harts.unwrap_or(0);
+            let opts = suite::Options { filter, legacy, icount, sweep, firmware, smp, harts };
             let _hogs = util::CpuHogs::start(hogs);
             let mut ok = true;
             for run in 1..=repeat {

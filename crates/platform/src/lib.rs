@@ -151,6 +151,8 @@ pub struct Platform {
     /// virtio-mmio transports, in ascending address order.
     pub virtio: Vec<MmioDevice>,
     pub clint: Option<Clint>,
+    /// The real-time clock (`google,goldfish-rtc`), if there is one.
+    pub rtc: Option<MmioDevice>,
     pub poweroff: Option<SysconWrite>,
     pub reboot: Option<SysconWrite>,
     /// `/chosen/bootargs`.
@@ -181,6 +183,8 @@ impl fmt::Display for PlatformError {
 pub const UART_COMPATIBLE: &[&str] = &["ns16550a", "ns16550", "snps,dw-apb-uart"];
 /// Compatible strings of CLINTs.
 pub const CLINT_COMPATIBLE: &[&str] = &["riscv,clint0", "sifive,clint0"];
+/// Compatible strings of real-time clocks hypocaust reads.
+pub const RTC_COMPATIBLE: &[&str] = &["google,goldfish-rtc"];
 /// Compatible strings of PLICs.
 pub const PLIC_COMPATIBLE: &[&str] = &["riscv,plic0", "sifive,plic-1.0.0"];
 
@@ -246,6 +250,10 @@ impl Platform {
             .all_nodes()
             .find(|n| is_compatible(n, CLINT_COMPATIBLE))
             .and_then(|n| parse_clint(&n, &harts));
+        let rtc = fdt
+            .all_nodes()
+            .find(|n| is_compatible(n, RTC_COMPATIBLE) && is_enabled(n))
+            .and_then(|n| Some(MmioDevice { region: regions(n).next()?, irq: first_irq(&n) }));
         let syscon = |compatible: &str| {
             let node = fdt.all_nodes().find(|n| is_compatible(n, &[compatible]))?;
             let target = fdt.find_phandle(prop_uint(&node, "regmap")? as u32)?;
@@ -277,6 +285,7 @@ impl Platform {
             plic,
             virtio,
             clint,
+            rtc,
             poweroff,
             reboot,
             bootargs,

@@ -207,4 +207,6 @@ fn qemu10_virt_machine_devices() {
     let at = |a: u64| HostPhysAddr::new(a);
     assert_eq!(p.poweroff, Some(SysconWrite { address: at(0x10_0000), value: 0x5555 }));
     assert_eq!(p.reboot, Some(SysconWrite { address: at(0x10_0000), value: 0x7777 }));
+    let rtc = p.rtc.unwrap();
+    assert_eq!((rtc.region, rtc.irq), (hpa_range(0x10_1000, 0x1000), Some(11)));
 }

@@ -96,15 +96,18 @@ pub trait Host {
     /// HSM state of another vCPU of the guest.
     fn hart_state(&self, hart: usize) -> HartState;
 
-    /// Starts stopped vCPU `hart` at `start` in S-mode with a1 = `opaque`.
-    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64);
+    /// Starts stopped vCPU `hart` at `start` in S-mode with a1 = `opaque`; `false` if it
+    /// is no longer stopped (another vCPU started it first).
+    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64) -> bool;
 
-    /// Makes SSIP pending on another vCPU of the guest.
-    fn send_ipi(&mut self, hart: usize);
+    /// Makes SSIP pending on the other vCPUs of the guest in `harts` (bit `i`: vCPU `i`;
+    /// never the caller's own bit).
+    fn send_ipi(&mut self, harts: u64);
 
     /// Performs `fence` for the calling vCPU.
     fn fence(&mut self, vcpu: &Vcpu, fence: Fence);
 
-    /// Performs `fence` on another vCPU of the guest.
-    fn remote_fence(&mut self, hart: usize, fence: Fence);
+    /// Performs `fence` on the other vCPUs of the guest in `harts` (as for
+    /// [`Host::send_ipi`]); when it returns, none of them can use what the fence drops.
+    fn remote_fence(&mut self, harts: u64, fence: Fence);
 }

@@ -162,18 +162,19 @@ pub fn hart_set(mask: u64, base: u64, count: usize) -> Result<u64, SbiError> {
     Ok(set)
 }
 
-fn for_each_hart(set: u64, f: impl FnMut(usize)) {
-    (0..64).filter(|h| set & (1 << h) != 0).for_each(f);
+fn ipi_harts(vcpu: &mut Vcpu, host: &mut impl Host, set: u64) {
+    let own = own_bit(vcpu);
+    if set & own != 0 {
+        vcpu.csrs.sip_soft |= Interrupt::SupervisorSoft.mask();
+    }
+    if set & !own != 0 {
+        host.send_ipi(set & !own);
+    }
 }
 
-fn ipi_harts(vcpu: &mut Vcpu, host: &mut impl Host, set: u64) {
-    for_each_hart(set, |h| {
-        if h == vcpu.hart_id {
-            vcpu.csrs.sip_soft |= Interrupt::SupervisorSoft.mask();
-        } else {
-            host.send_ipi(h);
-        }
-    });
+/// The caller's own bit in a hart set.
+fn own_bit(vcpu: &Vcpu) -> u64 {
+    1u64.checked_shl(vcpu.hart_id as u32).unwrap_or(0)
 }
 
 fn send_ipi(vcpu: &mut Vcpu, host: &mut impl Host, mask: u64, base: u64) -> Outcome {
@@ -187,13 +188,13 @@ fn send_ipi(vcpu: &mut Vcpu, host: &mut impl Host, mask: u64, base: u64) -> Outc
 }
 
 fn fence_harts(vcpu: &mut Vcpu, host: &mut impl Host, set: u64, fence: Fence) {
-    for_each_hart(set, |h| {
-        if h == vcpu.hart_id {
-            host.fence(vcpu, fence);
-        } else {
-            host.remote_fence(h, fence);
-        }
-    });
+    let own = own_bit(vcpu);
+    if set & own != 0 {
+        host.fence(vcpu, fence);
+    }
+    if set & !own != 0 {
+        host.remote_fence(set & !own, fence);
+    }
 }
 
 /// The address range of a remote fence: both 0, or a size of all ones, mean everything.
@@ -237,8 +238,11 @@ fn hsm_call(vcpu: &mut Vcpu, host: &mut impl Host, fid: usize, a: [u64; 6]) -> O
             if !host.is_ram(start) {
                 return Outcome::Error(INVALID_ADDRESS);
             }
-            host.hart_start(hart, start, a[2]);
-            Outcome::Value(0)
+            if host.hart_start(hart, start, a[2]) {
+                Outcome::Value(0)
+            } else {
+                Outcome::Error(ALREADY_AVAILABLE)
+            }
         }
         hsm::HART_STOP => {
             vcpu.state = HartState::Stopped;

@@ -130,17 +130,18 @@ impl Host for FakeHost {
             HartState::Stopped
         }
     }
-    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64) {
+    fn hart_start(&mut self, hart: usize, start: GuestPhysAddr, opaque: u64) -> bool {
         self.started.push((hart, start, opaque));
+        true
     }
-    fn send_ipi(&mut self, hart: usize) {
-        self.ipis.push(hart);
+    fn send_ipi(&mut self, harts: u64) {
+        self.ipis.extend((0..64).filter(|h| harts & 1 << h != 0));
     }
     fn fence(&mut self, _: &Vcpu, fence: Fence) {
         self.fences.push((None, fence));
     }
-    fn remote_fence(&mut self, hart: usize, fence: Fence) {
-        self.fences.push((Some(hart), fence));
+    fn remote_fence(&mut self, harts: u64, fence: Fence) {
+        self.fences.extend((0..64).filter(|h| harts & 1 << h != 0).map(|h| (Some(h), fence)));
     }
 }
 

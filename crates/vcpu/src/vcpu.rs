@@ -156,6 +156,9 @@ impl Vcpu {
 
     /// Puts the hart in the state SBI promises at `hart_start` and non-retentive resume:
     /// S-mode, `satp` = 0, `sstatus.SIE` = 0, a0 = hart ID, a1 = `arg1`, pc = `entry`.
+    /// Like OpenSBI and RustSBI-based firmware entering S-mode, it also clears `sie` and
+    /// `sscratch` and points `stvec` at `entry`: a kernel cannot rely on interrupt enables
+    /// left over from before the hart stopped.
     pub fn reset_to(&mut self, entry: u64, arg1: u64) {
         self.regs = Regs::default();
         self.regs.pc = entry;
@@ -163,6 +166,9 @@ impl Vcpu {
         self.regs.x[11] = arg1;
         self.privilege = Privilege::Supervisor;
         self.csrs.set_status(Sstatus::SIE, false);
+        self.csrs.sie = 0;
+        self.csrs.sscratch = 0;
+        self.csrs.stvec = entry;
         if self.csrs.satp != 0 {
             self.csrs.satp = 0;
             self.effects |= CsrEffect::SATP;

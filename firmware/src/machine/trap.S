@@ -27,11 +27,16 @@ trap_vector:
 
 /*
  * enter_supervisor(entry, a0, a1) -> !: starts S-mode at `entry` with a0 and a1, SIE off,
- * satp 0, on a fresh M stack (whatever called this is abandoned).
+ * satp 0, on a fresh M stack (whatever called this is abandoned). As OpenSBI does, sie and
+ * sscratch are cleared and stvec points at the entry: nothing enabled before a hart stopped
+ * survives its next start.
  */
     .globl enter_supervisor
 enter_supervisor:
     csrw    mepc, a0
+    csrw    stvec, a0
+    csrw    sie, zero
+    csrw    sscratch, zero
     li      t0, 0x1882          /* MPP, MPIE, SIE */
     csrc    mstatus, t0
     li      t0, 0x0800          /* MPP = S */

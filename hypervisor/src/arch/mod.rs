@@ -5,6 +5,7 @@ use core::arch::{asm, global_asm};
 
 use crate::layout::VIRT_OFFSET;
 
+pub mod csr;
 pub mod fp;
 pub mod trap;
 

@@ -449,7 +449,10 @@ fn timer_per_hart() -> TestResult {
     let mut job = Job::new(OWN_TIMER);
     job.arg = timer::ticks_from_us(1_000);
     check_eq!(start(hart, &mut job).error, 0);
-    check!(wait(|| job.state.load(Ordering::SeqCst) == WAITING), "hart {hart} never waited");
+    // It may be done already (its deadline is near, and this hart may be slow to look: a
+    // hart a hypervisor shares among vCPUs).
+    let waited = || matches!(job.state.load(Ordering::SeqCst), WAITING | DONE);
+    check!(wait(waited), "hart {hart} never waited");
     // This hart's own deadline, later than the other's.
     // SAFETY: STIE only, sstatus.SIE clear: nothing is taken.
     unsafe { core::arch::asm!("csrs sie, {0}", in(reg) Interrupts::STI.bits()) };

@@ -1,4 +1,6 @@
-//! What the SBI firmware under hypocaust offers, and the few calls hypocaust makes itself.
+//! hypocaust's own calls to the SBI firmware under it (M-mode): what it offers, cross-hart
+//! kicks, hart start, power off. The SBI that hypocaust serves its guests is another
+//! matter (crates/vcpu/src/sbi.rs).
 
 use alloc::vec::Vec;
 use core::arch::asm;
@@ -120,6 +122,7 @@ impl fmt::Display for SbiInfo {
 /// Powers the machine off through SRST (legacy shutdown as a fallback). `failure` reports a
 /// system failure as the reason.
 pub fn shutdown(failure: bool) -> ! {
+    crate::console::flush_all();
     let _ = if failure {
         sbi_rt::system_reset(sbi_rt::Shutdown, sbi_rt::SystemFailure)
     } else {
@@ -127,4 +130,10 @@ pub fn shutdown(failure: bool) -> ! {
     };
     #[allow(deprecated)]
     sbi_rt::legacy::shutdown()
+}
+
+/// Makes a supervisor software interrupt pending on physical hart `hartid` (a kick: the
+/// hart leaves its guest or its `wfi` and looks at what changed).
+pub fn kick(hartid: usize) {
+    let _ = sbi_rt::send_ipi(sbi_rt::HartMask::from_mask_base(1, hartid));
 }
