@@ -114,7 +114,7 @@ pub fn create(platform: &Platform, boot_hart: usize, harts: usize) -> usize {
         marchid: sbi_rt::get_marchid() as u64,
         mimpid: sbi_rt::get_mimpid() as u64,
     });
-    let guests = match platform.initrd.map(bundle_of) {
+    let guests = match crate::mm::bundle().map(bundle_of) {
         Some(Ok(b)) => set_up(platform, boot_hart, harts, &b),
         Some(Err(e)) => {
             println!("hypocaust: the initrd is not a usable guest bundle: {e}");
@@ -138,7 +138,7 @@ pub fn create(platform: &Platform, boot_hart: usize, harts: usize) -> usize {
 
 /// The bundle in the initrd's range.
 fn bundle_of(range: platform::PhysRange) -> Result<bundle::Bundle<'static>, bundle::BundleError> {
-    // SAFETY: the initrd range is reserved RAM (kept out of the allocators by `mm::init`),
+    // SAFETY: the bundle's range is RAM kept out of the allocators by `mm::init`,
     // covered by the direct map, and nothing writes to it.
     let data: &'static [u8] = unsafe {
         core::slice::from_raw_parts(

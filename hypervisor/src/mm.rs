@@ -133,7 +133,13 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
     for &(start, end) in &free {
         blocks.add(start.next_multiple_of(PAGE_SIZE), end & !(PAGE_SIZE - 1));
     }
+    if let Some(initrd) = platform.initrd {
+        BUNDLE.call_once(|| move_up(&mut blocks, initrd));
+    }
     let total = blocks.free_bytes();
+    for &(start, end) in blocks.ranges() {
+        log::debug!("free RAM {start:#x}..{end:#x} ({} MiB)", (end - start) >> 20);
+    }
     if total < MIN_RAM {
         return Err(MemoryError::TooLittleRam { free: total });
     }
@@ -159,6 +165,40 @@ pub fn init(platform: &Platform, dtb: PhysRange) -> Result<MemoryReport, MemoryE
     };
 
     Ok(MemoryReport { heap: heap_added + BOOT_HEAP_SIZE as u64, image: image_end - image_start })
+}
+
+/// Where the guest bundle (the initrd) is, once [`init`] has moved it.
+static BUNDLE: spin::Once<PhysRange> = spin::Once::new();
+
+/// The guest bundle boot loaders put in RAM as the initrd, wherever [`init`] left it.
+pub fn bundle() -> Option<PhysRange> {
+    BUNDLE.get().copied()
+}
+
+/// Moves the initrd at `initrd` (not in `blocks`) to the top of free RAM if that is higher,
+/// and frees where it was: boot loaders put it in the middle of RAM (QEMU halfway up), which
+/// would split free RAM in two and cap a guest's RAM at half of it. Returns where it is.
+fn move_up(blocks: &mut RangeAllocator, initrd: PhysRange) -> PhysRange {
+    let old = initrd.start.raw() & !(PAGE_SIZE - 1);
+    let pages = initrd.end.raw().next_multiple_of(PAGE_SIZE) - old;
+    let Some(new) = blocks.alloc_top(pages, PAGE_SIZE) else { return initrd };
+    if new <= old {
+        blocks.free(new, pages);
+        return initrd;
+    }
+    // SAFETY: both ranges are RAM in the direct map (the early table maps all of it); the
+    // new one was just taken from the free ranges, so nothing else uses it, and it lies
+    // above the old one's end (free RAM never overlaps the initrd's pages).
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            phys_to_virt(HostPhysAddr::new(old)).raw() as *const u8,
+            phys_to_virt(HostPhysAddr::new(new)).raw() as *mut u8,
+            pages as usize,
+        );
+    }
+    blocks.free(old, pages);
+    let start = new + (initrd.start.raw() - old);
+    PhysRange { start: HostPhysAddr::new(start), end: HostPhysAddr::new(start + initrd.size()) }
 }
 
 /// A block of `bytes` (a multiple of the page size) aligned to `align`, not cleared.

@@ -65,11 +65,19 @@ pub struct MachineConfig {
     /// QEMU's `-m`, in MiB.
     pub memory: u64,
     pub firmware: Firmware,
+    /// hypocaust's time slice where vCPUs share a hart, in milliseconds (None: its
+    /// default).
+    pub slice_ms: Option<u64>,
 }
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self { harts: 1, memory: DEFAULT_MACHINE_MIB, firmware: Firmware::default() }
+        Self {
+            harts: 1,
+            memory: DEFAULT_MACHINE_MIB,
+            firmware: Firmware::default(),
+            slice_ms: None,
+        }
     }
 }
 
@@ -356,6 +364,11 @@ impl Config {
         if self.guests.is_empty() {
             p.add("guest", "no [[guest]]; add one (docs/config.md)");
         }
+        if let Some(ms) = self.machine.slice_ms
+            && !(1..=1000).contains(&ms)
+        {
+            p.add("machine.slice_ms", format!("{ms} ms; give 1 to 1000"));
+        }
         if native && self.guests.len() > 1 {
             p.add("guest", "a native run boots one guest; give only one");
         }
@@ -395,10 +408,12 @@ impl Config {
             p.add(at("name"), why);
         }
         let kernel = self.kernel(g);
-        if let Kernel::File(path) = &kernel
-            && let Some(why) = self.missing(path)
-        {
-            p.add(at("kernel"), why);
+        if let Kernel::File(path) = &kernel {
+            if let Some(why) = self.missing(path) {
+                p.add(at("kernel"), why);
+            } else if let Some(why) = unbootable(path, g.memory) {
+                p.add(at("kernel"), why);
+            }
         }
         match (&g.initrd, kernel) {
             (Some(_), Kernel::Debian) => {
@@ -698,7 +713,11 @@ impl Config {
             artifacts::bundle(&self.guest_files(images)?, &bundle)?;
             let mut m = crate::suite::hypocaust_machine(bundle, self.machine.firmware)?;
             m.memory_mib = self.machine.memory;
-            m.append = Some(format!("hypocaust.log={}", launch.log));
+            let mut append = format!("hypocaust.log={}", launch.log);
+            if let Some(ms) = self.machine.slice_ms {
+                append.push_str(&format!(" hypocaust.slice_ms={ms}"));
+            }
+            m.append = Some(append);
             m
         };
         m.smp = self.machine.harts;
@@ -810,8 +829,40 @@ pub fn boot(config: &Config, launch: &Launch) -> Result<bool> {
     let machine = config.machine(launch, &images)?;
     eprintln!("xtask: {}", machine.command_line());
     config.announce(launch, &images);
-    let status = qemu::run_interactive(&machine, launch.timeout)?;
-    Ok(status.success())
+    let run = qemu::run_interactive(&machine, launch.timeout)?;
+    for line in &run.guest_failures {
+        eprintln!("xtask: {line}");
+    }
+    if !run.guest_failures.is_empty() {
+        eprintln!(
+            "xtask: {} guest{} could not start: the line{} above say{} why; change the guest's \
+             memory, kernel, vcpus or harts in the configuration (or the matching flag) \
+             accordingly, or the machine's memory",
+            run.guest_failures.len(),
+            if run.guest_failures.len() == 1 { "" } else { "s" },
+            if run.guest_failures.len() == 1 { "" } else { "s" },
+            if run.guest_failures.len() == 1 { "s" } else { "" },
+        );
+    }
+    Ok(run.success())
+}
+
+/// Why the kernel at `path` cannot boot in `memory_mib` MiB of guest RAM, if it cannot:
+/// hypocaust's own loader looks at it, as it will at boot.
+fn unbootable(path: &Path, memory_mib: u32) -> Option<String> {
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => return Some(format!("cannot read {}: {e}; fix the path", path.display())),
+    };
+    let ram = u64::from(memory_mib) << 20;
+    match loader::image::plan(&data, 0x8000_0000, ram) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "{} cannot boot: {e}; give a RISC-V kernel (Linux Image or ELF) that fits the \
+             guest's memory",
+            path.display()
+        )),
+    }
 }
 
 /// Why `name` cannot name a guest (or a device, which also becomes a QEMU id and so must

@@ -233,7 +233,12 @@ fn run_command(o: RunOptions) -> Result<bool> {
 /// The configuration `cargo xtask run`'s flags describe: one guest, its devices.
 fn flags_config(o: &RunOptions) -> Result<config::Config> {
     use config::{DeviceConfig, DeviceKind, GuestConfig};
-    let machine = config::MachineConfig { harts: o.smp, memory: o.memory, firmware: o.firmware };
+    let machine = config::MachineConfig {
+        harts: o.smp,
+        memory: o.memory,
+        firmware: o.firmware,
+        slice_ms: None,
+    };
     let disk = |image: &str| DeviceConfig {
         name: "disk".into(),
         kind: DeviceKind::Blk,

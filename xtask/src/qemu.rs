@@ -387,18 +387,71 @@ fn where_harts_are(machine: &Machine, socket: &Path) -> String {
     }
 }
 
+/// What an interactive run ended with.
+pub struct Interactive {
+    pub status: ExitStatus,
+    /// hypocaust's lines saying a guest could not be set up or booted (it runs the others).
+    pub guest_failures: Vec<String>,
+}
+
+impl Interactive {
+    /// QEMU exited cleanly and every guest could start.
+    pub fn success(&self) -> bool {
+        self.status.success() && self.guest_failures.is_empty()
+    }
+}
+
+/// Whether a console line is hypocaust saying a guest (or all of them) could not start.
+pub fn is_guest_failure(line: &str) -> bool {
+    let line = line.trim();
+    line.starts_with("hypocaust: ")
+        && ["cannot start", "cannot boot again", "no guest can run", "not a usable guest bundle"]
+            .iter()
+            .any(|what| line.contains(what))
+}
+
 /// Runs `machine` on the terminal (serial and QEMU monitor on stdio: Ctrl-A X quits),
-/// killing it after `timeout` if one is given.
-pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<ExitStatus> {
+/// killing it after `timeout` if one is given. The output is passed through as it comes
+/// and watched for guests that cannot start.
+pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<Interactive> {
     let mut cmd = Command::new(qemu_binary());
-    cmd.args(machine.args()).arg("-nographic");
+    cmd.args(machine.args()).arg("-nographic").stdout(Stdio::piped());
     let start = Instant::now();
     let mut child = KillOnDrop(
         cmd.spawn().with_context(|| format!("could not start {}", qemu_binary().display()))?,
     );
-    loop {
+    let mut out = child.0.stdout.take().context("QEMU's stdout")?;
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let watcher = {
+        let failures = failures.clone();
+        thread::spawn(move || {
+            let mut line = Vec::new();
+            let mut buf = [0u8; 4096];
+            let stdout = std::io::stdout();
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut to = stdout.lock();
+                let _ = to.write_all(&buf[..n]);
+                let _ = to.flush();
+                for &b in &buf[..n] {
+                    if b == b'\n' {
+                        let text = String::from_utf8_lossy(&line).into_owned();
+                        if is_guest_failure(&text) {
+                            failures.lock().map(|mut f| f.push(text.trim().to_string())).ok();
+                        }
+                        line.clear();
+                    } else if line.len() < 4096 {
+                        line.push(b);
+                    }
+                }
+            }
+        })
+    };
+    let status = loop {
         if let Some(status) = child.0.try_wait()? {
-            return Ok(status);
+            break status;
         }
         if timeout.is_some_and(|t| start.elapsed() > t) {
             anyhow::bail!(
@@ -407,12 +460,25 @@ pub fn run_interactive(machine: &Machine, timeout: Option<Duration>) -> Result<E
             );
         }
         thread::sleep(Duration::from_millis(50));
-    }
+    };
+    let _ = watcher.join();
+    let guest_failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    Ok(Interactive { status, guest_failures })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_failures_are_recognized() {
+        assert!(is_guest_failure(
+            "hypocaust: guest 0 'linux' cannot start: not enough free host RAM for 900 MiB\r"
+        ));
+        assert!(is_guest_failure("hypocaust: no guest can run; powering off"));
+        assert!(!is_guest_failure("[linux] hypocaust: guest 0 cannot start"));
+        assert!(!is_guest_failure("hypocaust: guest 'linux' powered off"));
+    }
 
     #[test]
     fn device_arguments() {

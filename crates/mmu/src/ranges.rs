@@ -59,6 +59,28 @@ impl RangeAllocator {
         Some(start)
     }
 
+    /// `size` bytes aligned to `align` (a power of two), as high as they fit: the top of the
+    /// highest range they fit in. `None` if none does.
+    pub fn alloc_top(&mut self, size: u64, align: u64) -> Option<u64> {
+        debug_assert!(align.is_power_of_two());
+        if size == 0 {
+            return None;
+        }
+        let (i, start) = self.free.iter().enumerate().rev().find_map(|(i, &(s, e))| {
+            let start = e.checked_sub(size)? & !(align - 1);
+            (start >= s).then_some((i, start))
+        })?;
+        let (s, e) = self.free.remove(i);
+        let end = start + size;
+        if end < e {
+            self.free.insert(i, (end, e));
+        }
+        if s < start {
+            self.free.insert(i, (s, start));
+        }
+        Some(start)
+    }
+
     /// Gives back `[start, start + size)`.
     pub fn free(&mut self, start: u64, size: u64) {
         self.add(start, start + size);
@@ -116,6 +138,23 @@ mod tests {
         assert_eq!(r.alloc(0x1000, 0x1000), Some(0x2000));
         assert_eq!(r.ranges(), &[(0x3000, 0x20_0000), (0x40_0000, 0x80_0000)]);
         assert_eq!(r.alloc(0, 0x1000), None);
+    }
+
+    #[test]
+    fn from_the_top() {
+        let mut r = RangeAllocator::new();
+        r.add(0x1000, 0x10_0000);
+        r.add(0x20_0000, 0x30_0000);
+        assert_eq!(r.alloc_top(0x1800, 0x1000), Some(0x2f_e000));
+        assert_eq!(
+            r.ranges(),
+            &[(0x1000, 0x10_0000), (0x20_0000, 0x2f_e000), (0x2f_f800, 0x30_0000)]
+        );
+        // Too big for every range.
+        assert_eq!(r.alloc_top(0x10_0000, 0x1000), None);
+        // Too big for the highest range: the next one down.
+        assert_eq!(r.alloc_top(0xf_0000, 0x1000), Some(0x20_e000));
+        assert_eq!(r.alloc_top(0, 0x1000), None);
     }
 
     #[test]

@@ -278,8 +278,11 @@ pub fn interactive(images: &LinuxImages, boot: &Boot, timeout: Option<Duration>)
     if let Some(port) = boot.ssh_port {
         eprintln!("xtask: once it prints '{READY}': {}", ssh_hint(images, port));
     }
-    let status = qemu::run_interactive(&m, timeout)?;
-    Ok(status.success())
+    let run = qemu::run_interactive(&m, timeout)?;
+    for line in &run.guest_failures {
+        eprintln!("xtask: {line}: change --guest-memory, --smp or --memory accordingly");
+    }
+    Ok(run.success())
 }
 
 /// Options of `cargo xtask linux`.
