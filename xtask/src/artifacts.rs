@@ -41,6 +41,13 @@ pub fn testkernel() -> Result<PathBuf> {
     Ok(image)
 }
 
+/// smpcheck, the Linux guest's SMP checks (guests/smpcheck): a static riscv64 Linux
+/// executable built for the bare-metal `riscv64imac` target (it needs no libc; without F/D
+/// it never touches the FP registers), which goes into the initramfs as `/bin/smpcheck`.
+pub fn smpcheck() -> Result<PathBuf> {
+    build("smpcheck", "smpcheck", HYPERVISOR_TARGET)
+}
+
 /// Writes the loadable bytes of `elf` as a flat image starting at its lowest physical
 /// address (zero-filling gaps), as `objcopy -O binary` does.
 pub fn elf_to_image(elf: &Path, image: &Path) -> Result<()> {

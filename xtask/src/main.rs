@@ -414,6 +414,7 @@ fn lint() -> Result<bool> {
         (provision::HYPERVISOR_TARGET, "hypervisor"),
         (provision::HYPERVISOR_TARGET, "firmware"),
         (provision::GUEST_TARGET, "testkernel"),
+        (provision::HYPERVISOR_TARGET, "smpcheck"),
     ] {
         util::run_status(cargo().args([
             "clippy",

@@ -29,6 +29,8 @@ pub const DISK_MARKER_FILE: &str = "marker.txt";
 pub const DISK_MARKER: &str = "hypocaust disk marker";
 /// Size of the disk image.
 pub const DISK_MIB: u64 = 16;
+/// Where the SMP checks' program is in the initramfs (guests/smpcheck).
+pub const SMPCHECK: &str = "bin/smpcheck";
 /// Where `/init` looks for a command to run instead of a console shell.
 pub const CMD_FILE: &str = "cmd.sh";
 /// The guest's static address on QEMU's user network, its gateway and DNS server.
@@ -563,11 +565,13 @@ fn etc_files() -> Vec<(&'static str, u32, String)> {
 }
 
 /// Builds `Image`, `initramfs.cpio` and `disk.img` in `out` from the unpacked kernel and
-/// user-space packages. `ssh_key` is a public key for root's authorized_keys.
+/// user-space packages. `ssh_key` is a public key for root's authorized_keys; `smpcheck` is
+/// the static program that becomes `/bin/smpcheck` (guests/smpcheck).
 pub fn build(
     kernel_roots: Vec<PathBuf>,
     user_roots: Vec<PathBuf>,
     ssh_key: Option<&str>,
+    smpcheck: &[u8],
     out: &Path,
     step: &dyn Fn(&str),
 ) -> Result<Built> {
@@ -606,6 +610,10 @@ pub fn build(
     ensure!(info.interp.is_none() && info.needed.is_empty(), "busybox is not statically linked");
     a.file("bin/busybox", 0o755, &data);
     a.symlink("bin/sh", "busybox");
+    // smpcheck: static too (built here, not from a package).
+    let info = riscv_elf(smpcheck, "smpcheck")?;
+    ensure!(info.interp.is_none() && info.needed.is_empty(), "smpcheck is not a static program");
+    a.file(SMPCHECK, 0o755, smpcheck);
 
     // dropbear and dropbearkey, with the libraries they need.
     let mut needed: Vec<String> = Vec::new();
@@ -689,7 +697,7 @@ fn verify_initramfs(bytes: &[u8], release: &str, modules: &[String]) -> Result<(
         "the initramfs has no executable /init, /bin/sh link or /usr/lib directory"
     );
     let mut wanted: Vec<String> =
-        ["init", "bin/busybox", "bin/sh", "usr/sbin/dropbear", "dev/console"]
+        ["init", "bin/busybox", "bin/sh", SMPCHECK, "usr/sbin/dropbear", "dev/console"]
             .map(String::from)
             .to_vec();
     wanted.extend(modules.iter().map(|m| format!("usr/lib/modules/{release}/{m}.ko")));

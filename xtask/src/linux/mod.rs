@@ -413,10 +413,21 @@ pub fn prepare(refresh_index: Refresh) -> Result<LinuxImages> {
     }
 
     let key = ssh_key(&cache);
+    // smpcheck is built from this checkout (cargo does nothing when it is up to date); a
+    // changed binary is a new build of the images.
+    crate::provision::rust_target()?;
+    let smpcheck = crate::artifacts::smpcheck().context("building smpcheck (guests/smpcheck)")?;
+    let smpcheck_bytes =
+        std::fs::read(&smpcheck).with_context(|| format!("reading {}", smpcheck.display()))?;
     let mut hashed =
         set.packages.iter().map(|(_, p)| format!("{} {}\n", p.name, p.version)).collect::<String>();
     hashed.extend(BUILDER_SOURCE.iter().copied());
     hashed.push_str(key.as_ref().map_or("", |k| k.1.as_str()));
+    hashed.push_str(&format!(
+        "\nsmpcheck {:016x} {}\n",
+        fnv1a(&smpcheck_bytes),
+        smpcheck_bytes.len()
+    ));
     let dir = cache.join("builds").join(format!("{:016x}", fnv1a(hashed.as_bytes())));
     if let Some(images) = read_manifest(&dir, &set, key.as_ref().map(|k| k.0.clone())) {
         let _ = std::fs::write(dir.join("last-used"), "");
@@ -435,6 +446,7 @@ pub fn prepare(refresh_index: Refresh) -> Result<LinuxImages> {
         roots(Role::Kernel),
         roots(Role::User),
         key.as_ref().map(|k| k.1.as_str()),
+        &smpcheck_bytes,
         &tmp,
         &|step| spinner.set_message(format!("building the Linux guest: {step}")),
     );
