@@ -122,7 +122,12 @@ enum Cmd {
     /// guest's images (kernel, initramfs, disk) in the user cache directory.
     FetchGuests,
     /// Run every test: host unit tests, then the QEMU tests.
-    Test,
+    Test {
+        /// Only the groups whose name contains this text (e.g. "linux smp" for the SMP
+        /// Linux guest natively and under hypocaust, "smp (native)" for natively only).
+        #[arg(long, value_name = "TEXT")]
+        only: Option<String>,
+    },
     /// Check formatting and run clippy on the host crates and the bare-metal binaries.
     Lint,
     /// Benchmark hypocaust against native: each workload natively on QEMU and under
@@ -149,6 +154,9 @@ enum Cmd {
         /// Only hypocaust on this firmware (default: on both, side by side).
         #[arg(long, value_enum)]
         firmware: Option<Firmware>,
+        /// Only the native side: the guests directly on QEMU, no hypocaust.
+        #[arg(long, conflicts_with = "firmware")]
+        native: bool,
     },
     /// Run the guest test suite and print its per-test results.
     Suite {
@@ -350,9 +358,9 @@ fn run() -> Result<ExitCode> {
             })
         }
         Cmd::FetchGuests => linux::fetch_command().map(code),
-        Cmd::Test => test::command().map(code),
+        Cmd::Test { only } => test::command(only.as_deref()).map(code),
         Cmd::Lint => lint().map(code),
-        Cmd::Bench { quick, reps, baseline, filter, output, firmware } => {
+        Cmd::Bench { quick, reps, baseline, filter, output, firmware, native } => {
             bench::command(&bench::Options {
                 quick,
                 reps: reps.unwrap_or(if quick { 1 } else { 3 }),
@@ -362,6 +370,7 @@ fn run() -> Result<ExitCode> {
                 output: output.unwrap_or_else(bench::Options::default_output),
                 verbose: true,
                 firmware,
+                native,
             })
             .map(code)
         }

@@ -640,13 +640,188 @@ fn sections(output: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The vCPUs of the SMP Linux tests' guests (natively: harts; under hypocaust: vCPUs on a
+/// machine of as many harts), one checks boot each.
+pub const SMP_VCPUS: [usize; 2] = [2, 4];
+/// Sizes of smpcheck's runs in a checks boot: million hash steps per `burn` thread (0.2 s
+/// natively), generations (and churn rounds) of `shootdown` (about 5 s natively with 4
+/// vCPUs), round trips of `pingpong`.
+pub const BURN_WORK: u64 = 20;
+pub const SHOOTDOWN_ITERS: u64 = 30;
+pub const PINGPONG_ITERS: u64 = 1000;
+
+/// smpcheck's `burn` hash of `steps` steps (guests/smpcheck/src/checks.rs, `burn_hash`):
+/// the guest's result must equal it.
+pub fn burn_hash(steps: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = 0x243F_6A88_85A3_08D3;
+    for _ in 0..steps {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        h = (h ^ x).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(23);
+    }
+    h
+}
+
+/// The `key=value` words of smpcheck's result line `smpcheck SUBCOMMAND ...` in `out`,
+/// which must also show `status 0` (the shell's `echo "status $?"`); a `smpcheck: FAIL`
+/// line is the error.
+fn smpcheck_result(out: &str, subcommand: &str) -> Result<Vec<(String, String)>, String> {
+    if let Some(fail) = out.lines().find(|l| l.contains("smpcheck: FAIL")) {
+        return Err(fail.trim().to_string());
+    }
+    let prefix = format!("smpcheck {subcommand} ");
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+        .ok_or(format!("no result line {prefix:?}... in {out:?}"))?;
+    lines_in_order(out, &["status 0".into()])?;
+    Ok(line[prefix.len()..]
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Requires `key` among `words` with the value `want`.
+fn expect_word(words: &[(String, String)], key: &str, want: &str) -> Result<(), String> {
+    match words.iter().find(|(k, _)| k == key) {
+        Some((_, v)) if v == want => Ok(()),
+        Some((_, v)) => Err(format!("{key}={v}, expected {want}")),
+        None => Err(format!("no {key}= in the result line")),
+    }
+}
+
+/// CPUs `0,1,..,n-1` as smpcheck lists them.
+fn cpu_list(n: usize) -> String {
+    (0..n).map(|c| c.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The checks of `cpuinfo-harts`: /proc/cpuinfo's processor count, its `hart` lines (as
+/// many, all different) and /sys's online CPUs, for `n` vCPUs.
+fn check_harts(out: &str, n: usize) -> Result<(), String> {
+    let mut lines = out.lines().map(str::trim);
+    let processors = lines.next().unwrap_or("");
+    if processors != n.to_string() {
+        return Err(format!("{processors:?} processors in /proc/cpuinfo, expected {n}"));
+    }
+    let mut harts: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "hart").then(|| v.trim())
+        })
+        .collect();
+    let listed = harts.len();
+    harts.sort_unstable();
+    harts.dedup();
+    if listed != n || harts.len() != n {
+        return Err(format!(
+            "{listed} hart lines, {} different, expected {n}: {out:?}",
+            harts.len()
+        ));
+    }
+    let online = if n == 1 { "0".to_string() } else { format!("0-{}", n - 1) };
+    lines_in_order(out, &[online])
+}
+
+/// The shell text and the checks of the SMP sections of a checks boot with `smp` vCPUs:
+/// `cpuinfo-harts`, smpcheck's `cpus` and `burn` always; `shootdown` (and the check that
+/// it catches a stale page) and `pingpong` with more than one vCPU.
+fn smp_checks<'a>(smp: usize) -> (String, Vec<(&'static str, Check<'a>)>) {
+    let status = "echo \"status $?\"";
+    let mut script = format!(
+        "check cpuinfo-harts\n\
+         grep -c '^processor' /proc/cpuinfo; grep '^hart[[:space:]]*:' /proc/cpuinfo; \
+         cat /sys/devices/system/cpu/online\n\
+         check smp-cpus\nsmpcheck cpus; {status}\n\
+         check smp-burn\nsmpcheck burn {smp} {BURN_WORK}; {status}\n"
+    );
+    let mut checks: Vec<(&'static str, Check)> = vec![
+        ("cpuinfo-harts", Box::new(move |out: &str| check_harts(out, smp))),
+        (
+            "smp-cpus",
+            Box::new(move |out: &str| {
+                let words = smpcheck_result(out, "cpus")?;
+                expect_word(&words, "count", &smp.to_string())?;
+                expect_word(&words, "list", &cpu_list(smp))
+            }),
+        ),
+        (
+            "smp-burn",
+            Box::new(move |out: &str| {
+                let words = smpcheck_result(out, "burn")?;
+                expect_word(&words, "threads", &smp.to_string())?;
+                expect_word(&words, "work", &BURN_WORK.to_string())?;
+                expect_word(&words, "cpus", &cpu_list(smp))?;
+                expect_word(&words, "overlap", "yes")?;
+                expect_word(&words, "hash", &format!("{:016x}", burn_hash(BURN_WORK * 1_000_000)))
+            }),
+        ),
+    ];
+    if smp > 1 {
+        script.push_str(&format!(
+            "check smp-shootdown\nsmpcheck shootdown {smp} {SHOOTDOWN_ITERS}; {status}\n\
+             check smp-shootdown-catches\nsmpcheck --inject-stale shootdown {smp} 4; {status}\n\
+             check smp-pingpong\nsmpcheck pingpong {PINGPONG_ITERS}; {status}\n"
+        ));
+        checks.push((
+            "smp-shootdown",
+            Box::new(move |out: &str| {
+                let words = smpcheck_result(out, "shootdown")?;
+                let n = smp as u64;
+                expect_word(&words, "threads", &smp.to_string())?;
+                expect_word(&words, "checked", &((n - 1) * SHOOTDOWN_ITERS).to_string())?;
+                expect_word(&words, "churned", &(n * SHOOTDOWN_ITERS).to_string())?;
+                expect_word(&words, "cpus", &cpu_list(smp))
+            }),
+        ));
+        checks.push((
+            // A simulated stale translation (the writer publishes generation 3 without
+            // replacing the page) must be reported, and fail the run.
+            "smp-shootdown-catches",
+            Box::new(|out: &str| {
+                let caught = out.lines().any(|l| {
+                    l.contains("smpcheck: FAIL reader on CPU")
+                        && l.contains("generation 3: word 1 is 0x2")
+                        && l.contains("stale translation")
+                });
+                if caught && lines_in_order(out, &["status 1".into()]).is_ok() {
+                    Ok(())
+                } else {
+                    Err(format!("the simulated stale page was not reported: {out:?}"))
+                }
+            }),
+        ));
+        checks.push((
+            "smp-pingpong",
+            Box::new(|out: &str| {
+                let words = smpcheck_result(out, "pingpong")?;
+                expect_word(&words, "round-trips", &PINGPONG_ITERS.to_string())?;
+                expect_word(&words, "cpus", "0,1")
+            }),
+        ));
+    }
+    (script, checks)
+}
+
+/// What a checks boot leaves for the disk read-back: the disk it wrote and the line.
+struct Written {
+    disk: std::path::PathBuf,
+    nonce: String,
+    /// The guest wrote and unmounted the disk.
+    ok: bool,
+    /// Every check passed.
+    all_ok: bool,
+}
+
 /// The Linux guest's tests, natively (`firmware` None: on OpenSBI, checking the tests
-/// themselves) or under hypocaust on `firmware`. Two boots: one runs every check in turn,
-/// each in a section of its output (`cargo xtask linux --cmd`); the second reads back what
-/// the first wrote to the disk.
+/// themselves) or under hypocaust on `firmware`, with one vCPU. Two boots: one runs every
+/// check in turn, each in a section of its output (`cargo xtask linux --cmd`); the second
+/// reads back what the first wrote to the disk.
 fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
-    let native = firmware.is_none();
-    let side = firmware.map_or("native".to_string(), |f| format!("hypocaust-{}", f.name()));
     let name: &'static str = match firmware {
         None => "linux (native)",
         Some(Firmware::Hypocaust) => "linux (hypocaust)",
@@ -658,28 +833,115 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
     );
     let start = Instant::now();
     let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
-    let images = match linux::images() {
-        Ok(images) => images,
-        Err(e) => {
-            println!("   FAIL  the guest images: {e:#}");
-            group.failed += 1;
-            group.elapsed = start.elapsed();
-            return Ok(group);
-        }
+    let Some(images) = linux_images(&mut group) else {
+        group.elapsed = start.elapsed();
+        return Ok(group);
     };
-    println!("   kernel {}, modules {}", images.release, images.modules.join(" "));
+    let Some(written) = checks_boot(&mut group, &images, firmware, 1)? else {
+        group.elapsed = start.elapsed();
+        return Ok(group);
+    };
+
+    // The disk again, in a second boot: what the first wrote is there.
+    let side = side_name(firmware);
     let logs = qemu::log_dir();
-    let boot = |test: &str, cmd: String, disk, ssh| {
-        let mut boot = Boot::new(&format!("linux-{side}-{test}"), native);
+    if written.ok {
+        let mut boot = Boot::new(&format!("linux-{side}-disk-read-back"), firmware.is_none());
         if let Some(f) = firmware {
             boot.firmware = f;
         }
-        boot.cmd = Some(cmd);
-        boot.disk = Some(disk);
-        boot.ssh_port = ssh;
-        linux::run::run_cmd(&images, &boot, boot.timeout(), false)
+        boot.cmd = Some("mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/written.txt".into());
+        boot.disk = Some(written.disk.clone());
+        let r = linux::run::run_cmd(&images, &boot, boot.timeout(), false);
+        let result = match &r {
+            Err(e) => Err(format!("{e:#}")),
+            Ok(run) => match run.problem() {
+                Some(p) => Err(p),
+                None if run.status != Some(0) => Err(format!("exit status {:?}", run.status)),
+                None => lines_in_order(
+                    run.output.as_deref().unwrap_or(""),
+                    std::slice::from_ref(&written.nonce),
+                ),
+            },
+        };
+        if result.is_ok() {
+            let _ = std::fs::remove_file(&written.disk);
+            for suffix in ["initramfs.cpio", "bundle.img"] {
+                for test in ["checks", "disk-read-back"] {
+                    let _ =
+                        std::fs::remove_file(logs.join(format!("linux-{side}-{test}-{suffix}")));
+                }
+            }
+        }
+        linux_verdict(&mut group, "disk-read-back", result);
+    } else {
+        println!("   skip  disk-read-back           (disk-write failed)");
+        group.skipped += 1;
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+/// The SMP Linux tests: a checks boot (every check of [`linux_tests`]' first boot, and the
+/// SMP checks: /proc/cpuinfo's harts, smpcheck's cpus, burn, shootdown and pingpong) with
+/// each of [`SMP_VCPUS`] vCPUs, natively (`firmware` None) or under hypocaust on a machine
+/// of as many harts. Tests are named `smpN/CHECK`.
+fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
+    let name: &'static str = match firmware {
+        None => "linux smp (native)",
+        Some(Firmware::Hypocaust) => "linux smp (hypocaust)",
+        Some(Firmware::Opensbi) => "linux smp (on OpenSBI)",
     };
-    let verdict = |group: &mut Group, test: &str, result: Result<(), String>| match result {
+    println!(
+        "== Linux guest with {} vCPUs, {}",
+        SMP_VCPUS.map(|n| n.to_string()).join(" and "),
+        firmware.map_or("natively on QEMU".into(), |f| format!("under hypocaust on {}", f.name()))
+    );
+    let start = Instant::now();
+    let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let Some(images) = linux_images(&mut group) else {
+        group.elapsed = start.elapsed();
+        return Ok(group);
+    };
+    let side = side_name(firmware);
+    for smp in SMP_VCPUS {
+        if let Some(written) = checks_boot(&mut group, &images, firmware, smp)?
+            && written.all_ok
+        {
+            let _ = std::fs::remove_file(&written.disk);
+            for suffix in ["initramfs.cpio", "bundle.img"] {
+                let file = format!("linux-{side}-smp{smp}-checks-{suffix}");
+                let _ = std::fs::remove_file(qemu::log_dir().join(file));
+            }
+        }
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
+/// `native`, `hypocaust-hypocaust` or `hypocaust-opensbi`: in the names of the runs' files.
+fn side_name(firmware: Option<Firmware>) -> String {
+    firmware.map_or("native".to_string(), |f| format!("hypocaust-{}", f.name()))
+}
+
+/// The Linux guest's images, or a failure counted in `group`.
+fn linux_images(group: &mut Group) -> Option<linux::LinuxImages> {
+    match linux::images() {
+        Ok(images) => {
+            println!("   kernel {}, modules {}", images.release, images.modules.join(" "));
+            Some(images)
+        }
+        Err(e) => {
+            println!("   FAIL  the guest images: {e:#}");
+            group.failed += 1;
+            None
+        }
+    }
+}
+
+/// Counts and prints one Linux test's result.
+fn linux_verdict(group: &mut Group, test: &str, result: Result<(), String>) {
+    match result {
         Ok(()) => {
             group.passed += 1;
             println!("   ok    {test}");
@@ -688,9 +950,28 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
             group.failed += 1;
             println!("   FAIL  {test:<24} {why}");
         }
-    };
+    }
+}
 
-    let disk = linux::run::fresh_disk(&images, &logs.join(format!("linux-{side}-disk.img")))?;
+/// The checks boot of the Linux guest with `smp` vCPUs (natively: harts): every check in
+/// turn, each in a section of its output, counted into `group` (named `smpN/CHECK` when
+/// `smp` > 1). Returns what the disk read-back needs; None if QEMU could not be run.
+fn checks_boot(
+    group: &mut Group,
+    images: &linux::LinuxImages,
+    firmware: Option<Firmware>,
+    smp: usize,
+) -> Result<Option<Written>> {
+    let native = firmware.is_none();
+    let side = side_name(firmware);
+    let logs = qemu::log_dir();
+    let stem = if smp > 1 { format!("linux-{side}-smp{smp}") } else { format!("linux-{side}") };
+    let label = |test: &str| if smp > 1 { format!("smp{smp}/{test}") } else { test.to_string() };
+    if smp > 1 {
+        println!("   {smp} vCPUs:");
+    }
+
+    let disk = linux::run::fresh_disk(images, &logs.join(format!("{stem}-disk.img")))?;
     let nonce = format!(
         "written by the guest, run {}-{}",
         std::process::id(),
@@ -717,6 +998,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
     } else {
         "echo 'no ssh client on this host'"
     };
+    let (smp_script, smp_checks) = smp_checks(smp);
     let script = format!(
         "check() {{ echo \"{CHECK_MARK}$1\"; }}\n\
          check uname\nuname -a\n\
@@ -729,6 +1011,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
          seq 1 300000 > /tmp/numbers; wc -c < /tmp/numbers\n\
          sort -r /tmp/numbers | head -1\n\
          sort -n /tmp/numbers | tail -1\n\
+         {smp_script}\
          check disk-write\n\
          mount -t ext4 /dev/vda /mnt && cat /mnt/{marker} && echo '{nonce}' > /mnt/written.txt && \
          sync && umount /mnt && echo unmounted\n\
@@ -739,16 +1022,23 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
         gateway = guest::GATEWAY,
         port = server.port,
     );
-    let run = boot("checks", script, disk.clone(), ssh.as_ref().map(|s| s.0));
+    let mut boot = Boot::new(&format!("{stem}-checks"), native);
+    if let Some(f) = firmware {
+        boot.firmware = f;
+    }
+    boot.smp = smp;
+    boot.cmd = Some(script);
+    boot.disk = Some(disk.clone());
+    boot.ssh_port = ssh.as_ref().map(|s| s.0);
+    let run = linux::run::run_cmd(images, &boot, boot.timeout(), false);
     let served = server.stop();
     let host_side =
         ssh.map(|(_, t)| t.join().unwrap_or_else(|_| Err("the ssh thread panicked".into())));
     let run = match run {
         Ok(r) => r,
         Err(e) => {
-            verdict(&mut group, "checks", Err(format!("{e:#}")));
-            group.elapsed = start.elapsed();
-            return Ok(group);
+            linux_verdict(group, &label("checks"), Err(format!("{e:#}")));
+            return Ok(None);
         }
     };
     let output = run.output.clone().unwrap_or_default();
@@ -762,7 +1052,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
     };
     let release = images.release.clone();
     let ram = u64::from(linux::run::GUEST_MIB) * 1024;
-    let checks: Vec<(&str, Check)> = vec![
+    let mut checks: Vec<(&str, Check)> = vec![
         (
             "uname",
             Box::new(move |out: &str| {
@@ -776,10 +1066,10 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
         ),
         (
             "cpuinfo-isa",
-            Box::new(|out: &str| {
+            Box::new(move |out: &str| {
                 let isa = field(out, "isa").ok_or(format!("no isa line in {out:?}"))?;
                 check_isa(isa)?;
-                lines_in_order(out, &["1".into()])
+                lines_in_order(out, &[smp.to_string()])
             }),
         ),
         (
@@ -810,6 +1100,9 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
                 lines_in_order(out, &want)
             }),
         ),
+    ];
+    checks.extend(smp_checks);
+    checks.extend::<Vec<(&str, Check)>>(vec![
         (
             "disk-write",
             Box::new(|out: &str| {
@@ -840,14 +1133,12 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
             }),
         ),
         ("exit-status", Box::new(|out: &str| lines_in_order(out, &["bye".into()]))),
-    ];
+    ]);
     let problem = run.problem();
     let mut all_ok = true;
     for (test, check) in checks {
         if test == "ssh" && output.contains("no ssh client on this host") {
-            println!(
-                "   skip  ssh                      (no ssh client or ssh-keygen on this host)"
-            );
+            println!("   skip  {:<24} (no ssh client or ssh-keygen on this host)", label("ssh"));
             group.skipped += 1;
             continue;
         }
@@ -859,7 +1150,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
             _ => part(test).and_then(&check),
         };
         all_ok &= result.is_ok();
-        verdict(&mut group, test, result);
+        linux_verdict(group, &label(test), result);
     }
     let ready = run
         .ready_after
@@ -872,42 +1163,8 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
     if !all_ok {
         println!("         its end:\n{}", indent(&run.run.tail(15)));
     }
-
-    // The disk again, in a second boot: what the first wrote is there.
-    if part("disk-write").is_ok_and(|o| o.contains("unmounted")) {
-        let r = boot(
-            "disk-read-back",
-            "mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/written.txt".into(),
-            disk.clone(),
-            None,
-        );
-        let result = match &r {
-            Err(e) => Err(format!("{e:#}")),
-            Ok(run) => match run.problem() {
-                Some(p) => Err(p),
-                None if run.status != Some(0) => Err(format!("exit status {:?}", run.status)),
-                None => lines_in_order(
-                    run.output.as_deref().unwrap_or(""),
-                    std::slice::from_ref(&nonce),
-                ),
-            },
-        };
-        if result.is_ok() {
-            let _ = std::fs::remove_file(&disk);
-            for suffix in ["initramfs.cpio", "bundle.img"] {
-                for test in ["checks", "disk-read-back"] {
-                    let _ =
-                        std::fs::remove_file(logs.join(format!("linux-{side}-{test}-{suffix}")));
-                }
-            }
-        }
-        verdict(&mut group, "disk-read-back", result);
-    } else {
-        println!("   skip  disk-read-back           (disk-write failed)");
-        group.skipped += 1;
-    }
-    group.elapsed = start.elapsed();
-    Ok(group)
+    let ok = part("disk-write").is_ok_and(|o| o.contains("unmounted"));
+    Ok(Some(Written { disk, nonce, ok, all_ok }))
 }
 
 /// `cargo xtask bench --quick` as a smoke test: every run completes and its result lines
@@ -929,6 +1186,7 @@ fn bench_smoke() -> Result<Group> {
         output: output.clone(),
         verbose: false,
         firmware: None,
+        native: false,
     };
     let verdict = |group: &mut Group, name: &str, result: Result<(), String>| match result {
         Ok(()) => {
@@ -999,28 +1257,57 @@ fn bench_smoke() -> Result<Group> {
     Ok(group)
 }
 
-/// `cargo xtask test`. Returns whether everything passed. The Linux tests run natively
-/// (checking the tests themselves) and under hypocaust.
-pub fn command() -> Result<bool> {
+/// A group of `cargo xtask test`: its name and what runs it.
+type GroupRun = (&'static str, Box<dyn Fn() -> Result<Group>>);
+
+/// The groups of `cargo xtask test`, in order.
+fn groups() -> Vec<GroupRun> {
+    let suite = |name: &'static str, opts: suite::Options| -> GroupRun {
+        (name, Box::new(move || suite_tests(name, &opts)))
+    };
+    vec![
+        ("host unit tests", Box::new(host_tests)),
+        ("hypocaust boot, guests", Box::new(boot_tests)),
+        ("firmware (compared)", Box::new(firmware_tests)),
+        suite("guest suite (compared)", suite::Options::default()),
+        suite(
+            "suite on OpenSBI (compared)",
+            suite::Options { firmware: Firmware::Opensbi, ..Default::default() },
+        ),
+        suite(
+            "virtio legacy (compared)",
+            suite::Options { filter: Some("virtio/".into()), legacy: true, ..Default::default() },
+        ),
+        ("timing sweeps, load", Box::new(timing_tests)),
+        ("linux (native)", Box::new(|| linux_tests(None))),
+        ("linux (hypocaust)", Box::new(|| linux_tests(Some(Firmware::Hypocaust)))),
+        ("linux (on OpenSBI)", Box::new(|| linux_tests(Some(Firmware::Opensbi)))),
+        ("linux smp (native)", Box::new(|| linux_smp_tests(None))),
+        ("linux smp (hypocaust)", Box::new(|| linux_smp_tests(Some(Firmware::Hypocaust)))),
+        ("bench (smoke)", Box::new(bench_smoke)),
+    ]
+}
+
+/// `cargo xtask test`: every group, or (`only`) those whose name contains the text. Returns
+/// whether everything passed. The Linux tests run natively (checking the tests themselves)
+/// and under hypocaust.
+pub fn command(only: Option<&str>) -> Result<bool> {
+    let runs: Vec<GroupRun> =
+        groups().into_iter().filter(|(name, _)| only.is_none_or(|o| name.contains(o))).collect();
+    if runs.is_empty() {
+        let names: Vec<&str> = groups().iter().map(|g| g.0).collect();
+        anyhow::bail!(
+            "no test group's name contains {:?}; the groups: {}",
+            only.unwrap_or_default(),
+            names.join(", ")
+        );
+    }
     provision::all()?;
     let start = Instant::now();
-    let modern = suite::Options::default();
-    let on_opensbi = suite::Options { firmware: Firmware::Opensbi, ..Default::default() };
-    let legacy =
-        suite::Options { filter: Some("virtio/".into()), legacy: true, ..Default::default() };
-    let groups = vec![
-        host_tests()?,
-        boot_tests()?,
-        firmware_tests()?,
-        suite_tests("guest suite (compared)", &modern)?,
-        suite_tests("suite on OpenSBI (compared)", &on_opensbi)?,
-        suite_tests("virtio legacy (compared)", &legacy)?,
-        timing_tests()?,
-        linux_tests(None)?,
-        linux_tests(Some(Firmware::Hypocaust))?,
-        linux_tests(Some(Firmware::Opensbi))?,
-        bench_smoke()?,
-    ];
+    let mut groups = Vec::new();
+    for (_, run) in &runs {
+        groups.push(run()?);
+    }
     println!();
     println!("summary:");
     let (mut passed, mut failed) = (0, 0);
@@ -1069,6 +1356,55 @@ mod tests {
         assert_eq!(s[0].1, "1\n2\n");
         assert_eq!(s[1].1, "");
         assert_eq!(s[2].1, "3\n");
+    }
+
+    #[test]
+    fn burn_hash_matches_smpcheck() {
+        // What smpcheck printed in the guest: `smpcheck burn threads=4 work=20 ... hash=...`.
+        assert_eq!(burn_hash(20_000_000), 0x1410_448c_cc9b_2a56);
+        assert_eq!(burn_hash(0), 0x243F_6A88_85A3_08D3);
+    }
+
+    #[test]
+    fn smpcheck_lines() {
+        let out = "smpcheck burn threads=2 work=20 ns=5 hash=00ff cpus=0,1 overlap=yes\nstatus 0\n";
+        let words = smpcheck_result(out, "burn").expect("parses");
+        assert!(expect_word(&words, "cpus", &cpu_list(2)).is_ok());
+        assert!(expect_word(&words, "overlap", "yes").is_ok());
+        assert!(expect_word(&words, "threads", "4").is_err());
+        assert!(expect_word(&words, "missing", "1").is_err());
+        assert!(smpcheck_result(out, "cpus").is_err());
+        assert!(smpcheck_result("smpcheck cpus count=1 list=0\nstatus 1\n", "cpus").is_err());
+        let failed = "smpcheck: FAIL reader on CPU 1, generation 3\nstatus 1\n";
+        assert_eq!(
+            smpcheck_result(failed, "shootdown").expect_err("a failure"),
+            "smpcheck: FAIL reader on CPU 1, generation 3"
+        );
+    }
+
+    #[test]
+    fn harts_in_cpuinfo() {
+        let out = "2\nhart\t\t: 0\nhart\t\t: 1\n0-1\n";
+        assert!(check_harts(out, 2).is_ok());
+        assert!(check_harts(out, 4).is_err());
+        assert!(
+            check_harts("2\nhart\t\t: 1\nhart\t\t: 1\n0-1\n", 2).is_err(),
+            "the same hart twice"
+        );
+        assert!(check_harts("1\nhart\t\t: 0\n0\n", 1).is_ok());
+        assert!(check_harts("2\nhart\t\t: 0\nhart\t\t: 1\n0\n", 2).is_err(), "one online");
+    }
+
+    #[test]
+    fn group_names() {
+        let names: Vec<&str> = groups().iter().map(|g| g.0).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        let smp: Vec<&&str> = names.iter().filter(|n| n.contains("linux smp")).collect();
+        assert_eq!(smp, [&"linux smp (native)", &"linux smp (hypocaust)"]);
+        assert_eq!(names.iter().filter(|n| n.contains("smp (native)")).count(), 1);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! wall time (separate runs without `-icount`). docs/performance.md explains the method.
 //!
 //! Every Linux workload is one boot of the Debian guest (docs/guests.md) running one static
-//! program of `guests/bench/` (built here with Debian's riscv64 cross compiler); the trap
-//! microbenchmarks are one run of the guest test kernel with `action=bench`.
+//! program of `guests/bench/` (built here with Debian's riscv64 cross compiler), or, for the
+//! SMP workloads, the initramfs's `/bin/smpcheck` (guests/smpcheck) on a guest of 2 or 4
+//! vCPUs; the trap microbenchmarks are one run of the guest test kernel with `action=bench`.
 
 mod report;
 
@@ -68,6 +69,8 @@ pub struct Options {
     pub verbose: bool,
     /// The firmware hypocaust runs on; None: both, side by side.
     pub firmware: Option<Firmware>,
+    /// Only the native side (no hypocaust).
+    pub native: bool,
 }
 
 impl Options {
@@ -80,6 +83,7 @@ impl Options {
     pub fn sides(&self) -> Vec<Side> {
         Side::ALL
             .into_iter()
+            .filter(|s| !self.native || *s == Side::Native)
             .filter(|s| match (s.firmware(), self.firmware) {
                 (None, _) | (_, None) => true,
                 (Some(f), Some(wanted)) => f == wanted,
@@ -156,6 +160,8 @@ struct LinuxWorkload {
     /// The hart idles, waiting for the host's I/O: under `-icount` the idle time is
     /// skipped and counted, so the count run gives no instruction count.
     idles: bool,
+    /// The guest's vCPUs (natively: harts); more than one: an smpcheck workload.
+    smp: usize,
 }
 
 const MIB: u64 = 1 << 20;
@@ -172,11 +178,40 @@ const LINUX: &[LinuxWorkload] = &[
     LinuxWorkload::new("compute", "MiB hashed (user mode)", 1024, None).in_mib(false),
     LinuxWorkload::new("disk", "MiB read, O_DIRECT", 64, None).in_mib(true),
     LinuxWorkload::new("net", "MiB received over TCP", 64, None).in_mib(true),
+    LinuxWorkload::new("smp/compute", "1 M hash steps, 4 vCPUs", 50, None).on_smp(SMP_HARTS),
+    LinuxWorkload::new("smp/ipi-pingpong", "cross-CPU futex round trip", 5_000, None).on_smp(2),
+    LinuxWorkload::new("smp/shootdown", "replace+churn round", 100, None).on_smp(SMP_HARTS),
 ];
+
+/// The vCPUs of the SMP workloads `smp/compute` and `smp/shootdown` (`smp/ipi-pingpong`
+/// needs two).
+const SMP_HARTS: usize = 4;
+/// How long smpcheck's waits may take in a bench run (QEMU's timeout comes first).
+const SMPCHECK_TIMEOUT_S: u64 = 3600;
 
 impl LinuxWorkload {
     const fn new(name: &'static str, op: &'static str, size: u64, quick: Option<u64>) -> Self {
-        Self { name, op, size, quick, bytes_per_op: None, idles: false }
+        Self { name, op, size, quick, bytes_per_op: None, idles: false, smp: 1 }
+    }
+
+    /// An smpcheck workload on a guest of `smp` vCPUs (natively: harts).
+    const fn on_smp(self, smp: usize) -> Self {
+        Self { smp, ..self }
+    }
+
+    /// The command that runs it (of size `size`); a workload of `guests/bench/` by default.
+    fn command(&self, size: u64, net_port: u16) -> String {
+        let smpcheck =
+            format!("/bin/smpcheck --timeout {SMPCHECK_TIMEOUT_S} --bench {}", self.name);
+        match self.name {
+            "boot" => "true".to_string(),
+            "disk" => format!("/bench/disk /dev/vda {size}"),
+            "net" => format!("/bench/net {} {net_port} {}", linux::build::GATEWAY, size * MIB),
+            "smp/compute" => format!("{smpcheck} burn {} {size}", self.smp),
+            "smp/ipi-pingpong" => format!("{smpcheck} pingpong {size}"),
+            "smp/shootdown" => format!("{smpcheck} shootdown {} {size}", self.smp),
+            program => format!("/bench/{program} {size}"),
+        }
     }
 
     /// The program counts bytes, a MiB is an operation; `idles`: see the field.
@@ -433,21 +468,13 @@ fn run_linux(
     } else {
         None
     };
-    let cmd = match w.name {
-        "boot" => "true".to_string(),
-        "disk" => format!("/bench/disk /dev/vda {size}"),
-        "net" => format!(
-            "/bench/net {} {} {net_bytes}",
-            linux::build::GATEWAY,
-            sender.as_ref().map_or(0, |s| s.port)
-        ),
-        program => format!("/bench/{program} {size}"),
-    };
+    let cmd = w.command(size, sender.as_ref().map_or(0, |s| s.port));
     let name = format!("bench-{}-{}", side.name(), w.name);
     let mut boot = Boot::new(&name, side == Side::Native);
     if let Some(f) = side.firmware() {
         boot.firmware = f;
     }
+    boot.smp = w.smp;
     boot.cmd = Some(cmd);
     boot.append = "rdinit=/bench/init".into();
     boot.disk = Some(disk.to_path_buf());
@@ -589,7 +616,7 @@ fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
 /// The empty rows of a bench run, in table order.
 fn rows(jobs: &[Job]) -> Vec<Row> {
     let mut rows = Vec::new();
-    let linux = jobs.iter().any(|j| matches!(j, Job::Linux(_)));
+    let linux = jobs.iter().any(|j| matches!(j, Job::Linux(w) if w.smp == 1));
     for job in jobs {
         match job {
             Job::Linux(w) => {
@@ -630,13 +657,22 @@ pub fn run(opts: &Options) -> Result<Report> {
     } else {
         (None, Vec::new(), None)
     };
-    artifacts::hypervisor()?;
-    artifacts::testkernel()?;
-    artifacts::firmware()?;
     let sides = opts.sides();
+    if sides.iter().any(|s| s.firmware().is_some()) {
+        artifacts::hypervisor()?;
+        artifacts::firmware()?;
+    }
+    artifacts::testkernel()?;
 
     let has_boot_run = jobs.iter().any(|j| matches!(j, Job::Linux(w) if w.name == "boot"));
     let mut report = Report::new(opts, rows(&jobs), has_boot_run, sides.clone());
+    report.multi_vcpu = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Linux(w) if w.smp > 1 => Some(w.name.to_string()),
+            _ => None,
+        })
+        .collect();
     report.qemu = text_within(
         Command::new(provision::qemu_binary()).arg("--version"),
         Duration::from_secs(30),
@@ -736,7 +772,10 @@ fn record(
     let mut said = Vec::new();
     if let Some(ticks) = out.boot_ticks {
         let ns = ticks as f64 * 1e9 / TIMEBASE_HZ as f64;
-        let counts = matches!(job, Job::Linux(w) if w.name == "boot") || !report.has_boot_run;
+        // The boot row is a one-vCPU boot's (an SMP guest's boot takes longer).
+        let one_vcpu = matches!(job, Job::Linux(w) if w.smp == 1);
+        let counts =
+            matches!(job, Job::Linux(w) if w.name == "boot") || !report.has_boot_run && one_vcpu;
         if let Some(row) = report.row_mut("boot")
             && counts
         {
@@ -850,6 +889,30 @@ mod tests {
     }
 
     #[test]
+    fn commands() {
+        let w = |name| *LINUX.iter().find(|w| w.name == name).expect("a workload");
+        assert_eq!(w("syscall").command(5, 0), "/bench/syscall 5");
+        assert_eq!(
+            w("net").command(2, 80),
+            format!("/bench/net {} 80 2097152", linux::build::GATEWAY)
+        );
+        let smp = w("smp/compute");
+        assert_eq!(smp.smp, SMP_HARTS);
+        assert_eq!(
+            smp.command(50, 0),
+            format!("/bin/smpcheck --timeout {SMPCHECK_TIMEOUT_S} --bench smp/compute burn 4 50")
+        );
+        assert!(
+            w("smp/ipi-pingpong").command(9, 0).ends_with("--bench smp/ipi-pingpong pingpong 9")
+        );
+        assert!(w("smp/shootdown").command(9, 0).ends_with("--bench smp/shootdown shootdown 4 9"));
+        // The SMP workloads alone: no one-vCPU run, so no boot row.
+        let jobs: Vec<Job> = LINUX.iter().filter(|w| w.smp > 1).map(|w| Job::Linux(*w)).collect();
+        let names: Vec<String> = rows(&jobs).into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["smp/compute", "smp/ipi-pingpong", "smp/shootdown"]);
+    }
+
+    #[test]
     fn disk_pattern() {
         let mut block = vec![0u8; 4096];
         disk_block(5, &mut block);
@@ -867,6 +930,7 @@ mod tests {
             output: PathBuf::new(),
             verbose: false,
             firmware: None,
+            native: false,
         };
         let names = |o: &Options| jobs(o).iter().map(|j| j.name()).collect::<Vec<_>>();
         assert_eq!(names(&opts(true, None)), ["syscall", "trap"]);

@@ -251,6 +251,9 @@ pub struct Report {
     pub reps: usize,
     /// Whether `boot` ran on its own (otherwise the boot row comes from the other runs).
     pub has_boot_run: bool,
+    /// Jobs whose guest has more than one vCPU: their exits include a boot of their own,
+    /// not the one-vCPU boot run's, so they are shown whole.
+    pub multi_vcpu: Vec<String>,
     pub qemu: String,
     pub guest: Option<String>,
     pub elapsed: Duration,
@@ -267,6 +270,7 @@ impl Report {
             quick: opts.quick,
             reps: opts.reps,
             has_boot_run,
+            multi_vcpu: Vec::new(),
             qemu: String::new(),
             guest: None,
             elapsed: Duration::ZERO,
@@ -287,11 +291,12 @@ impl Report {
     }
 
     /// A job's exits on `side` less the boot run's (when there is one, and for Linux
-    /// workloads).
+    /// workloads on one vCPU).
     pub fn workload_exits(&self, job: &str, side: Side) -> Option<(Exits, bool)> {
         let exits = self.job_exits(job, side)?;
+        let whole = job == "boot" || job == "trap" || self.multi_vcpu.iter().any(|j| j == job);
         match self.job_exits("boot", side) {
-            Some(boot) if job != "boot" && job != "trap" => Some((exits.minus(boot), true)),
+            Some(boot) if !whole => Some((exits.minus(boot), true)),
             _ => Some((exits.clone(), false)),
         }
     }
@@ -384,8 +389,19 @@ impl Report {
         } else {
             "; Linux runs include the boot"
         };
+        let whole: Vec<&str> = self
+            .multi_vcpu
+            .iter()
+            .filter(|j| jobs.contains(&j.as_str()))
+            .map(String::as_str)
+            .collect();
+        let whole = if whole.is_empty() || self.job_exits("boot", side).is_none() {
+            String::new()
+        } else {
+            format!("; {} whole, with their own boot of more vCPUs", whole.join(", "))
+        };
         println!();
-        println!("hypocaust exits, {} (first instruction-count run{base}):", side.name());
+        println!("hypocaust exits, {} (first instruction-count run{base}{whole}):", side.name());
         for job in jobs {
             let Some((exits, net)) = self.workload_exits(job, side) else { continue };
             let per_op = self
@@ -622,6 +638,7 @@ mod tests {
             output: PathBuf::new(),
             verbose: false,
             firmware: None,
+            native: false,
         };
         let report = Report::new(&opts, vec![r], false, Side::ALL.to_vec());
         let path = std::env::temp_dir().join(format!("xtask-bench-{}.json", std::process::id()));
