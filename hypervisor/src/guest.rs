@@ -17,7 +17,7 @@ use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use mmu::map::Mapper;
 use rv::csr::{Satp, SatpMode};
@@ -34,7 +34,7 @@ use crate::arch::trap::GuestContext;
 use crate::board::{Board, Layout};
 use crate::memory::{GuestMemory, RAM_BASE};
 use crate::paging::{FramePool, VcpuMmu};
-use crate::run::ExitCounters;
+use crate::run::{ExitCounters, ExitSummary};
 use crate::{arch, clock, hart, layout, mm};
 
 /// Smallest guest RAM accepted.
@@ -269,7 +269,7 @@ impl Guest {
         for (i, &hart) in placement.iter().enumerate() {
             let number = vcpu_number(index, i);
             let pool = FramePool::new(number, frames).ok_or(GuestError::ShadowPool {
-                mib: (frames * placement.len()) as u64 * rv::PAGE_SIZE >> 20,
+                mib: ((frames * placement.len()) as u64 * rv::PAGE_SIZE) >> 20,
             })?;
             let vcpu = Vcpu::new(i, offer.features, 0, 0);
             vcpus.push(VcpuCell {
@@ -428,6 +428,7 @@ impl Guest {
         if life.waiting != 0 {
             return Outcome::Pending;
         }
+        log::debug!("guest '{}': exits {}", self.name, ExitSummary::of(&self.vcpus));
         let outcome = match request {
             Request::Reboot => match self.boot() {
                 Ok(()) => Outcome::Rebooted,
@@ -571,10 +572,23 @@ impl Guest {
     }
 }
 
-/// Makes `cell` runnable if it waits for an interrupt, and has its hart look (a kick).
+/// An interrupt of `cell`'s became pending: if it waits, it becomes runnable and its
+/// hart's scheduler is told; if it runs on another hart, that hart is kicked so the vCPU
+/// leaves the guest and takes it; if it waits for its turn on a shared hart, the hart's
+/// scheduler is told (it may run it sooner).
 pub fn wake(cell: &VcpuCell) {
-    cell.state.wake();
-    hart::notify(cell.hart);
+    // Pairs with the fence between a vCPU's blocking and its last look at its interrupts
+    // (schedule.rs): either that look sees what the caller raised, or this sees it blocked.
+    fence(Ordering::SeqCst);
+    if cell.state.wake() {
+        hart::notify(cell.hart);
+        return;
+    }
+    match cell.state.get() {
+        VcpuState::Running => hart::kick(cell.hart),
+        VcpuState::Runnable => hart::notify(cell.hart),
+        _ => {}
+    }
 }
 
 /// Builds the table a guest runs on while Bare: its RAM at GVA = GPA with U pages, and

@@ -178,6 +178,15 @@ pub fn notify(index: usize) {
     }
 }
 
+/// Makes hart index `index` leave the guest it runs (to take an interrupt or a fence from
+/// its vCPU's mailbox), without its scheduler having to look; nothing for the calling hart,
+/// which looks before it next enters a guest.
+pub fn kick(index: usize) {
+    if index != current_index() {
+        firmware::kick(id_of(index));
+    }
+}
+
 /// Whether hart index `index` has been told to look, clearing the mark.
 pub fn take_attention(index: usize) -> bool {
     HARTS

@@ -20,7 +20,7 @@ use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, Rese
 use crate::arch::trap::enter_guest;
 use crate::guest::{Guest, VcpuCell, VcpuInner};
 use crate::paging::{PageFault, VcpuMmu, access_for};
-use crate::{arch, console, firmware, hart, hypervisor, irq, timer};
+use crate::{arch, console, hart, hypervisor, irq, timer};
 
 /// Why a vCPU left the hart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,27 +62,58 @@ impl ExitCounters {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The counts now, by slot.
+    pub fn snapshot(&self) -> [u64; 128] {
+        core::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+
     /// The causes with the most exits, most first, up to `n`: (cause, count).
     pub fn top(&self, n: usize) -> alloc::vec::Vec<(Cause, u64)> {
-        let mut top: alloc::vec::Vec<(usize, u64)> = self
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .enumerate()
-            .filter(|&(_, n)| n > 0)
-            .collect();
-        top.sort_by_key(|t| core::cmp::Reverse(t.1));
-        top.truncate(n);
-        top.into_iter()
-            .map(|(slot, count)| {
-                let cause = if slot >= 64 {
-                    Cause::from_scause(1 << 63 | (slot as u64 - 64))
-                } else {
-                    Cause::from_scause(slot as u64)
-                };
-                (cause, count)
-            })
-            .collect()
+        top_causes(&self.snapshot(), n)
+    }
+}
+
+/// The causes with the most exits in `counts` (by slot), most first, up to `n`.
+fn top_causes(counts: &[u64; 128], n: usize) -> alloc::vec::Vec<(Cause, u64)> {
+    let mut top: alloc::vec::Vec<(usize, u64)> =
+        counts.iter().copied().enumerate().filter(|&(_, n)| n > 0).collect();
+    top.sort_by_key(|t| core::cmp::Reverse(t.1));
+    top.truncate(n);
+    top.into_iter()
+        .map(|(slot, count)| {
+            let cause = if slot >= 64 {
+                Cause::from_scause(1 << 63 | (slot as u64 - 64))
+            } else {
+                Cause::from_scause(slot as u64)
+            };
+            (cause, count)
+        })
+        .collect()
+}
+
+/// Exits of several vCPUs added up, shown as `N in all, Cause n, ...` (most first).
+pub struct ExitSummary(pub [u64; 128]);
+
+impl ExitSummary {
+    /// The exits of all of `cells`.
+    pub fn of<'a>(cells: impl IntoIterator<Item = &'a VcpuCell>) -> Self {
+        let mut sum = [0u64; 128];
+        for c in cells {
+            for (s, n) in sum.iter_mut().zip(c.exits.snapshot()) {
+                *s += n;
+            }
+        }
+        Self(sum)
+    }
+}
+
+impl core::fmt::Display for ExitSummary {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} in all", self.0.iter().sum::<u64>())?;
+        for (cause, n) in top_causes(&self.0, 8) {
+            write!(f, ", {cause:?} {n}")?;
+        }
+        Ok(())
     }
 }
 
@@ -215,10 +246,6 @@ impl Host for GuestHost<'_> {
                 continue;
             }
             cell.mailbox.post_ipi();
-            // Pairs with the fence between a vCPU's blocking and its last look at its
-            // mailbox (schedule.rs): either it sees the IPI, or it is blocked by now and
-            // `wake` finds it so.
-            fence(Ordering::SeqCst);
             crate::guest::wake(cell);
         }
     }
@@ -240,7 +267,7 @@ impl Host for GuestHost<'_> {
         fence(Ordering::SeqCst);
         for (cell, _) in waits.iter().flatten() {
             if cell.state.get() == VcpuState::Running {
-                firmware::kick(hart::id_of(cell.hart));
+                hart::kick(cell.hart);
             }
         }
         for (cell, ticket) in waits.iter().flatten() {
