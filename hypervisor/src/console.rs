@@ -105,7 +105,7 @@ static UART: Once<Uart16550> = Once::new();
 pub const OUT_LIMIT: usize = 256 * 1024;
 
 /// Longest piece of a guest's line held back before it is written anyway.
-const LINE_LIMIT: usize = 160;
+const LINE_LIMIT: usize = 400;
 
 /// Output: what waits for the UART, and how guests' lines are put together.
 struct Output {
@@ -249,6 +249,7 @@ pub fn set_focus(index: usize) {
 /// starts with the guest's name and is written whole (or when the guest waits).
 pub fn guest_output(index: usize, bytes: &[u8]) {
     let mut out = OUTPUT.lock();
+    OUT_WAITING.store(true, Ordering::Release);
     if out.tags.is_empty() {
         for &b in bytes {
             out.push(b);
@@ -264,7 +265,6 @@ pub fn guest_output(index: usize, bytes: &[u8]) {
         }
     }
     drop(out);
-    OUT_WAITING.store(true, Ordering::Release);
     drain();
 }
 
@@ -273,20 +273,33 @@ pub fn guest_output(index: usize, bytes: &[u8]) {
 pub fn flush_guest(index: usize) {
     let mut out = OUTPUT.lock();
     if out.pending.get(index).is_some_and(|l| !l.is_empty()) {
+        OUT_WAITING.store(true, Ordering::Release);
         out.emit(index);
         drop(out);
-        OUT_WAITING.store(true, Ordering::Release);
         drain();
     }
 }
 
 /// Moves waiting output to the UART as far as it takes it now, unless another hart is at
 /// it. Never waits for the UART.
+///
+/// No output is left behind: writers set [`OUT_WAITING`] under the output lock, the
+/// drainer clears it under the same lock when it finds the buffer empty, and looks again
+/// after letting go of the drain lock (a writer that found it held relies on that).
 pub fn drain() {
-    if !OUT_WAITING.load(Ordering::Acquire) {
-        return;
+    while OUT_WAITING.load(Ordering::Acquire) {
+        let Some(draining) = DRAINING.try_lock() else { return };
+        let full = drain_locked();
+        drop(draining);
+        if full {
+            // The UART takes no more now; whoever comes next goes on.
+            return;
+        }
     }
-    let Some(_draining) = DRAINING.try_lock() else { return };
+}
+
+/// [`drain`] with the drain lock held; returns whether it stopped because the UART was full.
+fn drain_locked() -> bool {
     loop {
         let mut chunk = [0u8; 64];
         let n = {
@@ -301,16 +314,16 @@ pub fn drain() {
             n
         };
         if n == 0 {
-            return;
+            return false;
         }
         let written = write_now(&chunk[..n]);
         if written < n {
-            // The UART is full: what it did not take goes back to the front.
+            // What the UART did not take goes back to the front.
             let mut out = OUTPUT.lock();
             for &b in chunk[written..n].iter().rev() {
                 out.buffer.push_front(b);
             }
-            return;
+            return true;
         }
     }
 }
@@ -474,8 +487,10 @@ pub fn take_input(index: usize, max: usize, mut put: impl FnMut(usize, u8)) -> u
 
 /// Writes formatted text to the console.
 pub fn print(args: fmt::Arguments) {
-    let _ = OUTPUT.lock().write_fmt(args);
+    let mut out = OUTPUT.lock();
     OUT_WAITING.store(true, Ordering::Release);
+    let _ = out.write_fmt(args);
+    drop(out);
     drain();
 }
 
@@ -484,9 +499,9 @@ pub fn print_emergency(args: fmt::Arguments) {
     // Give a healthy holder time to finish before barging in.
     for _ in 0..1_000_000 {
         if let Some(mut out) = OUTPUT.try_lock() {
+            OUT_WAITING.store(true, Ordering::Release);
             let _ = out.write_fmt(args);
             drop(out);
-            OUT_WAITING.store(true, Ordering::Release);
             flush_all();
             return;
         }
@@ -498,8 +513,10 @@ pub fn print_emergency(args: fmt::Arguments) {
         OUTPUT.force_unlock();
         DRAINING.force_unlock();
     }
-    let _ = OUTPUT.lock().write_fmt(args);
+    let mut out = OUTPUT.lock();
     OUT_WAITING.store(true, Ordering::Release);
+    let _ = out.write_fmt(args);
+    drop(out);
     flush_all();
 }
 

@@ -157,14 +157,29 @@ fn set_up(
 ) -> Vec<Guest> {
     let offer = offer(platform, boot_hart);
     let specs: Vec<bundle::Guest<'static>> = bundle.guests().collect();
-    let all_harts = if harts >= 64 { u64::MAX } else { (1u64 << harts) - 1 };
+    // The bundle names harts by hart ID; placement works on hart indices.
+    let all_harts = (0..harts.min(64))
+        .map(crate::hart::id_of)
+        .filter(|&id| id < 64)
+        .fold(0u64, |m, id| m | 1 << id);
+    let by_index = |ids: u64| {
+        (0..harts.min(64))
+            .filter(|&i| crate::hart::id_of(i) < 64 && ids & 1 << crate::hart::id_of(i) != 0)
+            .fold(0u64, |m, i| m | 1 << i)
+    };
     let demands: Vec<Demand> = specs
         .iter()
         .map(|s| Demand {
             vcpus: (s.vcpus as usize).min(guest::MAX_VCPUS),
             // Harts that do not exist are left out; an affinity with none that does is
-            // refused below.
-            affinity: s.harts,
+            // refused below (0: any hart).
+            affinity: match (s.harts, by_index(s.harts)) {
+                (0, _) => 0,
+                // Only harts hypocaust does not run on: a hart index that does not exist,
+                // so that placement refuses it.
+                (_, 0) => 1 << 63,
+                (_, m) => m,
+            },
         })
         .collect();
     let placement = match place(&demands, harts) {
@@ -173,8 +188,10 @@ fn set_up(
             let s = &specs[guest];
             println!(
                 "hypocaust: guest {guest} '{}' cannot start: its hart affinity {:#x} names none \
-                 of the {harts} harts hypocaust runs on; give harts below {harts}",
-                s.name, s.harts
+                 of the harts hypocaust runs on (ids {}); name some of those",
+                s.name,
+                s.harts,
+                hart_list(&(0..harts).map(crate::hart::id_of).collect::<Vec<_>>())
             );
             FAILED.store(true, Ordering::Relaxed);
             return Vec::new();
@@ -205,16 +222,18 @@ fn set_up(
     guests
 }
 
-/// Prints what guest `g` got, and where that differs from what it asked for.
+/// Prints what guest `g` got, and where that differs from what it asked for. `placed`
+/// are hart indices; the summary shows hart IDs.
 fn describe(g: &Guest, spec: &bundle::Guest, placed: &[usize], harts: usize, all_harts: u64) {
+    let ids: Vec<usize> = placed.iter().map(|&h| crate::hart::id_of(h)).collect();
     println!(
         "guest     '{}': {} MiB RAM, {} vCPU{} on hart{} {}, isa {}",
         g.name,
         g.memory.size() >> 20,
         g.vcpus.len(),
         if g.vcpus.len() == 1 { "" } else { "s" },
-        if hart_list(placed).len() == 1 { "" } else { "s" },
-        hart_list(placed),
+        if hart_list(&ids).len() == 1 { "" } else { "s" },
+        hart_list(&ids),
         g.offer.isa
     );
     for (name, base, id) in g.passed_through() {

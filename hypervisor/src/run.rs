@@ -390,8 +390,12 @@ pub fn host_external() {
 fn acknowledge(irq: Interrupt, real: &mut RealCsrs) {
     match irq {
         Interrupt::SupervisorExternal => host_external(),
-        // Force the next `set_timer` to write, which clears STIP.
-        Interrupt::SupervisorTimer => real.timer = 0,
+        // Force the next `set_timer` to write, which clears STIP; output the UART could not
+        // take before goes on now.
+        Interrupt::SupervisorTimer => {
+            real.timer = 0;
+            console::drain();
+        }
         // A kick: the next pass looks at the mailbox and the hart's marks.
         Interrupt::SupervisorSoft => arch::csr::clear_soft_interrupt(),
         other => log::warn!("unexpected host interrupt {other:?}"),

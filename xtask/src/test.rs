@@ -247,8 +247,8 @@ fn boot_cases() -> Result<Vec<BootCase>> {
         },
         BootCase {
             name: "guest/too-many-vcpus",
-            machine: with_guest("guest/too-many-vcpus", "", 64, 4, None)?,
-            expect: vec!["cannot start: it asks for 4 vCPUs", no_guests],
+            machine: with_guest("guest/too-many-vcpus", "", 64, 9, None)?,
+            expect: vec!["cannot start: it asks for 9 vCPUs; a guest has 1 to 8", no_guests],
             endless: false,
         },
         BootCase {
@@ -919,6 +919,206 @@ fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
     Ok(group)
 }
 
+/// One run of several guests at once under hypocaust: its machine, what each guest must
+/// print (in any order between guests), and the monitor session typed once they did.
+struct GuestsCase {
+    name: &'static str,
+    machine: Machine,
+    /// Lines (substrings) that must all appear, each guest's in order.
+    expect: Vec<Vec<&'static str>>,
+    /// What must follow, in order, once the above appeared (the monitor's answers).
+    then: Vec<&'static str>,
+    timeout: Duration,
+}
+
+/// A guest of a [`GuestsCase`]: the test kernel with `bootargs`, or (with `cmd`) the
+/// Linux guest running `cmd` and powering off.
+fn guest_files(
+    case: &str,
+    name: &str,
+    vcpus: u32,
+    memory_mib: u32,
+    guest: Result<&str, (&linux::LinuxImages, &str)>,
+) -> Result<GuestFiles> {
+    let (kernel, initrd, bootargs) = match guest {
+        Ok(bootargs) => (artifacts::testkernel()?, None, bootargs.to_string()),
+        Err((images, cmd)) => {
+            let mut boot = Boot::new(&format!("{case}-{name}"), false);
+            boot.cmd = Some(cmd.into());
+            let out = qemu::log_dir().join(format!("{case}-{name}-initramfs.cpio"));
+            let initrd = linux::run::run_initramfs(images, &boot, &out)?;
+            (images.kernel.clone(), Some(initrd), boot.bootargs())
+        }
+    };
+    Ok(GuestFiles {
+        name: name.into(),
+        kernel,
+        initrd,
+        bootargs,
+        memory_mib,
+        vcpus,
+        ..Default::default()
+    })
+}
+
+/// The cases of [`guests_tests`]: several guests on fewer harts than they have vCPUs.
+fn guests_cases(images: Option<&linux::LinuxImages>) -> Result<Vec<GuestsCase>> {
+    let machine = |case: &str, files: &[GuestFiles], harts: usize, memory_mib: u64| {
+        let bundle = qemu::log_dir().join(format!("{case}-bundle.img"));
+        artifacts::bundle(files, &bundle)?;
+        let mut m = suite::hypocaust_machine(bundle, Firmware::default())?;
+        m.smp = harts;
+        m.memory_mib = memory_mib;
+        anyhow::Ok(m)
+    };
+    // The monitor: opened once everything above appeared; its list; a guest powered off.
+    // (Triggers are whole lines: the prompt has no newline.)
+    let monitor = |off: &str| -> Vec<(String, String)> {
+        vec![
+            ("hypocaust monitor (".into(), "list\r".into()),
+            ("host: 2 harts".into(), format!("off {off}\r")),
+        ]
+    };
+    let mut cases = Vec::new();
+
+    // Four vCPUs on two harts: a guest that spins with interrupts off for ever, the SMP
+    // tests on two vCPUs, and a guest that stops its only hart.
+    let case = "guests-wedged";
+    let files = [
+        guest_files(case, "wedged", 1, 64, Ok("action=spin"))?,
+        guest_files(case, "suite", 2, 64, Ok("filter=smp/"))?,
+        guest_files(case, "stopper", 1, 64, Ok("action=hart-stop"))?,
+    ];
+    let mut m = machine(case, &files, 2, 512)?;
+    m.input = vec![
+        ("stopped its last hart".into(), String::new()),
+        ("[suite] # 9 passed".into(), "\x1dm".into()),
+    ];
+    m.input.extend(monitor("wedged"));
+    cases.push(GuestsCase {
+        name: "guests/wedged-one-spins",
+        machine: m,
+        expect: vec![
+            vec!["[wedged] # action: spinning with interrupts off"],
+            vec!["[suite] ok 1 - smp/", "[suite] # 9 passed, 0 failed"],
+            vec![
+                "[stopper] # action: stopping the only hart",
+                "guest 'stopper' stopped its last hart",
+            ],
+        ],
+        then: vec![
+            "hypocaust monitor",
+            "0 wedged       running",
+            "vcpu0 running on hart",
+            "1 suite        off",
+            "2 stopper      off",
+            "host: 2 harts",
+            "guest 'wedged' powered off (monitor)",
+            "guest 'wedged' is off",
+            "all guests are off; powering off",
+        ],
+        timeout: Duration::from_secs(120),
+    });
+
+    // Two Linux guests and the SMP tests, five vCPUs on two harts: one Linux guest panics,
+    // the other runs its threads on both its vCPUs and powers off, the tests finish.
+    if let Some(images) = images {
+        let case = "guests-linux";
+        let files = [
+            guest_files(
+                case,
+                "panics",
+                1,
+                192,
+                Err((images, "echo before-panic; echo c > /proc/sysrq-trigger; echo after-panic")),
+            )?,
+            guest_files(
+                case,
+                "works",
+                2,
+                192,
+                Err((images, "smpcheck burn 2 20 && smpcheck shootdown 2 10 && echo works-done")),
+            )?,
+            guest_files(case, "suite", 2, 64, Ok("filter=smp/"))?,
+        ];
+        let mut m = machine(case, &files, 2, 1024)?;
+        m.input = vec![
+            ("[works] works-done".into(), String::new()),
+            ("[suite] # 9 passed".into(), String::new()),
+            ("Kernel panic".into(), "\x1dm".into()),
+        ];
+        m.input.extend(monitor("panics"));
+        cases.push(GuestsCase {
+            name: "guests/two-linux-one-panics",
+            machine: m,
+            expect: vec![
+                vec!["[panics] before-panic", "[panics] [", "Kernel panic - not syncing"],
+                vec![
+                    "[works] smpcheck burn threads=2",
+                    "[works] smpcheck shootdown",
+                    "[works] works-done",
+                    "guest 'works' powered off",
+                ],
+                vec!["[suite] # 9 passed, 0 failed", "guest 'suite' powered off"],
+            ],
+            then: vec![
+                "0 panics       running",
+                "1 works        off",
+                "2 suite        off",
+                "guest 'panics' powered off (monitor)",
+                "all guests are off; powering off",
+            ],
+            timeout: Duration::from_secs(420),
+        });
+    }
+    Ok(cases)
+}
+
+/// Several guests at once under hypocaust, more vCPUs than harts: each finishes its work
+/// with its output tagged, one that spins or panics does not stop the others, the monitor
+/// lists them and powers the last one off, and the machine powers off with it.
+fn guests_tests() -> Result<Group> {
+    println!("== several guests at once under hypocaust (more vCPUs than harts), the monitor");
+    let start = Instant::now();
+    let mut group =
+        Group { name: "guests at once", passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let images = linux_images(&mut group);
+    for case in guests_cases(images.as_ref())? {
+        let run = qemu::run_until(&case.machine, case.name, case.timeout, false, |_| false)?;
+        let mut verdict = if run.exited_cleanly() {
+            Ok(())
+        } else {
+            Err(format!("QEMU ended with {:?}", run.ending))
+        };
+        for lines in &case.expect {
+            verdict = verdict.and_then(|()| find_in_order(&run.output, lines));
+        }
+        if verdict.is_ok() {
+            let after = case.expect.iter().flatten().filter_map(|l| run.output.find(l)).max();
+            let rest = &run.output[after.unwrap_or(0)..];
+            verdict = find_in_order(rest, &case.then);
+        }
+        match verdict {
+            Ok(()) => {
+                group.passed += 1;
+                println!("   ok    {:<28} ({:.1} s)", case.name, run.elapsed.as_secs_f64());
+            }
+            Err(why) => {
+                group.failed += 1;
+                println!("   FAIL  {:<28} {why}", case.name);
+                println!("         to reproduce: {}", case.machine.command_line());
+                println!(
+                    "         log: {}; its end:\n{}",
+                    run.log.display(),
+                    indent(&run.tail(25))
+                );
+            }
+        }
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
 /// `native`, `hypocaust-hypocaust` or `hypocaust-opensbi`: in the names of the runs' files.
 fn side_name(firmware: Option<Firmware>) -> String {
     firmware.map_or("native".to_string(), |f| format!("hypocaust-{}", f.name()))
@@ -1278,12 +1478,18 @@ fn groups() -> Vec<GroupRun> {
             "virtio legacy (compared)",
             suite::Options { filter: Some("virtio/".into()), legacy: true, ..Default::default() },
         ),
+        suite("suite smp, 4 vCPUs (compared)", suite::Options { smp: 4, ..Default::default() }),
+        suite(
+            "suite smp, 4 vCPUs on 2 harts (compared)",
+            suite::Options { smp: 4, harts: 2, ..Default::default() },
+        ),
         ("timing sweeps, load", Box::new(timing_tests)),
         ("linux (native)", Box::new(|| linux_tests(None))),
         ("linux (hypocaust)", Box::new(|| linux_tests(Some(Firmware::Hypocaust)))),
         ("linux (on OpenSBI)", Box::new(|| linux_tests(Some(Firmware::Opensbi)))),
         ("linux smp (native)", Box::new(|| linux_smp_tests(None))),
         ("linux smp (hypocaust)", Box::new(|| linux_smp_tests(Some(Firmware::Hypocaust)))),
+        ("guests at once", Box::new(guests_tests)),
         ("bench (smoke)", Box::new(bench_smoke)),
     ]
 }

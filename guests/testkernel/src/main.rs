@@ -7,8 +7,10 @@
 //! Boot arguments (`/chosen/bootargs`): `filter=TEXT` runs only tests whose name contains
 //! TEXT; `action=reboot` or `action=hart-stop` asks SBI for that first (for the tests of
 //! what hypocaust does when a guest reboots or stops its last hart); `action=echo` reads one
-//! line from the UART, prints it and powers off (console input tests); `action=bench` runs
-//! the trap microbenchmarks of `cargo xtask bench` instead of the tests (bench.rs).
+//! line from the UART, prints it and powers off (console input tests); `action=spin` spins
+//! forever with interrupts off (a wedged guest, for the tests of hypocaust's scheduler);
+//! `action=bench` runs the trap microbenchmarks of `cargo xtask bench` instead of the tests
+//! (bench.rs).
 
 #![no_std]
 #![no_main]
@@ -78,6 +80,14 @@ extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
             let _ = sbi_rt::hart_stop();
         }
         Some("echo") => echo_line(),
+        Some("spin") => {
+            println!("# action: spinning with interrupts off");
+            // SAFETY: clears sstatus.SIE: nothing is taken from here on.
+            unsafe { core::arch::asm!("csrci sstatus, 2") };
+            loop {
+                core::hint::spin_loop();
+            }
+        }
         Some("bench") => bench::run(machine.timebase_hz),
         Some(other) => println!("# unknown action {other}"),
         None => {}

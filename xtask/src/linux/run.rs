@@ -115,7 +115,7 @@ pub fn fresh_disk(images: &LinuxImages, path: &Path) -> Result<PathBuf> {
 
 /// The initramfs of a run: the built one, plus `/cmd.sh` and `boot.files` in an appended
 /// archive.
-fn run_initramfs(images: &LinuxImages, boot: &Boot, out: &Path) -> Result<PathBuf> {
+pub fn run_initramfs(images: &LinuxImages, boot: &Boot, out: &Path) -> Result<PathBuf> {
     if boot.cmd.is_none() && boot.files.is_empty() {
         return Ok(images.initramfs.clone());
     }
