@@ -219,6 +219,10 @@ extern "C" fn boot_main(state: usize) -> ! {
     irq::init(platform, &state.harts[..online]);
     let count = hypervisor::create(platform, state.hartid, online);
     if count == 0 {
+        if mm::bundle().is_none() {
+            println!("hypocaust: no guests configured; powering off");
+            firmware::shutdown(false)
+        }
         println!("hypocaust: no guest can run; powering off");
         firmware::shutdown(true)
     }

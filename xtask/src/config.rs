@@ -1126,8 +1126,8 @@ mod tests {
         assert_eq!(
             fields,
             [
-                ("linux-a", 256, 1, 0b1100_0000, 0b001),
-                ("linux-b", 256, 1, 0b0011_0000, 0b010),
+                ("linux-a", 384, 1, 0b1100_0000, 0b001),
+                ("linux-b", 384, 1, 0b0011_0000, 0b010),
                 ("tests", 256, 1, 0b0000_1100, 0b100)
             ]
         );
@@ -1148,7 +1148,7 @@ mod tests {
         // Overcommitted: vCPUs and affinity as given.
         let files = example("overcommit.toml").guest_files(&images).expect("records");
         let fields: Vec<_> = files.iter().map(|g| (g.vcpus, g.harts, g.virtio_slots)).collect();
-        assert_eq!(fields, [(3, 0b11, 0b1100_0000), (2, 0b10, 0b0010_0000)]);
+        assert_eq!(fields, [(3, 0b11, 0b1100_0000), (2, 0b10, 0b0011_0000)]);
 
         // Any hart: mask 0; a kernel file with its initrd, relative to the file.
         let c = dir

@@ -203,7 +203,7 @@ fn boot_cases() -> Result<Vec<BootCase>> {
     )?;
     let mut garbage = suite::hypocaust_machine(not_a_bundle, Firmware::default())?;
     garbage.memory_mib = 256;
-    let no_guests = "hypocaust: no guests configured; powering off";
+    let no_guests = "hypocaust: no guest can run; powering off";
 
     let mut cases = vec![
         BootCase {
@@ -388,8 +388,15 @@ fn indent(text: &str) -> String {
 fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
     let transport = if opts.legacy { "legacy" } else { "modern" };
     let only = opts.filter.as_ref().map(|f| format!(" ({f} only)")).unwrap_or_default();
+    let smp = match (opts.smp, opts.harts) {
+        (0 | 1, _) => String::new(),
+        (n, h) if h > 0 && h < n => {
+            format!(", {n} vCPUs (natively harts; under hypocaust on {h} harts)")
+        }
+        (n, _) => format!(", {n} vCPUs (natively harts; under hypocaust on as many)"),
+    };
     println!(
-        "== guest test suite{only}, natively and under hypocaust on {}, {transport} virtio-mmio",
+        "== guest test suite{only}, natively and under hypocaust on {}, {transport} virtio-mmio{smp}",
         opts.firmware.name()
     );
     let start = Instant::now();

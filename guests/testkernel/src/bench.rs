@@ -221,3 +221,25 @@ fn shadow_fill() {
     report("shadow-fill", FILL_ROUNDS * FILL_PAGES, start);
     vm::deactivate();
 }
+
+/// `action=share`: counts compute steps for one second of `time` (in chunks, reading
+/// `time` between them), prints `bench: share n=STEPS time=T` and powers off. Alone on a
+/// hart it measures the hart; two guests doing it on one hart under hypocaust each get
+/// their share of it (`cargo xtask bench`'s `share/` rows).
+pub fn share(timebase_hz: u64) -> ! {
+    const CHUNK: u64 = 1000;
+    let start = timer::now();
+    let (mut steps, mut x) = (0u64, 0x9e37_79b9_7f4a_7c15u64);
+    while timer::now().wrapping_sub(start) < timebase_hz {
+        for _ in 0..CHUNK {
+            // xorshift64: a dependent chain the compiler cannot fold.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        steps += CHUNK;
+    }
+    report("share", steps, start);
+    println!("# bench: share {x:#x}");
+    crate::shutdown(false)
+}

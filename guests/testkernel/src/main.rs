@@ -9,8 +9,8 @@
 //! what hypocaust does when a guest reboots or stops its last hart); `action=echo` reads one
 //! line from the UART, prints it and powers off (console input tests); `action=spin` spins
 //! forever with interrupts off (a wedged guest, for the tests of hypocaust's scheduler);
-//! `action=bench` runs the trap microbenchmarks of `cargo xtask bench` instead of the tests
-//! (bench.rs).
+//! `action=bench` runs the trap microbenchmarks of `cargo xtask bench` instead of the tests,
+//! `action=share` its compute loop for the fair-share rows (bench.rs).
 
 #![no_std]
 #![no_main]
@@ -89,6 +89,7 @@ extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
             }
         }
         Some("bench") => bench::run(machine.timebase_hz),
+        Some("share") => bench::share(machine.timebase_hz),
         Some(other) => println!("# unknown action {other}"),
         None => {}
     }

@@ -9,6 +9,9 @@
     .globl _start
 _start:
     csrw    sie, zero
+    /* tp is hypocaust's per-hart pointer, zero until the hart is set up; firmware may leave
+       its own there (OpenSBI: its scratch area, which S-mode cannot read). */
+    mv      tp, zero
     /* .bss is not part of the loaded image: clear it. */
     lla     t0, __bss_start
     lla     t1, __bss_end
@@ -46,6 +49,7 @@ _start:
     .globl _secondary_start
 _secondary_start:
     csrw    sie, zero
+    mv      tp, zero
     /* a1 = physical address of this hart's HartBoot (early_satp, kernel_satp, stack_top).
        Turn on the early table, continue in the direct map, then switch to the kernel table,
        which maps this hart's stack. */

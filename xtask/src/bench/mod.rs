@@ -236,6 +236,8 @@ const TRAPS: &[(&str, &str)] = &[
 enum Job {
     Linux(LinuxWorkload),
     TestKernel,
+    /// Two test-kernel guests counting compute steps on one hart (natively: one alone).
+    Share,
 }
 
 impl Job {
@@ -245,7 +247,7 @@ impl Job {
     fn modes(&self) -> &'static [Mode] {
         match self {
             Job::Linux(_) => &[Mode::Count],
-            Job::TestKernel => &Mode::BOTH,
+            Job::TestKernel | Job::Share => &Mode::BOTH,
         }
     }
 
@@ -253,6 +255,7 @@ impl Job {
         match self {
             Job::Linux(w) => w.name,
             Job::TestKernel => "trap",
+            Job::Share => "share",
         }
     }
 }
@@ -273,7 +276,86 @@ fn jobs(opts: &Options) -> Vec<Job> {
     if TRAPS.iter().any(|(t, _)| selected(&format!("trap/{t}"), filter)) {
         jobs.push(Job::TestKernel);
     }
+    if !opts.quick && SHARE_GUESTS.iter().any(|g| selected(&format!("share/{g}"), filter)) {
+        jobs.push(Job::Share);
+    }
     jobs
+}
+
+/// The guests of the fair-share rows: under hypocaust, both on one hart.
+const SHARE_GUESTS: [&str; 2] = ["a", "b"];
+
+/// The fair-share run: natively the test kernel counting compute steps alone on a hart
+/// (the same number stands for both rows); under hypocaust two of it as two guests on a
+/// one-hart machine, each its own row. A fair scheduler gives each half the hart: both
+/// rows' ratios near 2.
+fn run_share(side: Side, mode: Mode) -> Result<Outcome> {
+    let kernel = artifacts::testkernel()?;
+    let name = format!("bench-{}-{}-share", side.name(), mode.short());
+    let mut m = match side.firmware() {
+        None => {
+            let mut m = Machine::new(kernel);
+            m.memory_mib = 64;
+            m.append = Some("action=share".into());
+            m
+        }
+        Some(firmware) => {
+            let bundle = qemu::log_dir().join(format!("{name}-bundle.img"));
+            let guests: Vec<GuestFiles> = SHARE_GUESTS
+                .iter()
+                .map(|g| GuestFiles {
+                    name: (*g).into(),
+                    kernel: kernel.clone(),
+                    bootargs: "action=share".into(),
+                    memory_mib: 64,
+                    vcpus: 1,
+                    ..Default::default()
+                })
+                .collect();
+            artifacts::bundle(&guests, &bundle)?;
+            let mut m = suite::hypocaust_machine(bundle, firmware)?;
+            m.append = Some("hypocaust.log=debug".into());
+            m
+        }
+    };
+    m.smp = 1;
+    if mode == Mode::Count {
+        m.extra.extend(["-icount".to_string(), ICOUNT.to_string()]);
+    }
+    let run = qemu::run_captured(&m, &name, Duration::from_secs(120), false)?;
+    let mut results = Vec::new();
+    for line in run.output.lines() {
+        let Some((_, n, ns)) = parse_result(line, TIMEBASE_HZ) else { continue };
+        match side.firmware() {
+            None => results.extend(SHARE_GUESTS.iter().map(|g| (format!("share/{g}"), n, ns))),
+            Some(_) => {
+                if let Some(g) = SHARE_GUESTS.iter().find(|g| line.starts_with(&format!("[{g}] ")))
+                {
+                    results.push((format!("share/{g}"), n, ns));
+                }
+            }
+        }
+    }
+    let problem = if !run.exited_cleanly() {
+        Some(format!("QEMU ended with {:?}", run.ending))
+    } else if results.len() != SHARE_GUESTS.len() {
+        Some(format!("{} share results, expected {}", results.len(), SHARE_GUESTS.len()))
+    } else {
+        None
+    };
+    if problem.is_none() {
+        let _ = std::fs::remove_file(qemu::log_dir().join(format!("{name}-bundle.img")));
+    }
+    Ok(Outcome {
+        boot_ticks: None,
+        results,
+        wall: Vec::new(),
+        boot_wall: None,
+        exits: Exits::parse(&run.output),
+        problem,
+        log: run.log.clone(),
+        elapsed: run.elapsed,
+    })
 }
 
 /// Installs the cross compiler if it is missing (as root; otherwise the error names the
@@ -629,6 +711,15 @@ fn rows(jobs: &[Job]) -> Vec<Row> {
                     rows.push(Row::new(&format!("trap/{t}"), op, None));
                 }
             }
+            Job::Share => {
+                for g in SHARE_GUESTS {
+                    rows.push(Row::new(
+                        &format!("share/{g}"),
+                        "compute step, two guests on one hart (fair: ratio 2)",
+                        None,
+                    ));
+                }
+            }
         }
     }
     // Every Linux run reports its boot: with no boot run of its own (--quick, --filter),
@@ -718,6 +809,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                             side,
                         ),
                         Job::TestKernel => run_testkernel(side, mode),
+                        Job::Share => run_share(side, mode),
                     };
                     spent[j] += started.elapsed();
                     let line = record(&mut report, job, rep, side, mode, outcome);
@@ -791,7 +883,7 @@ fn record(
     for (name, n, ns) in &out.results {
         let key = match job {
             Job::TestKernel => format!("trap/{name}"),
-            Job::Linux(_) => name.clone(),
+            Job::Linux(_) | Job::Share => name.clone(),
         };
         if let Some(row) = report.row_mut(&key) {
             row.add(side, mode, *ns, *n);
