@@ -1,11 +1,9 @@
-//! The PLIC of QEMU `virt` (0x0c00_0000) as seen from the S-mode context of hart 0
-//! (context 1): register access for the tests, and [`Saved`], which restores what a test
-//! changed.
+//! The PLIC of QEMU `virt` (0x0c00_0000) as seen from the S-mode context of the boot
+//! hart (whichever hart the firmware booted on: not always hart 0): register access for
+//! the tests, and [`Saved`], which restores what a test changed.
 
 /// The PLIC's base address.
 pub const BASE: u64 = 0x0c00_0000;
-/// The S-mode context of hart 0 (context 0 is its M-mode one).
-pub const CONTEXT: u64 = 1;
 /// Sources on `virt` (`riscv,ndev` = 95, plus the non-existent source 0).
 pub const SOURCES: u32 = 96;
 /// 32-bit words of pending and enable bits.
@@ -21,9 +19,14 @@ pub fn pending_addr(word: usize) -> u64 {
     BASE + 0x1000 + 4 * word as u64
 }
 
-/// Enable word `word` of the S-mode context.
+/// The S-mode context of the boot hart.
+pub fn context() -> u64 {
+    supervisor_context(crate::machine::get().hartid)
+}
+
+/// Enable word `word` of the boot hart's S-mode context.
 pub fn enable_addr(word: usize) -> u64 {
-    context_enable_addr(CONTEXT, word)
+    context_enable_addr(context(), word)
 }
 
 /// Enable word `word` of context `context`.
@@ -46,10 +49,10 @@ pub fn supervisor_context(hart: usize) -> u64 {
     2 * hart as u64 + 1
 }
 
-/// The priority threshold of the S-mode context.
-pub const THRESHOLD: u64 = BASE + 0x20_0000 + 0x1000 * CONTEXT;
-/// The claim/complete register of the S-mode context.
-pub const CLAIM: u64 = THRESHOLD + 4;
+/// The priority threshold of the boot hart's S-mode context.
+pub fn threshold() -> u64 {
+    context_threshold(context())
+}
 
 /// Reads the 32-bit register at `addr`.
 pub fn read(addr: u64) -> u32 {
@@ -79,12 +82,12 @@ pub fn set_enabled(source: u32, on: bool) {
 
 /// Claims the highest-priority pending interrupt (0: none).
 pub fn claim() -> u32 {
-    read(CLAIM)
+    read(context_claim(context()))
 }
 
 /// Signals the completion of `source`.
 pub fn complete(source: u32) {
-    write(CLAIM, source)
+    write(context_claim(context()), source)
 }
 
 /// Prepares `source` for a test: priority 1, threshold 0, enabled; then claims and
@@ -92,7 +95,7 @@ pub fn complete(source: u32) {
 /// test that never touched the PLIC) stays pending until claimed, as on real PLICs.
 pub fn take_over(source: u32) {
     write(priority_addr(source), 1);
-    write(THRESHOLD, 0);
+    write(threshold(), 0);
     set_enabled(source, true);
     for _ in 0..8 {
         match claim() {
@@ -119,7 +122,7 @@ impl Saved {
             sources: [(0, 0); 4],
             count: sources.len(),
             enables: core::array::from_fn(|w| read(enable_addr(w))),
-            threshold: read(THRESHOLD),
+            threshold: read(threshold()),
         };
         for (slot, &s) in saved.sources.iter_mut().zip(sources) {
             *slot = (s, read(priority_addr(s)));
@@ -143,6 +146,6 @@ impl Drop for Saved {
         for &(source, priority) in &self.sources[..self.count] {
             write(priority_addr(source), priority);
         }
-        write(THRESHOLD, self.threshold);
+        write(threshold(), self.threshold);
     }
 }

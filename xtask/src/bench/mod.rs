@@ -1028,7 +1028,9 @@ mod tests {
         assert_eq!(names(&opts(true, None)), ["syscall", "trap"]);
         assert_eq!(names(&opts(false, Some("trap/sret"))), ["trap"]);
         assert_eq!(names(&opts(false, Some("fork"))), ["fork"]);
-        assert_eq!(names(&opts(false, None)).len(), LINUX.len() + 1);
+        assert_eq!(names(&opts(false, None)).len(), LINUX.len() + 2);
+        assert_eq!(names(&opts(false, Some("share/"))), ["share"]);
+        assert_eq!(names(&opts(true, Some("share/"))), Vec::<&str>::new());
         let quick = rows(&jobs(&opts(true, None)));
         assert_eq!(quick[0].name, "boot");
         assert_eq!(quick.len(), 2 + TRAPS.len());

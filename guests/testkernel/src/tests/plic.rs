@@ -1,4 +1,4 @@
-//! The PLIC at 0x0c00_0000 from hart 0's S-mode context (context 1): priorities, enables,
+//! The PLIC at 0x0c00_0000 from the boot hart's S-mode context: priorities, enables,
 //! the threshold, claim and complete, and a real source: the UART in loopback with its
 //! receive interrupt enabled raises source 10, which must show as pending, in `sip.SEIP`,
 //! at the claim register, and as a supervisor external interrupt trap.
@@ -22,8 +22,8 @@ use rv::trap::Interrupt;
 
 use crate::harness::{Outcome, Test, TestResult};
 use crate::plic::{
-    self, Saved, THRESHOLD, WORDS, claim, complete, enable_addr, pending, pending_addr,
-    priority_addr, set_enabled,
+    self, Saved, WORDS, claim, complete, enable_addr, pending, pending_addr, priority_addr,
+    set_enabled,
 };
 use crate::trap::{LAST_IRQ_SCAUSE, LAST_IRQ_SEPC, clear_irq_log, interrupt_count, irq_log};
 use crate::uart16550::{self as uart, IER, IER_RDI, RBR, THR};
@@ -32,7 +32,7 @@ use crate::{check, check_eq, observe, test};
 pub const TESTS: &[Test] = &[
     test!("plic/priority-warl", priority_warl),
     test!("plic/enable-bits", enable_bits),
-    test!("plic/threshold", threshold),
+    test!("plic/threshold", threshold_register),
     test!("plic/claim-nothing-pending", claim_nothing_pending),
     test!("plic/uart-source-pending", uart_source_pending),
     test!("plic/pending-latched", pending_latched),
@@ -90,14 +90,14 @@ fn enable_bits() -> TestResult {
     Ok(())
 }
 
-fn threshold() -> TestResult {
+fn threshold_register() -> TestResult {
     let _saved = Saved::take(&[]);
-    plic::write(THRESHOLD, u32::MAX);
-    let max = plic::read(THRESHOLD);
+    plic::write(plic::threshold(), u32::MAX);
+    let max = plic::read(plic::threshold());
     observe!("after-all-ones", max);
     for t in 0..8 {
-        plic::write(THRESHOLD, t);
-        check_eq!(plic::read(THRESHOLD), t);
+        plic::write(plic::threshold(), t);
+        check_eq!(plic::read(plic::threshold()), t);
     }
     Ok(())
 }
@@ -163,13 +163,13 @@ fn uart_source_pending() -> TestResult {
         seen.note("pending", pending(uart::IRQ));
         seen.note("seip", seip());
         // The threshold masks it when it is not below the priority...
-        plic::write(THRESHOLD, 1);
+        plic::write(plic::threshold(), 1);
         seen.note("seip-threshold-1", seip());
         // ...and it stays pending, whatever its enable bit says.
         set_enabled(uart::IRQ, false);
         seen.note("pending-disabled", pending(uart::IRQ));
         set_enabled(uart::IRQ, true);
-        plic::write(THRESHOLD, 0);
+        plic::write(plic::threshold(), 0);
         seen.note("seip-again", seip());
         seen.note("claim", claim());
         seen.note("pending-claimed", pending(uart::IRQ));
@@ -217,7 +217,7 @@ fn pending_latched() -> TestResult {
         seen.note("pending-after-drop", pending(uart::IRQ));
         // A threshold write makes QEMU evaluate its output again: it follows the pending
         // bit, not the source's line.
-        plic::write(THRESHOLD, 0);
+        plic::write(plic::threshold(), 0);
         seen.note("seip-after-drop", seip());
         seen.note("claim", claim());
         complete(uart::IRQ);

@@ -330,7 +330,7 @@ fn blk_interrupt() -> TestResult {
     let irq = slot_irq(blk.dev.slot);
     let _plic = plic::Saved::take(&[irq]);
     plic::write(plic::priority_addr(irq), 1);
-    plic::write(plic::THRESHOLD, 0);
+    plic::write(plic::threshold(), 0);
     plic::set_enabled(irq, true);
     // Earlier tests' completions (polled, never claimed) may have left the source pending:
     // a driver claims and completes such leftovers first.
