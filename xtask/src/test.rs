@@ -22,6 +22,12 @@ struct Group {
     elapsed: Duration,
 }
 
+impl Group {
+    fn new(name: &'static str) -> Self {
+        Self { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO }
+    }
+}
+
 /// Counts from `cargo test` output: per test binary, passed and failed. Cargo names each
 /// binary on stderr and the test harness reports on stdout, in the same order.
 fn parse_cargo_test(stdout: &str, stderr: &str) -> (Vec<(String, usize, usize)>, Vec<String>) {
@@ -72,13 +78,7 @@ fn host_tests() -> Result<Group> {
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let (per_binary, failures) = parse_cargo_test(&stdout, &stderr);
-    let mut group = Group {
-        name: "host unit tests",
-        passed: 0,
-        failed: 0,
-        skipped: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut group = Group::new("host unit tests");
     for (name, passed, failed) in per_binary.iter().filter(|b| b.1 + b.2 > 0) {
         println!("   {name:<24} {passed:>4} passed, {failed} failed");
         group.passed += passed;
@@ -115,6 +115,9 @@ struct BootCase {
     expect: Vec<&'static str>,
     /// The machine never powers off by itself: stop it once `expect` is met.
     endless: bool,
+    /// Lines containing this text must all differ from the text on (each guest and each
+    /// boot gets its own), and there must be at least two.
+    distinct: Option<&'static str>,
 }
 
 /// A machine running hypocaust with the test kernel as its one guest.
@@ -214,6 +217,7 @@ fn boot_cases() -> Result<Vec<BootCase>> {
             ),
             expect: vec!["# echo: got 'hello, uart'", "powered off"],
             endless: false,
+            distinct: None,
         },
         BootCase {
             // Two guests: output tagged with their names; Ctrl-] and a digit move the input.
@@ -232,36 +236,42 @@ fn boot_cases() -> Result<Vec<BootCase>> {
                 "all guests are off; powering off",
             ],
             endless: false,
+            distinct: Some("# rng-seed: "),
         },
         BootCase {
             name: "guest/reboot",
             machine: with_guest("guest/reboot", "action=reboot", 64, 1, None)?,
             expect: vec!["reboots (ColdReboot)"; 3],
             endless: true,
+            distinct: Some("# rng-seed: "),
         },
         BootCase {
             name: "guest/last-hart-stopped",
             machine: with_guest("guest/last-hart-stopped", "action=hart-stop", 64, 1, None)?,
             expect: vec!["stopped its last hart", "all guests are off; powering off"],
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "guest/too-many-vcpus",
             machine: with_guest("guest/too-many-vcpus", "", 64, 9, None)?,
             expect: vec!["cannot start: it asks for 9 vCPUs; a guest has 1 to 8", no_guests],
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "guest/too-much-memory",
             machine: with_guest("guest/too-much-memory", "", 2048, 1, None)?,
             expect: vec!["cannot start: not enough free host RAM for 2048 MiB", no_guests],
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "guest/kernel-too-big",
             machine: with_guest("guest/kernel-too-big", "", 16, 1, Some(big_kernel))?,
             expect: vec!["cannot start: the kernel needs", "outside the guest's RAM"],
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "guest/not-a-bundle",
@@ -271,6 +281,7 @@ fn boot_cases() -> Result<Vec<BootCase>> {
                 no_guests,
             ],
             endless: false,
+            distinct: None,
         },
     ];
     cases.extend(vec![
@@ -279,18 +290,21 @@ fn boot_cases() -> Result<Vec<BootCase>> {
             machine: with(&|m| m.smp = 1),
             expect: summary("harts     1 online of 1"),
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "boot/smp4",
             machine: with(&|m| m.smp = 4),
             expect: summary("harts     4 online of 4"),
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "refuse/no-mmu",
             machine: with(&|m| m.cpu = format!("{},mmu=false", qemu::DEFAULT_CPU)),
             expect: vec![refusal, "has no Sv48 paging"],
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "refuse/sv39-only",
@@ -300,12 +314,14 @@ fn boot_cases() -> Result<Vec<BootCase>> {
             }),
             expect: vec![refusal, "riscv,sv39 only"],
             endless: false,
+            distinct: None,
         },
         BootCase {
             name: "refuse/too-little-ram",
             machine: with(&|m| m.memory_mib = 64),
             expect: vec![refusal, "MiB of RAM is free; hypocaust needs at least"],
             endless: false,
+            distinct: None,
         },
     ]);
     Ok(cases)
@@ -340,13 +356,7 @@ fn find_in_order(output: &str, expect: &[&str]) -> Result<(), String> {
 fn boot_tests() -> Result<Group> {
     println!("== hypocaust boot and guest lifecycle (QEMU virt, OpenSBI)");
     let start = Instant::now();
-    let mut group = Group {
-        name: "hypocaust boot, guests",
-        passed: 0,
-        failed: 0,
-        skipped: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut group = Group::new("hypocaust boot, guests");
     for case in boot_cases()? {
         let expect = case.expect.clone();
         let done = |out: &str| case.endless && find_in_order(out, &expect).is_ok();
@@ -357,27 +367,51 @@ fn boot_tests() -> Result<Group> {
             Err(format!("QEMU ended with {:?}", run.ending))
         } else {
             find_in_order(&run.output, &case.expect)
+                .and_then(|()| case.distinct.map_or(Ok(()), |d| all_distinct(&run.output, d)))
         };
 
-        match verdict {
-            Ok(()) => {
-                group.passed += 1;
-                println!("   ok    {:<24} ({:.1} s)", case.name, run.elapsed.as_secs_f64());
-            }
-            Err(why) => {
-                group.failed += 1;
-                println!("   FAIL  {:<24} {why}", case.name);
-                println!("         to reproduce: {}", case.machine.command_line());
-                println!(
-                    "         log: {}; its end:\n{}",
-                    run.log.display(),
-                    indent(&run.tail(15))
-                );
-            }
-        }
+        report_case(&mut group, case.name, 24, verdict, &case.machine, &run, 15);
     }
     group.elapsed = start.elapsed();
     Ok(group)
+}
+
+/// Whether the lines of `output` that contain `marker`, from the marker on, all differ
+/// (and there are at least two).
+fn all_distinct(output: &str, marker: &str) -> Result<(), String> {
+    let seen: Vec<&str> =
+        output.lines().filter_map(|l| l.find(marker).map(|at| l[at..].trim_end())).collect();
+    let unique: std::collections::BTreeSet<&&str> = seen.iter().collect();
+    if seen.len() >= 2 && unique.len() == seen.len() {
+        Ok(())
+    } else {
+        Err(format!("expected at least two different {marker:?} lines, got {seen:?}"))
+    }
+}
+
+/// Counts one QEMU case of a group and prints its line: `ok` with its time, or `FAIL` with
+/// why, the command that reproduces it and the last `tail` lines of its log.
+fn report_case(
+    group: &mut Group,
+    name: &str,
+    width: usize,
+    verdict: Result<(), String>,
+    machine: &Machine,
+    run: &qemu::Run,
+    tail: usize,
+) {
+    match verdict {
+        Ok(()) => {
+            group.passed += 1;
+            println!("   ok    {name:<width$} ({:.1} s)", run.elapsed.as_secs_f64());
+        }
+        Err(why) => {
+            group.failed += 1;
+            println!("   FAIL  {name:<width$} {why}");
+            println!("         to reproduce: {}", machine.command_line());
+            println!("         log: {}; its end:\n{}", run.log.display(), indent(&run.tail(tail)));
+        }
+    }
 }
 
 fn indent(text: &str) -> String {
@@ -400,7 +434,7 @@ fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
         opts.firmware.name()
     );
     let start = Instant::now();
-    let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let mut group = Group::new(name);
     compare_into(&mut group, &suite::Comparison::run(opts)?, false);
     group.elapsed = start.elapsed();
     Ok(group)
@@ -439,13 +473,7 @@ fn firmware_tests() -> Result<Group> {
         "== hypocaust's firmware: the guest suite natively on it and on OpenSBI, -smp {FIRMWARE_HARTS}, compared"
     );
     let start = Instant::now();
-    let mut group = Group {
-        name: "firmware (compared)",
-        passed: 0,
-        failed: 0,
-        skipped: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut group = Group::new("firmware (compared)");
     let opts = suite::Options { smp: FIRMWARE_HARTS, ..suite::Options::default() };
     compare_into(&mut group, &suite::Comparison::firmware(&opts)?, false);
     group.elapsed = start.elapsed();
@@ -470,13 +498,7 @@ fn timing_tests() -> Result<Group> {
         "== timing: the irq/ tests under -icount (sweeping deadlines), then on a loaded machine"
     );
     let start = Instant::now();
-    let mut group = Group {
-        name: "timing sweeps, load",
-        passed: 0,
-        failed: 0,
-        skipped: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut group = Group::new("timing sweeps, load");
     for shift in SWEEP_SHIFTS {
         let opts = suite::Options {
             filter: Some("irq/".into()),
@@ -839,7 +861,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
         firmware.map_or("natively on QEMU".into(), |f| format!("under hypocaust on {}", f.name()))
     );
     let start = Instant::now();
-    let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let mut group = Group::new(name);
     let Some(images) = linux_images(&mut group) else {
         group.elapsed = start.elapsed();
         return Ok(group);
@@ -905,7 +927,7 @@ fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
         firmware.map_or("natively on QEMU".into(), |f| format!("under hypocaust on {}", f.name()))
     );
     let start = Instant::now();
-    let mut group = Group { name, passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let mut group = Group::new(name);
     let Some(images) = linux_images(&mut group) else {
         group.elapsed = start.elapsed();
         return Ok(group);
@@ -1087,8 +1109,7 @@ fn guests_cases(images: Option<&linux::LinuxImages>) -> Result<Vec<GuestsCase>> 
 fn guests_tests() -> Result<Group> {
     println!("== several guests at once under hypocaust (more vCPUs than harts), the monitor");
     let start = Instant::now();
-    let mut group =
-        Group { name: "guests at once", passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let mut group = Group::new("guests at once");
     let images = linux_images(&mut group);
     for case in guests_cases(images.as_ref())? {
         let run = qemu::run_until(&case.machine, case.name, case.timeout, false, |_| false)?;
@@ -1105,22 +1126,7 @@ fn guests_tests() -> Result<Group> {
             let rest = &run.output[after.unwrap_or(0)..];
             verdict = find_in_order(rest, &case.then);
         }
-        match verdict {
-            Ok(()) => {
-                group.passed += 1;
-                println!("   ok    {:<28} ({:.1} s)", case.name, run.elapsed.as_secs_f64());
-            }
-            Err(why) => {
-                group.failed += 1;
-                println!("   FAIL  {:<28} {why}", case.name);
-                println!("         to reproduce: {}", case.machine.command_line());
-                println!(
-                    "         log: {}; its end:\n{}",
-                    run.log.display(),
-                    indent(&run.tail(25))
-                );
-            }
-        }
+        report_case(&mut group, case.name, 28, verdict, &case.machine, &run, 25);
     }
     group.elapsed = start.elapsed();
     Ok(group)
@@ -1211,6 +1217,8 @@ fn checks_boot(
          check uname\nuname -a\n\
          check cpuinfo-isa\ngrep -m1 '^isa' /proc/cpuinfo; grep -c '^processor' /proc/cpuinfo\n\
          check meminfo\ngrep MemTotal /proc/meminfo\n\
+         check entropy\ndmesg | grep -m1 -e 'crng init done' -e 'Run /init'\n\
+         check rtc\ncat /sys/class/rtc/rtc0/since_epoch; date -u +%s\n\
          check busybox-workload\n\
          i=0; while [ $i -lt 200 ]; do /bin/true || break; i=$((i + 1)); done; echo \"forks $i\"\n\
          seq 1 20000 | sort -rn | head -1\n\
@@ -1290,6 +1298,37 @@ fn checks_boot(
                     Ok(())
                 } else {
                     Err(format!("MemTotal {kb} kB for {ram} kB of RAM"))
+                }
+            }),
+        ),
+        (
+            // The rng-seed in /chosen makes the random pool ready before init runs (without
+            // one, under hypocaust it took 38 s of interrupts' entropy).
+            "entropy",
+            Box::new(|out: &str| {
+                if out.contains("random: crng init done") {
+                    Ok(())
+                } else {
+                    Err(format!("the random pool was not ready before /init: {out:?}"))
+                }
+            }),
+        ),
+        (
+            // The RTC (read directly, then the system clock Linux set from it) says the
+            // host's date, give or take an hour: not 1970.
+            "rtc",
+            Box::new(|out: &str| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let seconds: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                if seconds.len() == 2 && seconds.iter().all(|s| s.abs_diff(now) < 3600) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected the RTC's and the clock's seconds near {now}, got {out:?}"
+                    ))
                 }
             }),
         ),
@@ -1381,8 +1420,7 @@ fn checks_boot(
 fn bench_smoke() -> Result<Group> {
     println!("== bench (smoke): cargo xtask bench --quick");
     let start = Instant::now();
-    let mut group =
-        Group { name: "bench (smoke)", passed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO };
+    let mut group = Group::new("bench (smoke)");
     let output = root().join("target").join("bench").join("smoke.json");
     let opts = bench::Options {
         quick: true,

@@ -47,15 +47,7 @@ impl RangeAllocator {
             let start = s.checked_add(align - 1)? & !(align - 1);
             (start.checked_add(size)? <= e).then_some((i, start))
         })?;
-        let (s, e) = self.free.remove(i);
-        let end = start + size;
-        // What is left on either side goes back.
-        if end < e {
-            self.free.insert(i, (end, e));
-        }
-        if s < start {
-            self.free.insert(i, (s, start));
-        }
+        self.take(i, start, size);
         Some(start)
     }
 
@@ -70,6 +62,13 @@ impl RangeAllocator {
             let start = e.checked_sub(size)? & !(align - 1);
             (start >= s).then_some((i, start))
         })?;
+        self.take(i, start, size);
+        Some(start)
+    }
+
+    /// Takes `[start, start + size)` out of free range `i`, which holds it; what is left
+    /// on either side stays free.
+    fn take(&mut self, i: usize, start: u64, size: u64) {
         let (s, e) = self.free.remove(i);
         let end = start + size;
         if end < e {
@@ -78,7 +77,6 @@ impl RangeAllocator {
         if s < start {
             self.free.insert(i, (s, start));
         }
-        Some(start)
     }
 
     /// Gives back `[start, start + size)`.

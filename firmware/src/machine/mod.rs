@@ -259,6 +259,13 @@ fn serve(hartid: usize) {
     }
     let mailbox = &HARTS[hartid].mailbox;
     let (work, ticket) = mailbox.take();
+    do_work(work);
+    mailbox.complete(ticket);
+}
+
+/// Does on this hart the `mailbox` work bits in `work`: raise its supervisor software
+/// interrupt, `fence.i`, `sfence.vma`.
+fn do_work(work: u32) {
     if work & mailbox::SSIP != 0 {
         arch::set_mip(irq::SSI);
     }
@@ -268,7 +275,6 @@ fn serve(hartid: usize) {
     if work & mailbox::SFENCE_VMA != 0 {
         arch::sfence_vma_all();
     }
-    mailbox.complete(ticket);
 }
 
 /// Posts `work` to hart `target` and raises its machine software interrupt; the ticket to

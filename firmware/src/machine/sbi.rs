@@ -6,7 +6,7 @@ use rustsbi::{HartMask, Physical, RustSBI, SbiRet};
 use sbi_spec::{base, legacy};
 
 use super::arch::{self, Frame, irq};
-use super::{HARTS, hart, machine, mailbox, post, wait_done};
+use super::{HARTS, do_work, hart, machine, mailbox, post, wait_done};
 
 /// The RustSBI version the firmware is built with.
 pub const RUSTSBI_VERSION: &str = "0.4";
@@ -161,15 +161,7 @@ fn on_harts(mask: HartMask, work: u32, wait: bool) -> SbiRet {
     let mut tickets = [0u64; super::arch::MAX_HARTS];
     for id in targets {
         if id == me {
-            if work & mailbox::SSIP != 0 {
-                arch::set_mip(irq::SSI);
-            }
-            if work & mailbox::FENCE_I != 0 {
-                arch::fence_i();
-            }
-            if work & mailbox::SFENCE_VMA != 0 {
-                arch::sfence_vma_all();
-            }
+            do_work(work);
         } else {
             tickets[id] = post(id, work);
         }

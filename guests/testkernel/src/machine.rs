@@ -18,6 +18,8 @@ pub struct Machine {
     pub bootargs: String,
     /// The first address past the RAM that holds the kernel.
     pub ram_end: u64,
+    /// Where the device tree is.
+    dtb: usize,
 }
 
 impl Machine {
@@ -26,6 +28,17 @@ impl Machine {
         self.bootargs
             .split_whitespace()
             .find_map(|a| a.strip_prefix(key).and_then(|rest| rest.strip_prefix('=')))
+    }
+
+    /// The device tree the kernel was booted with.
+    pub fn fdt(&self) -> fdt::Fdt<'static> {
+        // SAFETY: `init` parsed the same tree at this address, and nothing writes over it.
+        unsafe { fdt::Fdt::from_ptr(self.dtb as *const u8) }.expect("the tree init read")
+    }
+
+    /// `/chosen/rng-seed`, if the device tree has one.
+    pub fn rng_seed(&self) -> Option<&'static [u8]> {
+        self.fdt().find_node("/chosen")?.property("rng-seed").map(|p| p.value)
     }
 
     /// Whether the boot hart's ISA string names multi-letter extension `ext`.
@@ -50,6 +63,7 @@ pub fn init(hartid: usize, dtb: usize) -> &'static Machine {
         timebase_hz: 10_000_000,
         bootargs: fdt.chosen().bootargs().unwrap_or("").to_string(),
         ram_end: 0,
+        dtb,
     };
     let here = init as *const () as u64;
     for region in fdt.memory().regions() {

@@ -70,6 +70,11 @@ extern "C" fn kernel_main(hartid: usize, dtb: usize) -> ! {
         "# hypocaust testkernel: hart {hartid} of {}, isa {}, timebase {} Hz",
         machine.harts, machine.isa, machine.timebase_hz
     );
+    // The seed's first bytes, so that tests can see each boot and each guest got its own.
+    let seed = machine.rng_seed().unwrap_or_default();
+    let hex: alloc::string::String =
+        seed.iter().take(16).map(|b| alloc::format!("{b:02x}")).collect();
+    println!("# rng-seed: {} bytes, {hex}", seed.len());
     match machine.bootarg("action") {
         Some("reboot") => {
             println!("# action: cold reboot");

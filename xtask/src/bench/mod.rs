@@ -713,11 +713,7 @@ fn rows(jobs: &[Job]) -> Vec<Row> {
             }
             Job::Share => {
                 for g in SHARE_GUESTS {
-                    rows.push(Row::new(
-                        &format!("share/{g}"),
-                        "compute step, two guests on one hart (fair: ratio 2)",
-                        None,
-                    ));
+                    rows.push(Row::new(&format!("share/{g}"), "step, 2 guests on 1 hart", None));
                 }
             }
         }

@@ -26,6 +26,7 @@ mod csr;
 mod exceptions;
 mod fp;
 mod interrupts;
+mod machine;
 mod paging;
 mod plic;
 mod sbi;
@@ -47,4 +48,5 @@ pub const ALL: &[&[Test]] = &[
     uart::TESTS,
     plic::TESTS,
     virtio::TESTS,
+    machine::TESTS,
 ];
