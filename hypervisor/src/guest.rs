@@ -20,7 +20,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use mmu::map::Mapper;
-use rv::csr::{Satp, SatpMode};
+use rv::csr::Satp;
 use rv::pte::PteFlags;
 use rv::{GuestPhysAddr, HostPhysAddr};
 use sched::mailbox::Mailbox;
@@ -596,7 +596,7 @@ pub fn wake(cell: &VcpuCell) {
 fn bare_table(memory: &GuestMemory) -> Result<u64, GuestError> {
     let mut frames = mm::KernelFrames;
     let root = mm::alloc_frames(1).ok_or(GuestError::PageTable)?;
-    let mut table = Mapper::new(root, 4, &mut frames);
+    let mut table = Mapper::new(root, layout::mode().levels(), &mut frames);
     let user_rwx =
         PteFlags::U | PteFlags::R | PteFlags::W | PteFlags::X | PteFlags::A | PteFlags::D;
     let base = memory.translate(RAM_BASE, memory.size()).ok_or(GuestError::PageTable)?;
@@ -605,7 +605,7 @@ fn bare_table(memory: &GuestMemory) -> Result<u64, GuestError> {
         .map_err(|_| GuestError::PageTable)?;
     table.share_root_entries(
         HostPhysAddr::new(Satp(mm::kernel_satp()).ppn() << 12),
-        layout::HYPERVISOR_ROOT_SLOTS,
+        layout::mode().root_slots(),
     );
-    Ok(Satp::new(SatpMode::Sv48, 0, root.page_number()).0)
+    Ok(Satp::new(layout::mode().satp_mode(), 0, root.page_number()).0)
 }

@@ -28,6 +28,8 @@ struct HartBoot {
     kernel_satp: u64,
     stack_top: u64,
     local: *mut HartLocal,
+    /// The direct map's offset (the entry assembly needs it before it can run Rust).
+    virt_offset: u64,
 }
 
 /// Hart ID of the boot hart, for code that runs before `tp` is set.
@@ -99,6 +101,7 @@ pub fn start(hartid: usize, index: usize) -> Result<(), StartError> {
             kernel_satp: mm::kernel_satp(),
             stack_top: layout::stack_top(index),
             local,
+            virt_offset: layout::mode().virt_offset(),
         });
     }
     // Right after boot the firmware may still be parking a hart (OpenSBI picks its boot hart

@@ -7,7 +7,6 @@ use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use platform::Platform;
-use rv::csr::SatpMode;
 use sched::VcpuId;
 use sched::place::{Demand, PlaceError, place};
 use spin::Once;
@@ -75,7 +74,7 @@ fn offer(platform: &Platform, boot_hart: usize) -> Offer {
         features: vcpu::Features {
             sstc,
             fp: hart.is_some_and(|h| h.isa.has_letter('f') || h.isa.has_letter('d')),
-            max_satp_mode: SatpMode::Sv39,
+            max_satp_mode: crate::layout::mode().guest_mode(),
             counters: arch::scounteren_writable() & 0xFFFF_FFFF,
         },
         timebase_hz: platform.timebase_hz as u32,

@@ -1,22 +1,103 @@
-//! hypocaust's virtual memory layout (Sv48). See docs/memory-map.md.
+//! hypocaust's virtual memory layout, per host paging mode. See docs/memory-map.md.
 //!
-//! Guests get Sv39, whose addresses reach only VPN[3] slots 0 and 511 of an Sv48 table.
-//! hypocaust lives in slots 256..=510, mapped without the U bit in every table a guest runs
-//! on, so a trap never needs a `satp` switch.
+//! In Sv48 guests get Sv39, whose addresses reach only VPN[3] slots 0 and 511 of an Sv48
+//! table. hypocaust lives in slots 256..=510, mapped without the U bit in every table a
+//! guest runs on, so a trap never needs a `satp` switch.
 
+use core::ops::Range;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+use rv::csr::SatpMode;
 use rv::{HostPhysAddr, HostVirtAddr};
 
-/// Offset of the direct map: host-physical address `pa` is at virtual `VIRT_OFFSET + pa`.
-/// (VPN[3] slot 256.) The image is linked inside the direct map.
-pub const VIRT_OFFSET: u64 = 0xFFFF_8000_0000_0000;
+/// The address the image is linked at. It is position-independent: the entry assembly
+/// applies its relocations for wherever firmware loaded it and the direct-map offset of
+/// the host mode it chose ([`HostMode::virt_offset`]). Keep in sync with linker.ld.
+pub const LINK_BASE: u64 = 0x8020_0000;
 
-/// Per-hart stacks live here, one [`STACK_SLOT`] each with an unmapped guard page below
-/// (VPN[3] slot 300).
-pub const STACK_REGION: u64 = 0xFFFF_9600_0000_0000;
+/// hypocaust's own paging mode. Its mappings live in root slots no address of the mode it
+/// offers its guests can name, so they are in every shadow table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HostMode {
+    /// Sv48, guests get Sv39: hypocaust in VPN[3] slots 256..=510.
+    Sv48 = 0,
+    /// Sv57, guests get Sv48: hypocaust in VPN[4] slots 256..=510.
+    Sv57 = 1,
+}
 
-/// VPN[3] slots that hold hypocaust's own mappings: shared into every table a guest runs
-/// on (256..=510; no Sv39 address reaches them).
-pub const HYPERVISOR_ROOT_SLOTS: core::ops::Range<usize> = 256..511;
+impl HostMode {
+    /// `satp.MODE`.
+    pub const fn satp_mode(self) -> SatpMode {
+        match self {
+            Self::Sv48 => SatpMode::Sv48,
+            Self::Sv57 => SatpMode::Sv57,
+        }
+    }
+
+    /// Levels of its page tables.
+    pub const fn levels(self) -> u32 {
+        match self {
+            Self::Sv48 => 4,
+            Self::Sv57 => 5,
+        }
+    }
+
+    /// The widest mode its guests get.
+    pub const fn guest_mode(self) -> SatpMode {
+        match self {
+            Self::Sv48 => SatpMode::Sv39,
+            Self::Sv57 => SatpMode::Sv48,
+        }
+    }
+
+    /// Offset of the direct map: host-physical address `pa` is at virtual
+    /// `virt_offset + pa`. The image runs inside the direct map.
+    pub const fn virt_offset(self) -> u64 {
+        match self {
+            // VPN[3] slot 256.
+            Self::Sv48 => 0xFFFF_8000_0000_0000,
+            // VPN[4] slot 256.
+            Self::Sv57 => 0xFF00_0000_0000_0000,
+        }
+    }
+
+    /// Where the per-hart stacks live, one [`STACK_SLOT`] each with an unmapped guard page
+    /// below.
+    pub const fn stack_region(self) -> u64 {
+        match self {
+            // VPN[3] slot 300.
+            Self::Sv48 => 0xFFFF_9600_0000_0000,
+            // VPN[4] slot 300.
+            Self::Sv57 => 0xFF2C_0000_0000_0000,
+        }
+    }
+
+    /// Root-table slots that hold hypocaust's own mappings: shared into every table a
+    /// guest runs on.
+    pub const fn root_slots(self) -> Range<usize> {
+        match self {
+            Self::Sv48 | Self::Sv57 => 256..511,
+        }
+    }
+}
+
+/// The mode the entry assembly chose (a [`HostMode`] as `u8`).
+static MODE: AtomicU8 = AtomicU8::new(HostMode::Sv48 as u8);
+
+/// hypocaust's paging mode.
+pub fn mode() -> HostMode {
+    match MODE.load(Ordering::Relaxed) {
+        1 => HostMode::Sv57,
+        _ => HostMode::Sv48,
+    }
+}
+
+/// Records the mode the entry assembly turned on (`satp.MODE`, 9 or 10).
+pub fn set_mode(satp_mode: u64) {
+    let mode = if satp_mode == 10 { HostMode::Sv57 } else { HostMode::Sv48 };
+    MODE.store(mode as u8, Ordering::Relaxed);
+}
 
 /// Bytes of stack per hart.
 pub const STACK_SIZE: u64 = 256 * 1024;
@@ -25,19 +106,19 @@ pub const STACK_SIZE: u64 = 256 * 1024;
 pub const STACK_SLOT: u64 = 1 << 21;
 
 /// The direct-map address of a host-physical address.
-pub const fn phys_to_virt(pa: HostPhysAddr) -> HostVirtAddr {
-    HostVirtAddr::new(pa.raw().wrapping_add(VIRT_OFFSET))
+pub fn phys_to_virt(pa: HostPhysAddr) -> HostVirtAddr {
+    HostVirtAddr::new(pa.raw().wrapping_add(mode().virt_offset()))
 }
 
 /// The host-physical address behind a direct-map address. Only meaningful for direct-map
 /// addresses (which include the image).
-pub const fn virt_to_phys(va: HostVirtAddr) -> HostPhysAddr {
-    HostPhysAddr::new(va.raw().wrapping_sub(VIRT_OFFSET))
+pub fn virt_to_phys(va: HostVirtAddr) -> HostPhysAddr {
+    HostPhysAddr::new(va.raw().wrapping_sub(mode().virt_offset()))
 }
 
 /// Top of the stack of the hart with index `index` (0 = boot hart).
-pub const fn stack_top(index: usize) -> u64 {
-    STACK_REGION + (index as u64 + 1) * STACK_SLOT
+pub fn stack_top(index: usize) -> u64 {
+    mode().stack_region() + (index as u64 + 1) * STACK_SLOT
 }
 
 unsafe extern "C" {

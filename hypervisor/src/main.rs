@@ -104,7 +104,8 @@ fn log_level(bootargs: Option<&str>) -> LevelFilter {
 }
 
 /// Rust entry of the boot hart, on the early page table and the boot stack.
-pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize) -> ! {
+pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize, satp_mode: u64) -> ! {
+    layout::set_mode(satp_mode);
     hart::set_boot_hart(hartid);
     arch::trap::install();
     mm::init_boot_heap();
@@ -211,7 +212,8 @@ extern "C" fn boot_main(state: usize) -> ! {
     schedule::set_slice(slice_ms, platform.timebase_hz);
     summary::print(platform, state);
     println!("timer     {}", timer::init());
-    println!("asids     {} (guests: Sv39 on shadow tables)", paging::probe_asids());
+    let guest_mode = layout::mode().guest_mode().name();
+    println!("asids     {} (guests: {guest_mode} on shadow tables)", paging::probe_asids());
     let epoch = clock::init(platform);
     println!("clock     {epoch} s since the epoch (guests' RTCs run from it)");
     println!("schedule  {slice_ms} ms slices where vCPUs share a hart");

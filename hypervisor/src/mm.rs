@@ -277,13 +277,13 @@ const KERNEL_RODATA: PteFlags = PteFlags::R.union(PteFlags::G).union(PteFlags::A
 pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64, MemoryError> {
     let mut frames = KernelFrames;
     let root = frames.alloc_zeroed().ok_or(MemoryError::Map(MapError::OutOfMemory))?;
-    let mut m = Mapper::new(root, 4, &mut frames);
+    let mut m = Mapper::new(root, layout::mode().levels(), &mut frames);
     let sections = layout::image_sections();
     let image = (
         layout::virt_to_phys(HostVirtAddr::new(sections.start)).raw(),
         layout::virt_to_phys(HostVirtAddr::new(sections.end)).raw(),
     );
-    let off = layout::VIRT_OFFSET;
+    let off = layout::mode().virt_offset();
 
     for bank in &platform.memory {
         let mut pieces = Vec::from([(bank.start.raw(), bank.end.raw())]);
@@ -331,7 +331,7 @@ pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64
         m.map_range(bottom, pa.raw(), layout::STACK_SIZE, KERNEL_DATA, 0)
             .map_err(MemoryError::Map)?;
     }
-    let satp = rv::csr::Satp::new(rv::csr::SatpMode::Sv48, 0, root.page_number()).0;
+    let satp = rv::csr::Satp::new(layout::mode().satp_mode(), 0, root.page_number()).0;
     KERNEL_SATP.store(satp, Ordering::Release);
     Ok(satp)
 }

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use mmu::map::Frames;
 use mmu::shadow::{Fill, GuestRam, Key, ShadowCache, ShadowFrames, View, access_of, is_paged};
 use mmu::walk::{Access, AccessType, WalkFeatures};
-use rv::csr::{Satp, SatpMode, Sstatus};
+use rv::csr::{Satp, Sstatus};
 use rv::pte::Pte;
 use rv::trap::Exception;
 use rv::{GuestPhysAddr, HostPhysAddr};
@@ -195,7 +195,12 @@ impl VcpuMmu {
             owner,
             bare_satp,
             pool,
-            cache: ShadowCache::new(MAX_TREES, host_root, layout::HYPERVISOR_ROOT_SLOTS),
+            cache: ShadowCache::new(
+                MAX_TREES,
+                host_root,
+                layout::mode().root_slots(),
+                layout::mode().levels(),
+            ),
             current: None,
             loaded: mm::kernel_satp(),
             last_guest_satp: 0,
@@ -266,7 +271,8 @@ impl VcpuMmu {
         let (slot, _) = self.cache.select(key, &mut self.pool).map_err(|_| PoolExhausted)?;
         let root = self.cache.tree(slot).ok_or(PoolExhausted)?.root;
         let real =
-            Satp::new(SatpMode::Sv48, real_asid(self.owner, Some(slot)), root.page_number()).0;
+            Satp::new(layout::mode().satp_mode(), real_asid(self.owner, Some(slot)), root.page_number())
+                .0;
         self.current = Some((key, slot, real));
         Ok(real)
     }

@@ -49,7 +49,8 @@ pub fn print(platform: &Platform, state: &BootState) {
     );
     if let Some(h) = boot {
         let mmu = h.mmu.map_or("none", |m| m.dt_name());
-        println!("isa       {} (mmu {mmu}; host paging Sv48)", h.isa.raw);
+        let host = crate::layout::mode().satp_mode().name();
+        println!("isa       {} (mmu {mmu}; host paging {host})", h.isa.raw);
     }
     println!("timebase  {} Hz", platform.timebase_hz);
     for bank in &platform.memory {

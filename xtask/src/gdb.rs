@@ -199,6 +199,10 @@ pub struct Symbols {
     functions: Vec<(u64, u64, String, String)>,
 }
 
+/// Where a position-independent image (hypocaust's) runs: its link addresses plus each
+/// of these, the direct-map offsets of its host paging modes (hypervisor/src/layout.rs).
+const PIE_OFFSETS: [u64; 3] = [0, 0xFFFF_8000_0000_0000, 0xFF00_0000_0000_0000];
+
 impl Symbols {
     /// The function symbols of every file in `elves` that is an ELF file.
     pub fn load(elves: &[PathBuf]) -> Self {
@@ -207,11 +211,20 @@ impl Symbols {
             let Ok(data) = std::fs::read(path) else { continue };
             let Ok(file) = object::File::parse(&*data) else { continue };
             let short = path.file_name().map_or(String::new(), |n| n.to_string_lossy().into());
+            let offsets: &[u64] =
+                if file.kind() == object::ObjectKind::Dynamic { &PIE_OFFSETS } else { &[0] };
             for sym in file.symbols() {
                 if sym.kind() == object::SymbolKind::Text && sym.address() != 0 {
                     let name = sym.name().map(demangle).unwrap_or_default();
-                    let end = sym.address() + sym.size().max(1);
-                    functions.push((sym.address(), end, name, short.clone()));
+                    for &off in offsets {
+                        let start = sym.address().wrapping_add(off);
+                        functions.push((
+                            start,
+                            start + sym.size().max(1),
+                            name.clone(),
+                            short.clone(),
+                        ));
+                    }
                 }
             }
         }

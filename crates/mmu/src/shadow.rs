@@ -29,7 +29,7 @@ use rv::{GuestPhysAddr, HostPhysAddr};
 use crate::map::Frames;
 use crate::walk::{self, Access, AccessType, GuestMemory, WalkFeatures};
 
-/// Levels of the host (shadow) tables: Sv48.
+/// Levels of the host (shadow) tables in hypocaust's usual mode, Sv48.
 pub const HOST_LEVELS: u32 = 4;
 
 /// What the guest may touch in a view.
@@ -112,6 +112,8 @@ pub struct ShadowCache {
     /// Where hypocaust's own root entries come from, and which ones.
     host_root: HostPhysAddr,
     host_slots: Range<usize>,
+    /// Levels of the host (and so the shadow) tables: 4 in Sv48, 5 in Sv57.
+    levels: u32,
     pub stats: Stats,
 }
 
@@ -134,14 +136,20 @@ pub trait GuestRam {
 }
 
 impl ShadowCache {
-    /// A cache of at most `max_trees` trees, each sharing root entries `host_slots` of
-    /// `host_root` (hypocaust's own mappings).
-    pub fn new(max_trees: usize, host_root: HostPhysAddr, host_slots: Range<usize>) -> Self {
+    /// A cache of at most `max_trees` trees of `levels` levels, each sharing root entries
+    /// `host_slots` of `host_root` (hypocaust's own mappings).
+    pub fn new(
+        max_trees: usize,
+        host_root: HostPhysAddr,
+        host_slots: Range<usize>,
+        levels: u32,
+    ) -> Self {
         Self {
             trees: (0..max_trees.max(1)).map(|_| None).collect(),
             clock: 0,
             host_root,
             host_slots,
+            levels,
             stats: Stats::default(),
         }
     }
@@ -239,7 +247,7 @@ impl ShadowCache {
             if pte.is_valid() {
                 if !pte.is_leaf() {
                     freed +=
-                        free_subtree(HostPhysAddr::new(pte.phys_addr()), HOST_LEVELS - 2, frames);
+                        free_subtree(HostPhysAddr::new(pte.phys_addr()), self.levels - 2, frames);
                 }
                 frames.write_pte(root, i, Pte::INVALID);
             }
@@ -295,7 +303,7 @@ impl ShadowCache {
             let root = tree.root;
             for page in 0..pages {
                 let va = (start & !0xfff).wrapping_add(page * 4096);
-                if remove_leaf(root, va, frames) {
+                if remove_leaf(root, self.levels, va, frames) {
                     frames.flush_tlb(slot, Some(va));
                 }
             }
@@ -315,7 +323,7 @@ impl ShadowCache {
     ) -> Result<(), OutOfFrames> {
         loop {
             let Some(root) = self.tree(slot).map(|t| t.root) else { return Err(OutOfFrames) };
-            match install_leaf(root, va, pa, level, flags, frames) {
+            match install_leaf(root, self.levels, va, pa, level, flags, frames) {
                 Ok(delta) => {
                     if let Some(t) = self.trees[slot].as_mut() {
                         t.frames = (t.frames as isize + delta) as usize;
@@ -422,9 +430,14 @@ fn free_subtree(table: HostPhysAddr, level: u32, frames: &mut impl ShadowFrames)
 }
 
 /// Clears the leaf covering `va`, if any. Returns whether one was cleared.
-fn remove_leaf(root: HostPhysAddr, va: u64, frames: &mut impl ShadowFrames) -> bool {
+fn remove_leaf(
+    root: HostPhysAddr,
+    levels: u32,
+    va: u64,
+    frames: &mut impl ShadowFrames,
+) -> bool {
     let mut table = root;
-    for level in (0..HOST_LEVELS).rev() {
+    for level in (0..levels).rev() {
         let i = entry_index(va, level);
         let pte = frames.read_pte(table, i);
         if !pte.is_valid() {
@@ -443,6 +456,7 @@ fn remove_leaf(root: HostPhysAddr, va: u64, frames: &mut impl ShadowFrames) -> b
 /// change made before it failed.
 fn install_leaf(
     root: HostPhysAddr,
+    levels: u32,
     va: u64,
     pa: u64,
     level: u32,
@@ -451,7 +465,7 @@ fn install_leaf(
 ) -> Result<isize, isize> {
     let mut delta = 0isize;
     let mut table = root;
-    for l in (level + 1..HOST_LEVELS).rev() {
+    for l in (level + 1..levels).rev() {
         let i = entry_index(va, l);
         let pte = frames.read_pte(table, i);
         table = if pte.is_valid() && !pte.is_leaf() {

@@ -133,6 +133,16 @@ impl SatpMode {
         }
     }
 
+    /// The mode's name: `Sv39`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bare => "Bare",
+            Self::Sv39 => "Sv39",
+            Self::Sv48 => "Sv48",
+            Self::Sv57 => "Sv57",
+        }
+    }
+
     /// The name used in device trees' `mmu-type` (`riscv,sv39`, ...).
     pub const fn dt_name(self) -> &'static str {
         match self {

@@ -1,9 +1,12 @@
 /*
  * Entry points. Firmware enters `_start` on the boot hart and, through SBI HSM,
  * `_secondary_start` on every other hart: a0 = hartid, a1 = argument, paging off, running
- * at the physical address. Both turn on the early page table (the direct map and an
- * identity map, each one 512 GiB leaf at VPN[3] slots 256 and 0) and jump into the direct
- * map, where all Rust code is linked.
+ * at the physical address. The image is position-independent (linked at LINK_BASE): the
+ * boot hart picks the host paging mode, applies the image's relocations for the direct map
+ * of that mode (virtual = physical + its offset), turns on the early page table (an
+ * identity map and the direct map, each one huge leaf, at root slots 0 and 256: the same
+ * entries serve Sv48 and Sv57) and jumps into the direct map. Secondary harts read the
+ * offset and tables from their HartBoot block.
  */
     .section .text.entry, "ax", @progbits
     .globl _start
@@ -26,19 +29,53 @@ _start:
     li      t2, 256 * 8
     add     t2, t2, t0
     sd      t1, 0(t2)
-    srli    t1, t0, 12
-    li      t2, {SATP_SV48}
-    or      t1, t1, t2
+    srli    s3, t0, 12
     sfence.vma
+.if {PROBE_SV57}
+    /* The widest mode first: satp is WARL, a hart without the mode keeps its old value. */
+    li      t2, {SATP_SV57}
+    or      t1, s3, t2
     csrw    satp, t1
     csrr    t2, satp
-    /* satp is WARL: a hart without Sv48 keeps its old value. */
+    li      s2, {VIRT_OFFSET_SV57}
+    li      s4, 10
+    beq     t1, t2, .Lpaging_on
+.endif
+    li      t2, {SATP_SV48}
+    or      t1, s3, t2
+    csrw    satp, t1
+    csrr    t2, satp
+    li      s2, {VIRT_OFFSET_SV48}
+    li      s4, 9
     bne     t1, t2, .Lno_sv48
+.Lpaging_on:
     sfence.vma
-    li      t0, {VIRT_OFFSET}
+    /* Relocate the image for the direct map (the identity map is on): every entry is
+       R_RISCV_RELATIVE, (offset, 3, addend) with offset and addend link-time addresses. */
+    lla     t0, __image_start
+    li      t1, {LINK_BASE}
+    /* t4: load bias (where it is minus where it was linked); t3: the same in the direct map */
+    sub     t4, t0, t1
+    add     t3, t4, s2
+    lla     t5, __rela_start
+    lla     t6, __rela_end
+1:  bgeu    t5, t6, 2f
+    ld      t1, 8(t5)
+    li      t2, 3
+    bne     t1, t2, .Lbad_reloc
+    ld      t1, 0(t5)
+    add     t1, t1, t4
+    ld      t2, 16(t5)
+    add     t2, t2, t3
+    sd      t2, 0(t1)
+    addi    t5, t5, 24
+    j       1b
+2:  fence.i
     lla     sp, boot_stack_top
-    add     sp, sp, t0
-    ld      t1, .Lrust_boot
+    add     sp, sp, s2
+    mv      a2, s4
+    lla     t1, {rust_boot}
+    add     t1, t1, s2
     jr      t1
 
 .Lno_sv48:
@@ -46,27 +83,35 @@ _start:
     jal     early_puts
     j       early_shutdown
 
+.Lbad_reloc:
+    csrw    satp, zero
+    sfence.vma
+    lla     a0, .Lbad_reloc_msg
+    jal     early_puts
+    j       early_shutdown
+
     .globl _secondary_start
 _secondary_start:
     csrw    sie, zero
     mv      tp, zero
-    /* a1 = physical address of this hart's HartBoot (early_satp, kernel_satp, stack_top).
-       Turn on the early table, continue in the direct map, then switch to the kernel table,
-       which maps this hart's stack. */
+    /* a1 = physical address of this hart's HartBoot (early_satp, kernel_satp, stack_top,
+       local, virt_offset). Turn on the early table, continue in the direct map, then switch
+       to the kernel table, which maps this hart's stack. */
     ld      t0, 0(a1)
+    ld      t2, 32(a1)
     sfence.vma
     csrw    satp, t0
     sfence.vma
-    li      t0, {VIRT_OFFSET}
-    add     a1, a1, t0
-    ld      t1, .Lsecondary_high
+    add     a1, a1, t2
+    lla     t1, .Lsecondary_in_direct_map
+    add     t1, t1, t2
     jr      t1
 .Lsecondary_in_direct_map:
     ld      t0, 8(a1)
     csrw    satp, t0
     sfence.vma
     ld      sp, 16(a1)
-    ld      t1, .Lrust_secondary
+    lla     t1, {rust_secondary}
     jr      t1
 
 /* Prints the NUL-terminated string at a0 through SBI DBCN, else the legacy console. */
@@ -98,15 +143,9 @@ early_shutdown:
 1:  wfi
     j       1b
 
-    .p2align 3
-.Lrust_boot:
-    .dword  {rust_boot}
-.Lrust_secondary:
-    .dword  {rust_secondary}
-.Lsecondary_high:
-    .dword  .Lsecondary_in_direct_map
-
     .section .rodata
+.Lbad_reloc_msg:
+    .asciz "hypocaust: cannot start: its image has a relocation other than R_RISCV_RELATIVE (a build problem)\r\n"
 .Lno_sv48_msg:
     .asciz "hypocaust: cannot run on this platform: the boot hart has no Sv48 paging (satp refused mode Sv48); hypocaust needs an Sv48 or Sv57 MMU\r\n"
 

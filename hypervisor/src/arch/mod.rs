@@ -3,7 +3,7 @@
 
 use core::arch::{asm, global_asm};
 
-use crate::layout::VIRT_OFFSET;
+use crate::layout::{self, HostMode, LINK_BASE};
 
 pub mod csr;
 pub mod fp;
@@ -12,17 +12,25 @@ pub mod trap;
 /// Size of the stack the boot hart uses until its own stack is mapped.
 const BOOT_STACK_SIZE: usize = 64 * 1024;
 
-/// Leaf flags of the early 512 GiB mappings: V R W X G A D.
+/// Leaf flags of the early huge mappings (PPN 0): V R W X G A D.
 const EARLY_LEAF: u64 = 0xEF;
 
-/// `satp.MODE` = Sv48, in place.
+/// `satp.MODE` = Sv48 and Sv57, in place.
 const SATP_SV48: u64 = 9 << 60;
+const SATP_SV57: u64 = 10 << 60;
+
+/// Whether the boot hart tries Sv57 before Sv48.
+const PROBE_SV57: u64 = 0;
 
 global_asm!(
     include_str!("entry.S"),
     EARLY_LEAF = const EARLY_LEAF,
     SATP_SV48 = const SATP_SV48,
-    VIRT_OFFSET = const VIRT_OFFSET,
+    SATP_SV57 = const SATP_SV57,
+    PROBE_SV57 = const PROBE_SV57,
+    VIRT_OFFSET_SV48 = const HostMode::Sv48.virt_offset(),
+    VIRT_OFFSET_SV57 = const HostMode::Sv57.virt_offset(),
+    LINK_BASE = const LINK_BASE,
     BOOT_STACK_SIZE = const BOOT_STACK_SIZE,
     rust_boot = sym crate::rust_boot,
     rust_secondary = sym crate::hart::rust_secondary,
@@ -36,13 +44,13 @@ unsafe extern "C" {
 /// The `satp` value of the early page table (identity + direct map), which secondary harts
 /// turn on before they can reach their Rust entry point.
 pub fn early_satp() -> u64 {
-    let va = &raw const boot_root_table as u64;
-    SATP_SV48 | ((va - VIRT_OFFSET) >> 12)
+    let pa = layout::virt_to_phys(rv::HostVirtAddr::new(&raw const boot_root_table as u64));
+    rv::csr::Satp::new(layout::mode().satp_mode(), 0, pa.page_number()).0
 }
 
 /// Physical address of the secondary-hart entry point, for SBI `hart_start`.
 pub fn secondary_entry_phys() -> u64 {
-    _secondary_start as *const () as u64 - VIRT_OFFSET
+    layout::virt_to_phys(rv::HostVirtAddr::new(_secondary_start as *const () as u64)).raw()
 }
 
 /// Reads the `time` CSR.

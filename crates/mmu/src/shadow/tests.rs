@@ -125,7 +125,7 @@ fn fill_installs_and_hardware_then_translates() {
     guest_map(&mem, &mut next, 0x1000, 0x8010_0000, 0, rwx());
     let mut frames = TestFrames::new(100);
     let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511);
+    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
     let key = Key { satp: sv39(0), view: View::Supervisor };
     let (slot, fresh) = cache.select(key, &mut frames).unwrap();
     assert!(fresh);
@@ -178,7 +178,7 @@ fn clean_pages_fault_on_first_store_then_get_dirty() {
     guest_map(&mem, &mut next, 0x2000, 0x8010_1000, 0, PteFlags::R | PteFlags::W | PteFlags::A);
     let mut frames = TestFrames::new(100);
     let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511);
+    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
     let (slot, _) =
         cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
     let root = cache.tree(slot).unwrap().root;
@@ -234,7 +234,7 @@ fn superpages_get_2m_shadow_leaves_when_all_ram() {
     guest_map(&mem, &mut next, 0x4000_0000, 0x8000_0000, 2, rwx());
     let mut frames = TestFrames::new(100);
     let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511);
+    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
     let (slot, _) =
         cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
     let root = cache.tree(slot).unwrap().root;
@@ -274,7 +274,7 @@ fn invalidation_follows_sfence_vma() {
     }
     let mut frames = TestFrames::new(100);
     let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511);
+    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
     let wf = WalkFeatures::default();
     let fill_all = |cache: &mut ShadowCache, frames: &mut TestFrames, asid: u16| {
         let (slot, _) =
@@ -329,7 +329,7 @@ fn trees_and_frames_stay_bounded() {
     }
     let mut frames = TestFrames::new(40);
     let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(8, host, 256..511);
+    let mut cache = ShadowCache::new(8, host, 256..511, HOST_LEVELS);
     for asid in 0..100 {
         cache.select(Key { satp: sv39(asid), view: View::Supervisor }, &mut frames).unwrap();
         assert!(cache.len() <= 8);
@@ -361,7 +361,7 @@ fn trees_and_frames_stay_bounded() {
 fn too_small_a_budget_is_an_error_not_a_panic() {
     let mut frames = TestFrames::new(2);
     let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(2, host, 256..511);
+    let mut cache = ShadowCache::new(2, host, 256..511, HOST_LEVELS);
     let (slot, _) =
         cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
     assert_eq!(cache.install(slot, 0x1000, 0x1000, 0, PteFlags::R, &mut frames), Err(OutOfFrames));
@@ -447,7 +447,7 @@ fn shadow_agrees_with_reference_walks() {
         }
         let mut frames = TestFrames::new(64);
         let host = host_root(&mut frames);
-        let mut cache = ShadowCache::new(4, host, 256..511);
+        let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
         let wf = WalkFeatures::default();
         // Leaf PTE addresses, for random changes.
         let leaf_addrs: Vec<u64> = vas
