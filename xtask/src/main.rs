@@ -191,6 +191,10 @@ enum Cmd {
         /// the guest's vCPUs on them.
         #[arg(long, value_name = "N")]
         harts: Option<usize>,
+        /// QEMU's -cpu for both runs (default rv64,h=false: Sv57, so hypocaust runs in
+        /// Sv57 and offers Sv48; rv64,h=false,sv57=off: Sv48 host, Sv39 guests).
+        #[arg(long, value_name = "MODEL")]
+        cpu: Option<String>,
         /// Instead of hypocaust: the test kernel natively on hypocaust's firmware, compared
         /// with natively on OpenSBI (how `cargo xtask test` checks the firmware).
         #[arg(long, conflicts_with = "native")]
@@ -385,10 +389,11 @@ fn run() -> Result<ExitCode> {
             firmware,
             smp,
             harts,
+            cpu,
             compare_firmware,
         } => {
             let harts = harts.unwrap_or(0);
-            let opts = suite::Options { filter, legacy, icount, sweep, firmware, smp, harts };
+            let opts = suite::Options { filter, legacy, icount, sweep, firmware, smp, harts, cpu };
             let _hogs = util::CpuHogs::start(hogs);
             let mut ok = true;
             for run in 1..=repeat {

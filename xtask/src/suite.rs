@@ -143,6 +143,9 @@ pub struct Options {
     /// Harts of the machine under hypocaust (0: as many as `smp`): fewer time-slices the
     /// guest's vCPUs.
     pub harts: usize,
+    /// QEMU's `-cpu` for both runs (None: [`qemu::DEFAULT_CPU`]), e.g. an Sv48-only hart
+    /// (`rv64,h=false,sv57=off`), where hypocaust runs in Sv48 and offers Sv39.
+    pub cpu: Option<String>,
 }
 
 /// All eight virtio-mmio slots of `virt` go to the suite's guest, so it finds its devices
@@ -161,7 +164,12 @@ fn run_name(place: Place, opts: &Options) -> String {
         }
         _ => String::new(),
     };
-    format!("suite-{}{legacy}{icount}{smp}{harts}", place.name())
+    let cpu = opts
+        .cpu
+        .as_ref()
+        .map(|c| format!("-cpu-{}", c.replace([',', '='], "-")))
+        .unwrap_or_default();
+    format!("suite-{}{legacy}{icount}{smp}{harts}{cpu}", place.name())
 }
 
 /// QEMU arguments for a deterministic clock: `shift` as given, no alignment to the host's
@@ -189,6 +197,9 @@ fn bootargs(opts: &Options) -> String {
 /// and the deterministic clock if asked for.
 fn suite_machine(machine: &mut Machine, name: &str, opts: &Options) -> Result<()> {
     add_devices(machine, name, opts.legacy)?;
+    if let Some(cpu) = &opts.cpu {
+        machine.cpu.clone_from(cpu);
+    }
     if let Some(shift) = opts.icount {
         machine.extra.extend(icount_args(shift));
     }

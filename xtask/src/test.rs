@@ -461,6 +461,10 @@ fn compare_into(group: &mut Group, c: &suite::Comparison, verbose: bool) {
     }
 }
 
+/// A hart whose widest paging mode is Sv48: hypocaust runs in Sv48 and offers its guests
+/// Sv39 (on QEMU's default `rv64`, Sv57, it runs in Sv57 and offers Sv48).
+const SV48_CPU: &str = "rv64,h=false,sv57=off";
+
 /// Harts of the firmware tests' machine.
 const FIRMWARE_HARTS: usize = 4;
 
@@ -1215,7 +1219,8 @@ fn checks_boot(
     let script = format!(
         "check() {{ echo \"{CHECK_MARK}$1\"; }}\n\
          check uname\nuname -a\n\
-         check cpuinfo-isa\ngrep -m1 '^isa' /proc/cpuinfo; grep -c '^processor' /proc/cpuinfo\n\
+         check cpuinfo-isa\ngrep -m1 '^isa' /proc/cpuinfo; grep -m1 '^mmu' /proc/cpuinfo; \
+         grep -c '^processor' /proc/cpuinfo\n\
          check meminfo\ngrep MemTotal /proc/meminfo\n\
          check entropy\ndmesg | grep -m1 -e 'crng init done' -e 'Run /init'\n\
          check rtc\ncat /sys/class/rtc/rtc0/since_epoch; date -u +%s\n\
@@ -1284,6 +1289,11 @@ fn checks_boot(
             Box::new(move |out: &str| {
                 let isa = field(out, "isa").ok_or(format!("no isa line in {out:?}"))?;
                 check_isa(isa)?;
+                // QEMU's rv64 hart has Sv57; under hypocaust (in Sv57) the guest gets Sv48.
+                let mmu = if native { "sv57" } else { "sv48" };
+                if field(out, "mmu") != Some(mmu) {
+                    return Err(format!("expected mmu {mmu} in {out:?}"));
+                }
                 lines_in_order(out, &[smp.to_string()])
             }),
         ),
@@ -1527,6 +1537,10 @@ fn groups() -> Vec<GroupRun> {
         suite(
             "suite smp, 4 vCPUs on 2 harts (compared)",
             suite::Options { smp: 4, harts: 2, ..Default::default() },
+        ),
+        suite(
+            "suite, Sv48 host (compared)",
+            suite::Options { cpu: Some(SV48_CPU.into()), ..Default::default() },
         ),
         ("timing sweeps, load", Box::new(timing_tests)),
         ("linux (native)", Box::new(|| linux_tests(None))),

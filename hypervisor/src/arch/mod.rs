@@ -20,7 +20,7 @@ const SATP_SV48: u64 = 9 << 60;
 const SATP_SV57: u64 = 10 << 60;
 
 /// Whether the boot hart tries Sv57 before Sv48.
-const PROBE_SV57: u64 = 0;
+const PROBE_SV57: u64 = 1;
 
 global_asm!(
     include_str!("entry.S"),
