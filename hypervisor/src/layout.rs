@@ -24,6 +24,10 @@ pub enum HostMode {
     Sv48 = 0,
     /// Sv57, guests get Sv48: hypocaust in VPN[4] slots 256..=510.
     Sv57 = 1,
+    /// Sv39 (a hart with nothing wider), guests get Sv39 too: hypocaust keeps a window of
+    /// VPN[2] slots 476..=507 (32 GiB below Linux's modules and kernel, where it maps
+    /// nothing); a guest access there is carried out by hypocaust (vcpu::window).
+    Sv39 = 2,
 }
 
 impl HostMode {
@@ -32,6 +36,7 @@ impl HostMode {
         match self {
             Self::Sv48 => SatpMode::Sv48,
             Self::Sv57 => SatpMode::Sv57,
+            Self::Sv39 => SatpMode::Sv39,
         }
     }
 
@@ -40,6 +45,7 @@ impl HostMode {
         match self {
             Self::Sv48 => 4,
             Self::Sv57 => 5,
+            Self::Sv39 => 3,
         }
     }
 
@@ -48,6 +54,7 @@ impl HostMode {
         match self {
             Self::Sv48 => SatpMode::Sv39,
             Self::Sv57 => SatpMode::Sv48,
+            Self::Sv39 => SatpMode::Sv39,
         }
     }
 
@@ -59,6 +66,8 @@ impl HostMode {
             Self::Sv48 => 0xFFFF_8000_0000_0000,
             // VPN[4] slot 256.
             Self::Sv57 => 0xFF00_0000_0000_0000,
+            // VPN[2] slot 476: the direct map reaches 30 GiB of physical addresses.
+            Self::Sv39 => 0xFFFF_FFF7_0000_0000,
         }
     }
 
@@ -70,6 +79,8 @@ impl HostMode {
             Self::Sv48 => 0xFFFF_9600_0000_0000,
             // VPN[4] slot 300.
             Self::Sv57 => 0xFF2C_0000_0000_0000,
+            // VPN[2] slot 506.
+            Self::Sv39 => 0xFFFF_FFFE_8000_0000,
         }
     }
 
@@ -78,6 +89,16 @@ impl HostMode {
     pub const fn root_slots(self) -> Range<usize> {
         match self {
             Self::Sv48 | Self::Sv57 => 256..511,
+            Self::Sv39 => 476..508,
+        }
+    }
+
+    /// The highest physical address (exclusive) the direct map can reach.
+    pub const fn direct_map_limit(self) -> u64 {
+        match self {
+            Self::Sv48 | Self::Sv57 => 1 << 46,
+            // Slots 476..=505; the stacks are in 506.
+            Self::Sv39 => 30 << 30,
         }
     }
 }
@@ -89,13 +110,18 @@ static MODE: AtomicU8 = AtomicU8::new(HostMode::Sv48 as u8);
 pub fn mode() -> HostMode {
     match MODE.load(Ordering::Relaxed) {
         1 => HostMode::Sv57,
+        2 => HostMode::Sv39,
         _ => HostMode::Sv48,
     }
 }
 
-/// Records the mode the entry assembly turned on (`satp.MODE`, 9 or 10).
+/// Records the mode the entry assembly turned on (`satp.MODE`: 8, 9 or 10).
 pub fn set_mode(satp_mode: u64) {
-    let mode = if satp_mode == 10 { HostMode::Sv57 } else { HostMode::Sv48 };
+    let mode = match satp_mode {
+        10 => HostMode::Sv57,
+        8 => HostMode::Sv39,
+        _ => HostMode::Sv48,
+    };
     MODE.store(mode as u8, Ordering::Relaxed);
 }
 

@@ -44,7 +44,6 @@ use core::fmt;
 use log::LevelFilter;
 use platform::{PhysRange, Platform};
 use rv::HostPhysAddr;
-use rv::csr::SatpMode;
 use spin::Once;
 
 use crate::console::Uart16550;
@@ -131,15 +130,26 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize, satp_mode: u64) -> ! {
     console::set_timebase(platform.timebase_hz);
     log::set_max_level(log_level(platform.bootargs.as_deref()));
 
-    // The assembly proved the hart takes Sv48; the device tree must not say otherwise.
+    // The assembly found the widest mode the hart takes (satp is WARL); the device tree
+    // may claim more (QEMU's sifive_u does), but not less.
+    let host = layout::mode();
     match platform.hart(hartid).and_then(|h| h.mmu) {
-        Some(mode) if mode >= SatpMode::Sv48 => {}
+        Some(mode) if mode >= host.satp_mode() => {}
         Some(mode) => refuse(format_args!(
-            "the boot hart's MMU is {} only (device tree mmu-type); hypocaust needs Sv48 or Sv57 \
-             (Sv39-only hosts are not supported yet)",
-            mode.dt_name()
+            "the boot hart's MMU is {} only (device tree mmu-type), yet its satp took {}: \
+             a device tree that contradicts its hart",
+            mode.dt_name(),
+            host.satp_mode().name()
         )),
         None => refuse(format_args!("the device tree gives the boot hart (hart {hartid}) no MMU")),
+    }
+    if let Some(bank) = platform.memory.iter().find(|b| b.end.raw() > host.direct_map_limit()) {
+        refuse(format_args!(
+            "RAM up to {:#x}: in {} hypocaust's direct map reaches {:#x}",
+            bank.end.raw(),
+            host.satp_mode().name(),
+            host.direct_map_limit()
+        ));
     }
 
     let sbi = SbiInfo::probe();
@@ -164,8 +174,8 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize, satp_mode: u64) -> ! {
     if sbi.has("hsm") {
         for h in platform.usable_harts().filter(|h| h.id != hartid) {
             match h.mmu {
-                Some(mode) if mode >= SatpMode::Sv48 => harts.push(h.id),
-                _ => log::warn!("hart {} has no Sv48 MMU: not used", h.id),
+                Some(mode) if mode >= host.satp_mode() => harts.push(h.id),
+                _ => log::warn!("hart {} has no {} MMU: not used", h.id, host.satp_mode().name()),
             }
         }
     } else {

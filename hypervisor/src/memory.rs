@@ -5,7 +5,11 @@
 //! the guest, its devices (board.rs) and its paging (paging.rs) all use it, and it uses
 //! none of them.
 
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use rv::insn::Width;
 use rv::{GuestPhysAddr, HostPhysAddr};
+use vcpu::window::Atomic;
 
 use crate::{layout, mm};
 
@@ -80,6 +84,30 @@ impl GuestMemory {
         // SAFETY: as in `read`.
         unsafe { mm::write_shared(dst, data) };
         true
+    }
+
+    /// An atomic read-modify-write of the aligned word or doubleword at `gpa` (as the
+    /// guest's AMO would be on its hart: other vCPUs see it whole); the old value, or
+    /// `None` if it is not RAM or not aligned.
+    pub fn atomic(&self, gpa: GuestPhysAddr, width: Width, op: Atomic) -> Option<u64> {
+        let n = width.bytes() as usize;
+        let ptr = self.ptr(gpa, n).filter(|p| (*p as usize).is_multiple_of(n))?;
+        let update = |old: u64| Some(op.apply(old, width));
+        match width {
+            Width::Word => {
+                // SAFETY: `ptr` is this guest's RAM in the direct map, aligned for a u32;
+                // every other access to guest RAM is atomic or racy by the guest's design.
+                let word = unsafe { AtomicU32::from_ptr(ptr.cast()) };
+                let step = |old: u32| update(old as u64).map(|new| new as u32);
+                word.fetch_update(Ordering::SeqCst, Ordering::SeqCst, step).ok().map(u64::from)
+            }
+            Width::Double => {
+                // SAFETY: as above, for a u64.
+                let word = unsafe { AtomicU64::from_ptr(ptr.cast()) };
+                word.fetch_update(Ordering::SeqCst, Ordering::SeqCst, update).ok()
+            }
+            _ => None,
+        }
     }
 
     /// Zeroes all of it.

@@ -143,6 +143,9 @@ pub enum PageFault {
     /// The guest's translation leads to guest-physical `gpa`, which is not RAM: a device,
     /// or nothing.
     NotRam { kind: AccessType, gpa: GuestPhysAddr },
+    /// The address lies in hypocaust's window (a host whose mode is the guest's): the
+    /// access must be carried out by hypocaust (vcpu::window).
+    Window { kind: AccessType },
     /// The vCPU's shadow pool cannot hold one more path.
     Exhausted,
 }
@@ -329,6 +332,7 @@ impl VcpuMmu {
             Ok(Fill::Installed { .. }) => PageFault::Filled,
             Ok(Fill::GuestFault(e)) => PageFault::Guest((e, va)),
             Ok(Fill::NotRam { gpa }) => PageFault::NotRam { kind, gpa },
+            Ok(Fill::Window { .. }) => PageFault::Window { kind },
             Err(_) => PageFault::Exhausted,
         }
     }

@@ -14,7 +14,9 @@ use rv::csr::{ExtState, Interrupts, SSTATUS_FS_SHIFT, Sstatus};
 use rv::trap::{Cause, Exception, Interrupt};
 use sched::mailbox::Flush;
 use sched::state::VcpuState;
+use rv::insn::Width;
 use vcpu::mmio::Direction;
+use vcpu::window::Atomic;
 use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
 
 use crate::arch::trap::enter_guest;
@@ -184,6 +186,18 @@ impl Host for GuestHost<'_> {
         let mut b = [0u8; 8];
         self.read_virt(vcpu, va, AccessType::Read, &mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    fn translate(&mut self, v: &Vcpu, va: u64, dir: Direction) -> Result<GuestPhysAddr, Fault> {
+        let kind = match dir {
+            Direction::Load => AccessType::Read,
+            Direction::Store => AccessType::Write,
+        };
+        self.mmu.translate(&self.guest.memory, v, va, access_for(v, kind))
+    }
+
+    fn atomic_phys(&mut self, gpa: GuestPhysAddr, width: Width, op: Atomic) -> Option<u64> {
+        self.guest.memory.atomic(gpa, width, op)
     }
 
     fn read_phys(&mut self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
@@ -480,6 +494,15 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
                     PageFault::NotRam { kind, gpa } => {
                         let mut host = GuestHost { guest, cell, mmu: &mut inner.mmu };
                         device_access(v, &mut host, kind, stval, gpa);
+                    }
+                    PageFault::Window { kind: AccessType::Execute } => {
+                        // Not emulated yet: code run from the window's addresses.
+                        log::warn!("guest code at {stval:#x}, in hypocaust's window");
+                        v.raise(e, stval);
+                    }
+                    PageFault::Window { .. } => {
+                        let mut host = GuestHost { guest, cell, mmu: &mut inner.mmu };
+                        v.emulate_window(&mut host, e, stval);
                     }
                     PageFault::Exhausted => return Leave::Exhausted,
                 }

@@ -201,7 +201,8 @@ pub struct Symbols {
 
 /// Where a position-independent image (hypocaust's) runs: its link addresses plus each
 /// of these, the direct-map offsets of its host paging modes (hypervisor/src/layout.rs).
-const PIE_OFFSETS: [u64; 3] = [0, 0xFFFF_8000_0000_0000, 0xFF00_0000_0000_0000];
+const PIE_OFFSETS: [u64; 4] =
+    [0, 0xFFFF_8000_0000_0000, 0xFF00_0000_0000_0000, 0xFFFF_FFF7_0000_0000];
 
 impl Symbols {
     /// The function symbols of every file in `elves` that is an ELF file.

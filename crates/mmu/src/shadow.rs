@@ -127,6 +127,10 @@ pub enum Fill {
     /// The guest translates to guest-physical `gpa`, which is not RAM (a device, or
     /// nothing): the caller decides.
     NotRam { gpa: GuestPhysAddr },
+    /// The guest's translation allows the access, but the address lies in hypocaust's own
+    /// root slots (its window, on a host whose mode is the guest's): no shadow entry can
+    /// go there, so the caller carries the access out itself.
+    Window { gpa: GuestPhysAddr },
 }
 
 /// How a guest-physical address maps to host memory.
@@ -370,6 +374,9 @@ impl ShadowCache {
             }
         };
         let gpa = t.gpa;
+        if self.host_slots.contains(&entry_index(va, self.levels - 1)) {
+            return Ok(Fill::Window { gpa });
+        }
         let Some(hpa) = ram.host_addr(gpa, 1) else { return Ok(Fill::NotRam { gpa }) };
         let view = self.tree(slot).map_or(View::Supervisor, |t| t.key.view);
         let flags = shadow_flags(t.pte.flags(), view);

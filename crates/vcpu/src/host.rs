@@ -6,7 +6,9 @@ use rv::insn::Width;
 use rv::trap::Exception;
 
 use crate::Vcpu;
+use crate::mmio::Direction;
 use crate::vcpu::HartState;
+use crate::window::Atomic;
 
 /// A TLB or instruction-cache fence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +58,15 @@ pub trait Host {
     /// Loads a doubleword from guest-virtual `va` with the vCPU's current translation and
     /// privilege, as firmware does for pointers passed to legacy SBI calls.
     fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault>;
+
+    /// Translates guest-virtual `va` for a load or store by the vCPU, as its hart would
+    /// (its translation at its privilege, A/D bits set): the guest-physical address, or
+    /// the fault the access takes.
+    fn translate(&mut self, vcpu: &Vcpu, va: u64, dir: Direction) -> Result<GuestPhysAddr, Fault>;
+
+    /// An atomic read-modify-write of the aligned word or doubleword of guest RAM at
+    /// `gpa`: the old value (zero-extended), or `None` unless it is RAM.
+    fn atomic_phys(&mut self, gpa: GuestPhysAddr, width: Width, op: Atomic) -> Option<u64>;
 
     /// Copies guest-physical memory at `gpa` into `buf`; `false` (nothing copied) unless all
     /// of it is guest RAM.

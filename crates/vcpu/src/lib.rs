@@ -11,6 +11,7 @@ mod host;
 pub mod mmio;
 pub mod sbi;
 mod vcpu;
+pub mod window;
 
 pub use csr::{CsrEffect, Csrs, Features, Lines};
 pub use host::{Fault, Fence, Host, MachineIds};

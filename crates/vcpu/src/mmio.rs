@@ -26,7 +26,7 @@ impl Direction {
 }
 
 /// Sign- or zero-extends the low `width` bytes of `value`.
-fn extend(value: u64, width: Width, signed: bool) -> u64 {
+pub(crate) fn extend(value: u64, width: Width, signed: bool) -> u64 {
     let bits = width.bytes() * 8;
     if bits == 64 {
         return value;
@@ -36,7 +36,7 @@ fn extend(value: u64, width: Width, signed: bool) -> u64 {
 }
 
 /// NaN-boxes a `width`-byte FP value into a 64-bit register, as an FP load does.
-fn nan_box(value: u64, width: Width) -> u64 {
+pub(crate) fn nan_box(value: u64, width: Width) -> u64 {
     match width {
         Width::Double => value,
         w => value | !((1u64 << (w.bytes() * 8)) - 1),

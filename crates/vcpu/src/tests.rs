@@ -38,7 +38,12 @@ struct FakeHost {
     device: std::collections::BTreeMap<u64, u64>,
     device_log: Vec<(u64, u64, Option<u64>)>,
     fregs: [u64; 32],
+    /// Window pages the fake guest maps: virtual page -> (physical page, writable).
+    pages: std::collections::BTreeMap<u64, (u64, bool)>,
 }
+
+/// Where the fake guest's window starts: addresses from here are unmapped but for `pages`.
+const WINDOW: u64 = 0xffff_fffe_0000_0000;
 
 /// Where the fake device answers.
 const DEVICE: std::ops::Range<u64> = 0x1000_0000..0x1000_1000;
@@ -63,6 +68,45 @@ impl Host for FakeHost {
     }
     fn load_u64(&mut self, _: &Vcpu, va: u64) -> Result<u64, Fault> {
         self.load.unwrap_or(Err((Exception::LoadAccessFault, va)))
+    }
+    fn translate(
+        &mut self,
+        _: &Vcpu,
+        va: u64,
+        dir: crate::mmio::Direction,
+    ) -> Result<GuestPhysAddr, Fault> {
+        // The fake guest maps its window page by page in `pages` (virtual page ->
+        // (physical page, writable)); elsewhere virtual = physical.
+        match self.pages.get(&(va >> 12)) {
+            Some(&(_, false)) if dir == crate::mmio::Direction::Store => {
+                Err((Exception::StorePageFault, va))
+            }
+            Some(&(pa, _)) => Ok(GuestPhysAddr::new(pa << 12 | (va & 0xfff))),
+            None if va >= WINDOW => {
+                let e = match dir {
+                    crate::mmio::Direction::Load => Exception::LoadPageFault,
+                    crate::mmio::Direction::Store => Exception::StorePageFault,
+                };
+                Err((e, va))
+            }
+            None => Ok(GuestPhysAddr::new(va)),
+        }
+    }
+    fn atomic_phys(
+        &mut self,
+        gpa: GuestPhysAddr,
+        width: rv::insn::Width,
+        op: crate::window::Atomic,
+    ) -> Option<u64> {
+        let n = width.bytes() as usize;
+        let mut b = [0u8; 8];
+        if !self.read_phys(gpa, &mut b[..n]) {
+            return None;
+        }
+        let old = u64::from_le_bytes(b);
+        let new = op.apply(old, width);
+        self.write_phys(gpa, &new.to_le_bytes()[..n]);
+        Some(old)
     }
     fn read_phys(&mut self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
         let gpa = gpa.raw();
@@ -841,5 +885,95 @@ mod mmio {
         h.fetch = None;
         v.emulate_mmio(&mut h, Direction::Load, 0x4000_0000, GuestPhysAddr::new(0x1000_0000));
         assert_eq!((v.csrs.scause, v.csrs.stval), (1, 0x8020_0000));
+    }
+}
+
+/// Accesses to hypocaust's window, carried out through the guest's translation.
+mod window {
+    use super::*;
+
+    /// The fake guest's window page at [`WINDOW`] maps to RAM page 0x8000_1000 (`writable`).
+    fn host(writable: bool) -> FakeHost {
+        let mut h = FakeHost::new();
+        h.pages.insert(WINDOW >> 12, (0x8000_1, writable));
+        h
+    }
+
+    /// Runs `bits` at the pc with a1 = `WINDOW + offset`, as after a fault at that address.
+    fn run(h: &mut FakeHost, v: &mut Vcpu, bits: u32, offset: u64) {
+        h.fetch = Some(bits);
+        v.regs.set(11, WINDOW + offset);
+        let cause = Exception::LoadPageFault;
+        v.emulate_window(h, cause, WINDOW + offset);
+    }
+
+    fn ram(h: &mut FakeHost, at: u64, n: usize) -> u64 {
+        let mut b = [0u8; 8];
+        assert!(h.read_phys(GuestPhysAddr::new(at), &mut b[..n]));
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn loads_and_stores_reach_the_guest_s_page() {
+        let mut h = host(true);
+        let mut v = vcpu();
+        v.regs.set(12, 0x1122_3344_8899_aabb);
+        run(&mut h, &mut v, 0x00c5_b023, 8); // sd a2, 0(a1)
+        assert_eq!((ram(&mut h, 0x8000_1008, 8), v.regs.pc), (0x1122_3344_8899_aabb, 0x8020_0004));
+        run(&mut h, &mut v, 0x0005_a503, 8); // lw a0, 0(a1): sign-extended
+        assert_eq!(v.regs.get(10), 0xffff_ffff_8899_aabb);
+        run(&mut h, &mut v, 0x0005_b503, 8); // ld a0, 0(a1)
+        assert_eq!((v.regs.get(10), v.regs.pc), (0x1122_3344_8899_aabb, 0x8020_000c));
+        run(&mut h, &mut v, 0x0005_a507, 8); // flw fa0, 0(a1): NaN-boxed
+        assert_eq!(h.fregs[10], 0xffff_ffff_8899_aabb);
+        // A misaligned doubleword within the page.
+        run(&mut h, &mut v, 0x0005_b503, 9);
+        assert_eq!(v.regs.get(10), 0x0011_2233_4488_99aa);
+    }
+
+    #[test]
+    fn the_guest_s_own_faults_stand() {
+        let mut h = host(false);
+        let mut v = vcpu();
+        v.regs.set(12, 7);
+        run(&mut h, &mut v, 0x00c5_b023, 0x10); // sd to a read-only page
+        assert_eq!((v.csrs.scause, v.csrs.stval), (15, WINDOW + 0x10));
+        assert_eq!(ram(&mut h, 0x8000_1010, 8), 0);
+        let mut v = vcpu();
+        run(&mut h, &mut v, 0x0005_b503, 0x1000); // ld from the unmapped next page
+        assert_eq!((v.csrs.scause, v.csrs.stval), (13, WINDOW + 0x1000));
+        // A store that spans into the unmapped page writes nothing at all.
+        let mut h = host(true);
+        let mut v = vcpu();
+        v.regs.set(12, u64::MAX);
+        run(&mut h, &mut v, 0x00c5_b023, 0xffc);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (15, WINDOW + 0x1000));
+        assert_eq!(ram(&mut h, 0x8000_1ffc, 4), 0);
+    }
+
+    #[test]
+    fn atomics() {
+        let mut h = host(true);
+        let mut v = vcpu();
+        assert!(h.write_phys(GuestPhysAddr::new(0x8000_1020), &0xffff_fff0u32.to_le_bytes()));
+        v.regs.set(12, 5);
+        run(&mut h, &mut v, 0x00c5_a52f, 0x20); // amoadd.w a0, a2, (a1)
+        assert_eq!((v.regs.get(10), ram(&mut h, 0x8000_1020, 4)), (u64::MAX - 15, 0xffff_fff5));
+        v.regs.set(12, 3);
+        run(&mut h, &mut v, 0xa0c5_a52f, 0x20); // amomax.w: signed, -11 < 3
+        assert_eq!(ram(&mut h, 0x8000_1020, 4), 3);
+        // lr.d then sc.d succeeds; a second sc.d without a reservation fails.
+        run(&mut h, &mut v, 0x1005_b52f, 0x28);
+        assert_eq!(v.regs.get(10), 0);
+        v.regs.set(12, 42);
+        run(&mut h, &mut v, 0x18c5_b52f, 0x28);
+        assert_eq!((v.regs.get(10), ram(&mut h, 0x8000_1028, 8)), (0, 42));
+        v.regs.set(12, 43);
+        run(&mut h, &mut v, 0x18c5_b52f, 0x28);
+        assert_eq!((v.regs.get(10), ram(&mut h, 0x8000_1028, 8)), (1, 42));
+        // A misaligned AMO traps.
+        let pc = v.regs.pc;
+        run(&mut h, &mut v, 0x00c5_a52f, 0x22);
+        assert_eq!((v.csrs.scause, v.csrs.stval, v.csrs.sepc), (6, WINDOW + 0x22, pc));
     }
 }

@@ -132,6 +132,8 @@ pub struct Vcpu {
     pub waiting: Option<Resume>,
     /// Changes hypocaust must act on before running the guest again (accumulated).
     pub effects: CsrEffect,
+    /// The reservation of an emulated LR (hypocaust's window): where, and what it read.
+    pub reservation: Option<(rv::GuestPhysAddr, u64)>,
 }
 
 impl Vcpu {
@@ -146,6 +148,7 @@ impl Vcpu {
             state: HartState::Started,
             waiting: None,
             effects: CsrEffect::all(),
+            reservation: None,
         };
         if features.fp {
             v.csrs.set_fs_dirty();

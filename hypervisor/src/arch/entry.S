@@ -47,7 +47,34 @@ _start:
     csrr    t2, satp
     li      s2, {VIRT_OFFSET_SV48}
     li      s4, 9
-    bne     t1, t2, .Lno_sv48
+    beq     t1, t2, .Lpaging_on
+    /* Sv39: 1 GiB leaves. The direct map's first SV39_MAPPED_GIB GiB in the window's slots,
+       and the identity map of the GiB the image is in. */
+    lla     t0, boot_root_table
+    li      t3, {SV39_FIRST_SLOT} * 8
+    add     t3, t3, t0
+    li      t4, 0
+    li      t5, {SV39_MAPPED_GIB}
+1:  slli    t1, t4, 28
+    ori     t1, t1, {EARLY_LEAF}
+    sd      t1, 0(t3)
+    addi    t3, t3, 8
+    addi    t4, t4, 1
+    bltu    t4, t5, 1b
+    lla     t4, _start
+    srli    t4, t4, 30
+    slli    t1, t4, 28
+    ori     t1, t1, {EARLY_LEAF}
+    slli    t4, t4, 3
+    add     t4, t4, t0
+    sd      t1, 0(t4)
+    li      t2, {SATP_SV39}
+    or      t1, s3, t2
+    csrw    satp, t1
+    csrr    t2, satp
+    li      s2, {VIRT_OFFSET_SV39}
+    li      s4, 8
+    bne     t1, t2, .Lno_paging
 .Lpaging_on:
     sfence.vma
     /* Relocate the image for the direct map (the identity map is on): every entry is
@@ -78,8 +105,8 @@ _start:
     add     t1, t1, s2
     jr      t1
 
-.Lno_sv48:
-    lla     a0, .Lno_sv48_msg
+.Lno_paging:
+    lla     a0, .Lno_paging_msg
     jal     early_puts
     j       early_shutdown
 
@@ -146,8 +173,8 @@ early_shutdown:
     .section .rodata
 .Lbad_reloc_msg:
     .asciz "hypocaust: cannot start: its image has a relocation other than R_RISCV_RELATIVE (a build problem)\r\n"
-.Lno_sv48_msg:
-    .asciz "hypocaust: cannot run on this platform: the boot hart has no Sv48 paging (satp refused mode Sv48); hypocaust needs an Sv48 or Sv57 MMU\r\n"
+.Lno_paging_msg:
+    .asciz "hypocaust: cannot run on this platform: the boot hart has no paging (satp refused Sv57, Sv48 and Sv39); hypocaust needs an MMU\r\n"
 
     .section .bss.pagetable, "aw", @nobits
     .p2align 12

@@ -18,6 +18,7 @@ const EARLY_LEAF: u64 = 0xEF;
 /// `satp.MODE` = Sv48 and Sv57, in place.
 const SATP_SV48: u64 = 9 << 60;
 const SATP_SV57: u64 = 10 << 60;
+const SATP_SV39: u64 = 8 << 60;
 
 /// Whether the boot hart tries Sv57 before Sv48.
 const PROBE_SV57: u64 = 1;
@@ -30,6 +31,10 @@ global_asm!(
     PROBE_SV57 = const PROBE_SV57,
     VIRT_OFFSET_SV48 = const HostMode::Sv48.virt_offset(),
     VIRT_OFFSET_SV57 = const HostMode::Sv57.virt_offset(),
+    VIRT_OFFSET_SV39 = const HostMode::Sv39.virt_offset(),
+    SATP_SV39 = const SATP_SV39,
+    SV39_FIRST_SLOT = const HostMode::Sv39.root_slots().start,
+    SV39_MAPPED_GIB = const HostMode::Sv39.direct_map_limit() >> 30,
     LINK_BASE = const LINK_BASE,
     BOOT_STACK_SIZE = const BOOT_STACK_SIZE,
     rust_boot = sym crate::rust_boot,

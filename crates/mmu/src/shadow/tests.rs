@@ -524,6 +524,9 @@ fn shadow_agrees_with_reference_walks() {
                                 assert!(Ram.host_addr(gpa, 1).is_none());
                                 None
                             }
+                            Fill::Window { .. } => {
+                                panic!("no Sv39 address is in an Sv48 host's slots")
+                            }
                         },
                     };
                     if let Some(hpa) = got {
@@ -545,5 +548,39 @@ fn shadow_agrees_with_reference_walks() {
             }
             assert!(frames.allocated <= 64);
         }
+    }
+}
+
+/// On an Sv39 host hypocaust's window is a few root slots of the guest's own space: a
+/// guest translation there is reported, never installed (the slot is hypocaust's), while
+/// the rest of the space fills as usual.
+#[test]
+fn the_window_is_never_filled() {
+    const WINDOW: u64 = 0xffff_fffe_0000_0000; // Sv39 root slot 504
+    let mem = SparseMemory::default();
+    let mut next = GUEST_ROOT;
+    guest_map(&mem, &mut next, WINDOW + 0x3000, 0x8010_0000, 0, rwx());
+    guest_map(&mem, &mut next, 0x1000, 0x8010_0000, 0, rwx());
+    let mut frames = TestFrames::new(100);
+    let host = frames.alloc_zeroed().unwrap();
+    let hypocaust = Pte::new(0x1234, PteFlags::V);
+    for slot in 504..508 {
+        frames.write_pte(host, slot, hypocaust);
+    }
+    let mut cache = ShadowCache::new(4, host, 504..508, 3);
+    let key = Key { satp: sv39(0), view: View::Supervisor };
+    let (slot, _) = cache.select(key, &mut frames).unwrap();
+    let root = cache.tree(slot).unwrap().root;
+    let read = access(AccessType::Read, false, false);
+    let mut fill = |cache: &mut ShadowCache, va| {
+        cache.fill(slot, &mem, &Ram, sv39(0), va, read, WalkFeatures::default(), &mut frames)
+    };
+    let gpa = GuestPhysAddr::new(0x8010_0008);
+    assert_eq!(fill(&mut cache, WINDOW + 0x3008), Ok(Fill::Window { gpa }));
+    // Unmapped in the guest's table: the guest's own fault, window or not.
+    assert_eq!(fill(&mut cache, WINDOW + 0x5000), Ok(Fill::GuestFault(Exception::LoadPageFault)));
+    assert_eq!(fill(&mut cache, 0x1008), Ok(Fill::Installed { gpa, level: 0 }));
+    for slot in 504..508 {
+        assert_eq!(frames.read_pte(root, slot), hypocaust, "slot {slot} is still hypocaust's");
     }
 }

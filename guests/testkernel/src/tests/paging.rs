@@ -68,6 +68,7 @@ pub const TESTS: &[Test] = &[
     test!("paging/pte-past-end-of-ram", pte_past_end_of_ram),
     test!("paging/pte-to-unassigned-gigabyte", pte_to_unassigned_gigabyte),
     test!("paging/pte-to-top-of-physical-space", pte_to_top_of_physical_space),
+    test!("paging/high-sv39-addresses", high_sv39_addresses),
 ];
 
 static MARKER: u64 = 0x5EED_CAFE_F00D_0001;
@@ -770,4 +771,36 @@ fn pte_to_top_of_physical_space() -> TestResult {
     s.map(VA, 0x00ff_ffff_ffff_f000, 0, rwx());
     sfence(None, None);
     expect_fault(load(VA + 0xff8), 5, VA + 0xff8)
+}
+
+/// Pages the guest maps high in the Sv39 space, where hypocaust keeps its window on a host
+/// whose widest mode is Sv39 (its image and direct map, its stacks, an empty slot of the
+/// window): the guest must find plain memory there, AMOs, and its own faults. (Not yet
+/// LR/SC there: hypocaust emulates the LR, but the hart then fails the SC, which it has no
+/// reservation for.)
+fn high_sv39_addresses() -> TestResult {
+    use core::sync::atomic::{AtomicU64, Ordering};
+    const HIGH: [u64; 3] = [0xffff_fff7_8020_0000, 0xffff_fffe_8000_0000, 0xffff_fffe_0000_0000];
+    let s = sv39()?;
+    let data = PteFlags::R | PteFlags::W | PteFlags::A | PteFlags::D;
+    for (i, &va) in HIGH.iter().enumerate() {
+        let marker = 0x1111 * (i as u64 + 1);
+        let page = page_with(marker);
+        s.map(va, page, 0, data);
+        s.map(va + 0x1000, page_with(7), 0, PteFlags::R | PteFlags::A);
+        sfence(None, None);
+        check_eq!(ok(load(va))?, marker);
+        ok(store(va, marker << 32))?;
+        // SAFETY: `page` is an arena page, identity-mapped in the kernel's gigabyte.
+        check_eq!(unsafe { (page as *const u64).read_volatile() }, marker << 32);
+        // SAFETY: `va + 8` is mapped read-write to the same page (checked just above).
+        let word = unsafe { AtomicU64::from_ptr((va + 8) as *mut u64) };
+        check_eq!(ok(catch(|| word.fetch_add(5, Ordering::SeqCst)))?, 0);
+        check_eq!(ok(catch(|| word.swap(3, Ordering::SeqCst)))?, 5);
+        check_eq!(ok(load(va + 8))?, 3);
+        check_eq!(ok(load(va + 0x1000))?, 7);
+        expect_fault(store(va + 0x1000, 1), 15, va + 0x1000)?;
+        expect_fault(load(va + 0x2000), 13, va + 0x2000)?;
+    }
+    Ok(())
 }

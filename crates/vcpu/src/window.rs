@@ -1,0 +1,214 @@
+//! Guest accesses to hypocaust's window. On a host whose widest paging mode is the guest's
+//! own (Sv39 on the boards without H), hypocaust keeps its mappings in a few root slots of
+//! every shadow table, mapped without U, so a guest access there faults to hypocaust
+//! however the guest maps those addresses. hypocaust then carries the access out itself,
+//! through the guest's own translation, exactly as the hart would have: loads, stores
+//! (integer and FP, any alignment), AMOs and LR/SC. The guest cannot tell.
+
+use rv::GuestPhysAddr;
+use rv::insn::{AmoOp, Decoded, Instruction, Width, decode};
+use rv::trap::Exception;
+
+use crate::host::{Fault, Host};
+use crate::mmio::{Direction, extend, nan_box};
+use crate::vcpu::Vcpu;
+
+/// An atomic read-modify-write of a word or doubleword of guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atomic {
+    /// An AMO (not LR/SC) with the value of its `rs2`.
+    Amo(AmoOp, u64),
+    /// Writes `new` if the location holds `current` (how an emulated SC succeeds).
+    CompareExchange { current: u64, new: u64 },
+}
+
+impl Atomic {
+    /// The value an AMO stores, given the `old` one (`width` bytes, zero-extended).
+    pub fn apply(self, old: u64, width: Width) -> u64 {
+        let bits = width.bytes() * 8;
+        let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
+        let sext = |v: u64| -> i64 {
+            if bits == 64 { v as i64 } else { ((v << (64 - bits)) as i64) >> (64 - bits) }
+        };
+        let new = match self {
+            Self::Amo(op, b) => match op {
+                AmoOp::Swap => b,
+                AmoOp::Add => old.wrapping_add(b),
+                AmoOp::Xor => old ^ b,
+                AmoOp::And => old & b,
+                AmoOp::Or => old | b,
+                AmoOp::Min => sext(old).min(sext(b)) as u64,
+                AmoOp::Max => sext(old).max(sext(b)) as u64,
+                AmoOp::Minu => (old & mask).min(b & mask),
+                AmoOp::Maxu => (old & mask).max(b & mask),
+                AmoOp::Lr | AmoOp::Sc => old,
+            },
+            Self::CompareExchange { current, new } => {
+                if old & mask == current & mask {
+                    new
+                } else {
+                    old
+                }
+            }
+        };
+        new & mask
+    }
+}
+
+impl Vcpu {
+    /// The guest's instruction at the pc faulted at guest-virtual `va` only because `va`
+    /// lies in hypocaust's window: carries it out through the guest's translation and
+    /// steps over it, or raises what the hart would have raised.
+    pub fn emulate_window(&mut self, host: &mut impl Host, cause: Exception, va: u64) {
+        let bits = match host.fetch_instruction(self, self.regs.pc) {
+            Ok(bits) => bits,
+            Err((e, tval)) => return self.raise(e, tval),
+        };
+        let Some(Decoded { instruction, length }) = decode(bits) else {
+            // Not an instruction that reaches memory (the guest rewrote it): the fault stands.
+            return self.raise(cause, va);
+        };
+        let address = |rs1: u8, offset: i32| self.regs.get(rs1).wrapping_add(offset as i64 as u64);
+        let done = match instruction {
+            Instruction::Load { width, signed, rd, rs1, offset } => {
+                let at = address(rs1, offset);
+                read(self, host, at, width).map(|v| self.regs.set(rd, extend(v, width, signed)))
+            }
+            Instruction::FpLoad { width, rd, rs1, offset } => {
+                let at = address(rs1, offset);
+                read(self, host, at, width).map(|v| {
+                    host.fp_write(rd, nan_box(v, width));
+                    self.csrs.set_fs_dirty();
+                })
+            }
+            Instruction::Store { width, rs1, rs2, offset } => {
+                let at = address(rs1, offset);
+                write(self, host, at, width, self.regs.get(rs2))
+            }
+            Instruction::FpStore { width, rs1, rs2, offset } => {
+                let at = address(rs1, offset);
+                let value = host.fp_read(rs2);
+                write(self, host, at, width, value)
+            }
+            Instruction::Amo { op, width, rd, rs1, rs2, .. } => {
+                let at = self.regs.get(rs1);
+                let value = self.regs.get(rs2);
+                atomic(self, host, op, width, at, value).map(|old| self.regs.set(rd, old))
+            }
+            _ => Err((cause, va)),
+        };
+        match done {
+            Ok(()) => self.regs.pc = self.regs.pc.wrapping_add(length as u64),
+            Err((e, tval)) => self.raise(e, tval),
+        }
+    }
+}
+
+/// Reads `width` bytes at guest-virtual `va` as a load of the vCPU would: a page at a
+/// time (a misaligned access may span two), from RAM or a device.
+fn read(v: &Vcpu, host: &mut impl Host, va: u64, width: Width) -> Result<u64, Fault> {
+    let n = width.bytes() as usize;
+    if crosses_page(va, n) {
+        let mut bytes = [0u8; 8];
+        for (i, b) in bytes.iter_mut().enumerate().take(n) {
+            *b = read(v, host, va.wrapping_add(i as u64), Width::Byte)? as u8;
+        }
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    let gpa = host.translate(v, va, Direction::Load)?;
+    let mut bytes = [0u8; 8];
+    if host.read_phys(gpa, &mut bytes[..n]) {
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    host.mmio_read(gpa, width).ok_or((Exception::LoadAccessFault, va))
+}
+
+/// Writes the low `width` bytes of `value` at guest-virtual `va` as a store would.
+fn write(v: &Vcpu, host: &mut impl Host, va: u64, width: Width, value: u64) -> Result<(), Fault> {
+    let n = width.bytes() as usize;
+    if crosses_page(va, n) {
+        // Every byte's translation first: a store that faults writes nothing.
+        let mut at = [GuestPhysAddr::new(0); 8];
+        for (i, a) in at.iter_mut().enumerate().take(n) {
+            *a = host.translate(v, va.wrapping_add(i as u64), Direction::Store)?;
+        }
+        for (i, a) in at.iter().enumerate().take(n) {
+            let byte = (value >> (8 * i)) as u8;
+            if !host.write_phys(*a, &[byte]) && !host.mmio_write(*a, Width::Byte, byte as u64) {
+                return Err((Exception::StoreAccessFault, va.wrapping_add(i as u64)));
+            }
+        }
+        return Ok(());
+    }
+    let gpa = host.translate(v, va, Direction::Store)?;
+    if host.write_phys(gpa, &value.to_le_bytes()[..n]) || host.mmio_write(gpa, width, value) {
+        Ok(())
+    } else {
+        Err((Exception::StoreAccessFault, va))
+    }
+}
+
+/// An AMO, LR or SC at guest-virtual `va`: aligned, on RAM (devices take no atomics).
+/// LR takes a reservation of the value it read; SC succeeds if the location still holds
+/// it (a compare-and-swap: another hart's store in between makes it fail).
+fn atomic(
+    v: &mut Vcpu,
+    host: &mut impl Host,
+    op: AmoOp,
+    width: Width,
+    va: u64,
+    value: u64,
+) -> Result<u64, Fault> {
+    let n = width.bytes();
+    let (misaligned, access_fault, dir) = match op {
+        AmoOp::Lr => (Exception::LoadMisaligned, Exception::LoadAccessFault, Direction::Load),
+        _ => (Exception::StoreMisaligned, Exception::StoreAccessFault, Direction::Store),
+    };
+    if va % n != 0 {
+        return Err((misaligned, va));
+    }
+    let gpa = host.translate(v, va, dir)?;
+    if !host.is_ram(gpa) {
+        return Err((access_fault, va));
+    }
+    let signed = |x: u64| extend(x, width, true);
+    match op {
+        AmoOp::Lr => {
+            let mut bytes = [0u8; 8];
+            if !host.read_phys(gpa, &mut bytes[..n as usize]) {
+                return Err((access_fault, va));
+            }
+            let old = u64::from_le_bytes(bytes);
+            v.reservation = Some((gpa, old));
+            Ok(signed(old))
+        }
+        AmoOp::Sc => {
+            let failed = match v.reservation.take() {
+                Some((at, current)) if at == gpa => {
+                    let op = Atomic::CompareExchange { current, new: value };
+                    let old = host.atomic_phys(gpa, width, op).ok_or((access_fault, va))?;
+                    old != current & mask(width)
+                }
+                _ => true,
+            };
+            Ok(failed as u64)
+        }
+        _ => {
+            let old =
+                host.atomic_phys(gpa, width, Atomic::Amo(op, value)).ok_or((access_fault, va))?;
+            Ok(signed(old))
+        }
+    }
+}
+
+fn mask(width: Width) -> u64 {
+    match width {
+        Width::Double => u64::MAX,
+        w => (1 << (w.bytes() * 8)) - 1,
+    }
+}
+
+/// Whether `n` bytes at `va` span two pages.
+fn crosses_page(va: u64, n: usize) -> bool {
+    (va & 0xfff) + n as u64 > 0x1000
+}
