@@ -8,6 +8,7 @@
 
 pub mod csr;
 mod host;
+mod interp;
 pub mod mmio;
 pub mod sbi;
 mod vcpu;

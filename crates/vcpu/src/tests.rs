@@ -971,6 +971,24 @@ mod window {
         v.regs.set(12, 43);
         run(&mut h, &mut v, 0x18c5_b52f, 0x28);
         assert_eq!((v.regs.get(10), ram(&mut h, 0x8000_1028, 8)), (1, 42));
+        // A compare-and-swap loop: lr.d a0, (a1); bne a0, a2, +12; sc.d a3, a4, (a1). The
+        // hart could not finish it (no reservation): all three are carried out here.
+        let start = v.regs.pc;
+        for (i, bits) in [0x1005_b52f, 0x00c5_1663, 0x18e5_b6af].into_iter().enumerate() {
+            h.code.insert(start + 4 * i as u64, bits);
+        }
+        h.fetch = None;
+        v.regs.set(11, WINDOW + 0x28);
+        (v.regs.x[12], v.regs.x[14], v.regs.x[13]) = (42, 77, 9);
+        v.emulate_window(&mut h, Exception::LoadPageFault, WINDOW + 0x28);
+        assert_eq!((v.regs.pc, v.regs.get(13), ram(&mut h, 0x8000_1028, 8)), (start + 12, 0, 77));
+        // The value differs: the branch leaves before the SC; nothing is stored.
+        let start = v.regs.pc;
+        for (i, bits) in [0x1005_b52f, 0x00c5_1663, 0x18e5_b6af].into_iter().enumerate() {
+            h.code.insert(start + 4 * i as u64, bits);
+        }
+        v.emulate_window(&mut h, Exception::LoadPageFault, WINDOW + 0x28);
+        assert_eq!((v.regs.pc, v.regs.get(10), ram(&mut h, 0x8000_1028, 8)), (start + 16, 77, 77));
         // A misaligned AMO traps.
         let pc = v.regs.pc;
         run(&mut h, &mut v, 0x00c5_a52f, 0x22);

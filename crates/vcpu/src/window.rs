@@ -99,7 +99,41 @@ impl Vcpu {
         };
         match done {
             Ok(()) => self.regs.pc = self.regs.pc.wrapping_add(length as u64),
-            Err((e, tval)) => self.raise(e, tval),
+            Err((e, tval)) => return self.raise(e, tval),
+        }
+        if matches!(instruction, Instruction::Amo { op: AmoOp::Lr, .. }) {
+            self.run_to_sc(host);
+        }
+    }
+
+    /// After an emulated LR: the hart holds no reservation, so it would fail the SC that
+    /// ends the loop, every time. So the instructions up to the SC are carried out here
+    /// too (at most 16, the base integer instructions a constrained LR/SC loop may hold),
+    /// and the SC against the emulated reservation. Anything else ends it: the hart goes
+    /// on from there (an SC it then reaches fails, as after any lost reservation).
+    fn run_to_sc(&mut self, host: &mut impl Host) {
+        for _ in 0..16 {
+            let pc = self.regs.pc;
+            let Ok(bits) = host.fetch_instruction(self, pc) else { return };
+            if let Some(Decoded {
+                instruction: Instruction::Amo { op: AmoOp::Sc, width, rd, rs1, rs2, .. },
+                length,
+            }) = decode(bits)
+            {
+                let (at, value) = (self.regs.get(rs1), self.regs.get(rs2));
+                match atomic(self, host, AmoOp::Sc, width, at, value) {
+                    Ok(failed) => {
+                        self.regs.set(rd, failed);
+                        self.regs.pc = pc.wrapping_add(length as u64);
+                    }
+                    Err((e, tval)) => self.raise(e, tval),
+                }
+                return;
+            }
+            match crate::interp::step(&mut self.regs, pc, bits) {
+                Some(next) => self.regs.pc = next,
+                None => return,
+            }
         }
     }
 }

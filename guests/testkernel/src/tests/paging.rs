@@ -775,9 +775,7 @@ fn pte_to_top_of_physical_space() -> TestResult {
 
 /// Pages the guest maps high in the Sv39 space, where hypocaust keeps its window on a host
 /// whose widest mode is Sv39 (its image and direct map, its stacks, an empty slot of the
-/// window): the guest must find plain memory there, AMOs, and its own faults. (Not yet
-/// LR/SC there: hypocaust emulates the LR, but the hart then fails the SC, which it has no
-/// reservation for.)
+/// window): the guest must find plain memory there, AMOs, LR/SC loops, and its own faults.
 fn high_sv39_addresses() -> TestResult {
     use core::sync::atomic::{AtomicU64, Ordering};
     const HIGH: [u64; 3] = [0xffff_fff7_8020_0000, 0xffff_fffe_8000_0000, 0xffff_fffe_0000_0000];
@@ -796,7 +794,10 @@ fn high_sv39_addresses() -> TestResult {
         // SAFETY: `va + 8` is mapped read-write to the same page (checked just above).
         let word = unsafe { AtomicU64::from_ptr((va + 8) as *mut u64) };
         check_eq!(ok(catch(|| word.fetch_add(5, Ordering::SeqCst)))?, 0);
-        check_eq!(ok(catch(|| word.swap(3, Ordering::SeqCst)))?, 5);
+        let cas = || word.compare_exchange(5, 9, Ordering::SeqCst, Ordering::SeqCst);
+        check_eq!(ok(catch(cas))?, Ok(5));
+        check_eq!(ok(catch(cas))?, Err(9));
+        check_eq!(ok(catch(|| word.swap(3, Ordering::SeqCst)))?, 9);
         check_eq!(ok(load(va + 8))?, 3);
         check_eq!(ok(load(va + 0x1000))?, 7);
         expect_fault(store(va + 0x1000, 1), 15, va + 0x1000)?;
