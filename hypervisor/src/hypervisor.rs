@@ -76,6 +76,7 @@ fn offer(platform: &Platform, boot_hart: usize) -> Offer {
             fp: hart.is_some_and(|h| h.isa.has_letter('f') || h.isa.has_letter('d')),
             max_satp_mode: crate::layout::mode().guest_mode(),
             counters: arch::scounteren_writable() & 0xFFFF_FFFF,
+            senvcfg: arch::trap::has_senvcfg(),
         },
         timebase_hz: platform.timebase_hz as u32,
     }

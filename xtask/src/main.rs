@@ -117,6 +117,10 @@ enum Cmd {
         /// The M-mode firmware under hypocaust.
         #[arg(long, value_enum, default_value_t = Firmware::default())]
         firmware: Firmware,
+        /// QEMU's -cpu (default rv64,h=false; e.g. rv64,h=false,sv48=off for an Sv39-only
+        /// host, where hypocaust keeps its window).
+        #[arg(long, value_name = "MODEL")]
+        cpu: Option<String>,
     },
     /// Download Debian's riscv64 kernel, busybox and dropbear (unstable) and build the Linux
     /// guest's images (kernel, initramfs, disk) in the user cache directory.
@@ -345,9 +349,11 @@ fn run() -> Result<ExitCode> {
             log,
             quiet,
             firmware,
+            cpu,
         } => {
             let mut boot = linux::run::Boot::new("linux", native);
             boot.firmware = firmware;
+            boot.cpu = cpu;
             boot.smp = smp;
             boot.guest_mib = guest_memory;
             boot.host_mib = memory;

@@ -465,6 +465,9 @@ fn compare_into(group: &mut Group, c: &suite::Comparison, verbose: bool) {
 /// Sv39 (on QEMU's default `rv64`, Sv57, it runs in Sv57 and offers Sv48).
 const SV48_CPU: &str = "rv64,h=false,sv57=off";
 
+/// QEMU's SiFive U54 hart: Sv39 only, privileged spec 1.10 (no `senvcfg`), no Sstc.
+const U54_CPU: &str = "sifive-u54";
+
 /// A hart whose widest paging mode is Sv39, as on the boards without H: hypocaust runs in
 /// Sv39 too, with its window (docs/memory-map.md).
 const SV39_CPU: &str = "rv64,h=false,sv48=off";
@@ -874,7 +877,7 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
         group.elapsed = start.elapsed();
         return Ok(group);
     };
-    let Some(written) = checks_boot(&mut group, &images, firmware, 1)? else {
+    let Some(written) = checks_boot(&mut group, &images, firmware, 1, None)? else {
         group.elapsed = start.elapsed();
         return Ok(group);
     };
@@ -923,6 +926,20 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
 /// SMP checks: /proc/cpuinfo's harts, smpcheck's cpus, burn, shootdown and pingpong) with
 /// each of [`SMP_VCPUS`] vCPUs, natively (`firmware` None) or under hypocaust on a machine
 /// of as many harts. Tests are named `smpN/CHECK`.
+/// The Linux guest's checks under hypocaust on QEMU's model of the U54 (`sifive-u54`: Sv39
+/// only, privileged spec 1.10, no Sstc), the hart of the boards without H: hypocaust runs
+/// in Sv39 with its window beside the guest.
+fn linux_sv39_tests() -> Result<Group> {
+    println!("== Linux guest under hypocaust on an Sv39-only hart (-cpu {U54_CPU})");
+    let start = Instant::now();
+    let mut group = Group::new("linux (Sv39 host)");
+    if let Some(images) = linux_images(&mut group) {
+        checks_boot(&mut group, &images, Some(Firmware::Hypocaust), 1, Some(U54_CPU))?;
+    }
+    group.elapsed = start.elapsed();
+    Ok(group)
+}
+
 fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
     let name: &'static str = match firmware {
         None => "linux smp (native)",
@@ -942,7 +959,7 @@ fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
     };
     let side = side_name(firmware);
     for smp in SMP_VCPUS {
-        if let Some(written) = checks_boot(&mut group, &images, firmware, smp)?
+        if let Some(written) = checks_boot(&mut group, &images, firmware, smp, None)?
             && written.all_ok
         {
             let _ = std::fs::remove_file(&written.disk);
@@ -1177,17 +1194,30 @@ fn linux_verdict(group: &mut Group, test: &str, result: Result<(), String>) {
 /// The checks boot of the Linux guest with `smp` vCPUs (natively: harts): every check in
 /// turn, each in a section of its output, counted into `group` (named `smpN/CHECK` when
 /// `smp` > 1). Returns what the disk read-back needs; None if QEMU could not be run.
+/// Runs every check of the Linux guest in one boot with `smp` vCPUs, natively (no
+/// `firmware`) or under hypocaust; on QEMU's default hart, or on an Sv39-only one
+/// (`sv39_cpu`, where hypocaust keeps its window).
 fn checks_boot(
     group: &mut Group,
     images: &linux::LinuxImages,
     firmware: Option<Firmware>,
     smp: usize,
+    sv39_cpu: Option<&'static str>,
 ) -> Result<Option<Written>> {
     let native = firmware.is_none();
     let side = side_name(firmware);
     let logs = qemu::log_dir();
-    let stem = if smp > 1 { format!("linux-{side}-smp{smp}") } else { format!("linux-{side}") };
-    let label = |test: &str| if smp > 1 { format!("smp{smp}/{test}") } else { test.to_string() };
+    let host = if sv39_cpu.is_some() { "-sv39" } else { "" };
+    let stem = if smp > 1 {
+        format!("linux-{side}{host}-smp{smp}")
+    } else {
+        format!("linux-{side}{host}")
+    };
+    let label = |test: &str| match (smp, sv39_cpu) {
+        (1, None) => test.to_string(),
+        (1, Some(_)) => format!("sv39/{test}"),
+        _ => format!("smp{smp}/{test}"),
+    };
     if smp > 1 {
         println!("   {smp} vCPUs:");
     }
@@ -1250,6 +1280,7 @@ fn checks_boot(
     if let Some(f) = firmware {
         boot.firmware = f;
     }
+    boot.cpu = sv39_cpu.map(String::from);
     boot.smp = smp;
     boot.cmd = Some(script);
     boot.disk = Some(disk.clone());
@@ -1293,8 +1324,13 @@ fn checks_boot(
             Box::new(move |out: &str| {
                 let isa = field(out, "isa").ok_or(format!("no isa line in {out:?}"))?;
                 check_isa(isa)?;
-                // QEMU's rv64 hart has Sv57; under hypocaust (in Sv57) the guest gets Sv48.
-                let mmu = if native { "sv57" } else { "sv48" };
+                // QEMU's rv64 hart has Sv57; under hypocaust (in Sv57) the guest gets Sv48; an
+                // Sv39-only hart gives Sv39 to both.
+                let mmu = match (native, sv39_cpu) {
+                    (_, Some(_)) => "sv39",
+                    (true, None) => "sv57",
+                    (false, None) => "sv48",
+                };
                 if field(out, "mmu") != Some(mmu) {
                     return Err(format!("expected mmu {mmu} in {out:?}"));
                 }
@@ -1550,12 +1586,17 @@ fn groups() -> Vec<GroupRun> {
             "suite, Sv39 host (compared)",
             suite::Options { cpu: Some(SV39_CPU.into()), ..Default::default() },
         ),
+        suite(
+            "suite, U54 hart (compared)",
+            suite::Options { cpu: Some(U54_CPU.into()), ..Default::default() },
+        ),
         ("timing sweeps, load", Box::new(timing_tests)),
         ("linux (native)", Box::new(|| linux_tests(None))),
         ("linux (hypocaust)", Box::new(|| linux_tests(Some(Firmware::Hypocaust)))),
         ("linux (on OpenSBI)", Box::new(|| linux_tests(Some(Firmware::Opensbi)))),
         ("linux smp (native)", Box::new(|| linux_smp_tests(None))),
         ("linux smp (hypocaust)", Box::new(|| linux_smp_tests(Some(Firmware::Hypocaust)))),
+        ("linux (Sv39 host)", Box::new(linux_sv39_tests)),
         ("guests at once", Box::new(guests_tests)),
         ("bench (smoke)", Box::new(bench_smoke)),
     ]

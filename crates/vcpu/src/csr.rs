@@ -40,11 +40,19 @@ pub struct Features {
     /// The writable bits of `scounteren`: the host hart's (a counter it does not implement
     /// has its bit read-only zero).
     pub counters: u64,
+    /// `senvcfg` (privileged spec 1.12; a 1.10 hart such as the U54 has none).
+    pub senvcfg: bool,
 }
 
 impl Default for Features {
     fn default() -> Self {
-        Self { sstc: true, fp: true, max_satp_mode: SatpMode::Sv39, counters: 0xFFFF_FFFF }
+        Self {
+            sstc: true,
+            fp: true,
+            max_satp_mode: SatpMode::Sv39,
+            counters: 0xFFFF_FFFF,
+            senvcfg: true,
+        }
     }
 }
 
@@ -183,7 +191,7 @@ impl Csrs {
             num::SIP => self.sip(lines),
             num::STVEC => self.stvec,
             num::SCOUNTEREN => self.scounteren,
-            num::SENVCFG => self.senvcfg,
+            num::SENVCFG if features.senvcfg => self.senvcfg,
             num::SSCRATCH => self.sscratch,
             num::SEPC => self.sepc,
             num::SCAUSE => self.scause,
@@ -228,7 +236,7 @@ impl Csrs {
                 }
             }
             num::SCOUNTEREN => self.scounteren = value & features.counters,
-            num::SENVCFG => {
+            num::SENVCFG if features.senvcfg => {
                 let mask = SENVCFG_WRITABLE.bits();
                 self.senvcfg = (self.senvcfg & !mask) | (value & mask);
             }
@@ -354,6 +362,15 @@ mod tests {
         let no_sstc = Features { sstc: false, ..f() };
         assert_eq!(c.read(num::STIMECMP, &no_sstc, at(0)), Err(IllegalCsr));
         assert_eq!(c.write(num::STIMECMP, 5, &no_sstc), Err(IllegalCsr));
+    }
+
+    #[test]
+    fn senvcfg_only_where_the_host_has_it() {
+        let mut c = Csrs::default();
+        let old = Features { senvcfg: false, ..f() };
+        assert_eq!(c.read(num::SENVCFG, &old, at(0)), Err(IllegalCsr));
+        assert_eq!(c.write(num::SENVCFG, 1, &old), Err(IllegalCsr));
+        assert_eq!(c.write(num::SENVCFG, 1, &f()), Ok(CsrEffect::empty()));
     }
 
     #[test]

@@ -139,6 +139,17 @@ try_write_stimecmp_fault:
 try_write_stimecmp_resume:
     li      a0, 0
     ret
+
+    # try_read_senvcfg() -> 1 if the hart has senvcfg (privileged spec 1.12), 0 if not.
+    .globl try_read_senvcfg, try_read_senvcfg_fault, try_read_senvcfg_resume
+try_read_senvcfg:
+try_read_senvcfg_fault:
+    csrr    a0, senvcfg
+    li      a0, 1
+    ret
+try_read_senvcfg_resume:
+    li      a0, 0
+    ret
 "#,
     FRAME_SIZE = const FRAME_SIZE,
     GUEST_REGS = const GUEST_REGS,
@@ -152,6 +163,9 @@ unsafe extern "C" {
     fn try_write_stimecmp(value: u64) -> u64;
     fn try_write_stimecmp_fault();
     fn try_write_stimecmp_resume();
+    fn try_read_senvcfg() -> u64;
+    fn try_read_senvcfg_fault();
+    fn try_read_senvcfg_resume();
 }
 
 /// Runs the guest of `ctx` until it traps: the guest's registers are then in
@@ -185,8 +199,21 @@ pub fn write_stimecmp_checked(value: u64) -> bool {
     unsafe { try_write_stimecmp(value) != 0 }
 }
 
+/// Whether the hart has `senvcfg` (harts of privileged spec 1.10/1.11, like the U54, do
+/// not).
+pub fn has_senvcfg() -> bool {
+    // SAFETY: as in `write_stimecmp_checked`: a read of a missing CSR traps at a known pc.
+    unsafe { try_read_senvcfg() != 0 }
+}
+
 /// If `sepc` is an instruction allowed to fault, where to resume instead.
 pub fn fixup(sepc: u64) -> Option<u64> {
-    (sepc == try_write_stimecmp_fault as *const () as u64)
-        .then_some(try_write_stimecmp_resume as *const () as u64)
+    let allowed: [(unsafe extern "C" fn(), unsafe extern "C" fn()); 2] = [
+        (try_write_stimecmp_fault, try_write_stimecmp_resume),
+        (try_read_senvcfg_fault, try_read_senvcfg_resume),
+    ];
+    allowed
+        .iter()
+        .find(|(fault, _)| sepc == *fault as *const () as u64)
+        .map(|(_, resume)| *resume as *const () as u64)
 }

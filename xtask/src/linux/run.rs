@@ -60,6 +60,8 @@ pub struct Boot {
     pub qemu_args: Vec<String>,
     /// The firmware hypocaust runs on (natively: always OpenSBI).
     pub firmware: qemu::Firmware,
+    /// QEMU's `-cpu` (None: [`qemu::DEFAULT_CPU`]).
+    pub cpu: Option<String>,
 }
 
 impl Boot {
@@ -77,6 +79,7 @@ impl Boot {
             log: "info".into(),
             files: Vec::new(),
             qemu_args: Vec::new(),
+            cpu: None,
             firmware: qemu::Firmware::default(),
         }
     }
@@ -173,6 +176,9 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
         m
     };
     m.smp = boot.smp;
+    if let Some(cpu) = &boot.cpu {
+        m.cpu.clone_from(cpu);
+    }
     m.extra = devices;
     m.extra.extend(boot.qemu_args.iter().cloned());
     Ok(m)
