@@ -68,6 +68,8 @@ pub struct MachineConfig {
     /// hypocaust's time slice where vCPUs share a hart, in milliseconds (None: its
     /// default).
     pub slice_ms: Option<u64>,
+    /// QEMU's `-cpu` (None: `rv64,h=false`); e.g. `sifive-u54` for an Sv39-only hart.
+    pub cpu: Option<String>,
 }
 
 impl Default for MachineConfig {
@@ -77,6 +79,7 @@ impl Default for MachineConfig {
             memory: DEFAULT_MACHINE_MIB,
             firmware: Firmware::default(),
             slice_ms: None,
+            cpu: None,
         }
     }
 }
@@ -247,6 +250,7 @@ fn flag_of(field: &str) -> Option<&'static str> {
     Some(match field {
         "machine.harts" | ".vcpus" => "--smp",
         "machine.memory" => "--memory",
+        "machine.cpu" => "--cpu",
         ".memory" => "--guest-memory",
         ".kernel" => "--kernel",
         ".initrd" => "--initrd",
@@ -721,6 +725,9 @@ impl Config {
             m
         };
         m.smp = self.machine.harts;
+        if let Some(cpu) = &self.machine.cpu {
+            m.cpu.clone_from(cpu);
+        }
         m.extra = self.device_args(&disks)?;
         Ok(m)
     }
@@ -1058,6 +1065,8 @@ mod tests {
         assert_eq!(c.base, dir.0);
         let c = dir.parse(&format!("[machine]\nfirmware = \"opensbi\"\n{GUEST}")).expect("parses");
         assert_eq!(c.machine.firmware, Firmware::Opensbi);
+        let c = dir.parse(&format!("[machine]\ncpu = \"sifive-u54\"\n{GUEST}")).expect("parses");
+        assert_eq!(c.machine.cpu.as_deref(), Some("sifive-u54"));
     }
 
     #[test]

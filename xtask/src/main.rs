@@ -38,7 +38,7 @@ enum Cmd {
         /// instead of the flags below (docs/config.md; examples/).
         #[arg(long, value_name = "FILE", conflicts_with_all = [
             "smp", "memory", "native", "testkernel", "kernel", "initrd", "append",
-            "guest_memory", "ssh_port", "firmware",
+            "guest_memory", "ssh_port", "firmware", "cpu",
         ])]
         config: Option<std::path::PathBuf>,
         /// Number of harts.
@@ -78,6 +78,9 @@ enum Cmd {
         /// The M-mode firmware under hypocaust.
         #[arg(long, value_enum, default_value_t = Firmware::default())]
         firmware: Firmware,
+        /// QEMU's -cpu (default rv64,h=false, an Sv57 hart; sifive-u54: Sv39 only).
+        #[arg(long, value_name = "MODEL")]
+        cpu: Option<String>,
     },
     /// Boot the Debian Linux guest under hypocaust (or natively), interactively or to run
     /// shell commands.
@@ -225,6 +228,7 @@ struct RunOptions {
     ssh_port: Option<u16>,
     log: String,
     firmware: Firmware,
+    cpu: Option<String>,
 }
 
 /// `cargo xtask run`: a configuration file, or the one-guest configuration its flags make
@@ -254,6 +258,7 @@ fn flags_config(o: &RunOptions) -> Result<config::Config> {
         memory: o.memory,
         firmware: o.firmware,
         slice_ms: None,
+        cpu: o.cpu.clone(),
     };
     let disk = |image: &str| DeviceConfig {
         name: "disk".into(),
@@ -321,6 +326,7 @@ fn run() -> Result<ExitCode> {
             ssh_port,
             log,
             firmware,
+            cpu,
         } => run_command(RunOptions {
             config,
             smp,
@@ -335,6 +341,7 @@ fn run() -> Result<ExitCode> {
             ssh_port,
             log,
             firmware,
+            cpu,
         })
         .map(code),
         Cmd::Linux {
