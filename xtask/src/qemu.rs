@@ -16,6 +16,17 @@ use crate::util::root;
 /// hypocaust is for.
 pub const DEFAULT_CPU: &str = "rv64,h=false";
 
+/// A hart whose widest paging mode is Sv48: hypocaust runs in Sv48 and offers its guests
+/// Sv39 (on [`DEFAULT_CPU`], Sv57, it runs in Sv57 and offers Sv48).
+pub const SV48_CPU: &str = "rv64,h=false,sv57=off";
+
+/// A hart whose widest paging mode is Sv39, as on the boards without H: hypocaust runs in
+/// Sv39 too, with its window (docs/memory-map.md).
+pub const SV39_CPU: &str = "rv64,h=false,sv48=off";
+
+/// QEMU's SiFive U54 hart: Sv39 only, privileged spec 1.10 (no `senvcfg`), no Sstc.
+pub const U54_CPU: &str = "sifive-u54";
+
 /// QEMU arguments for the devices of the suite machine: a virtio block device on `disk`
 /// (raw) and a virtio network device on QEMU's user network (10.0.2.0/24, gateway
 /// 10.0.2.2). Both sit on `virt`'s virtio-mmio transports, which QEMU 7.2 makes legacy

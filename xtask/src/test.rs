@@ -9,7 +9,7 @@ use anyhow::Result;
 use crate::artifacts::GuestFiles;
 use crate::linux::run::Boot;
 use crate::linux::{self, build as guest};
-use crate::qemu::{self, Firmware, Machine};
+use crate::qemu::{self, Firmware, Machine, SV39_CPU, SV48_CPU, U54_CPU};
 use crate::util::{output_within, root};
 use crate::{artifacts, bench, provision, suite};
 
@@ -460,17 +460,6 @@ fn compare_into(group: &mut Group, c: &suite::Comparison, verbose: bool) {
         group.failed += 1;
     }
 }
-
-/// A hart whose widest paging mode is Sv48: hypocaust runs in Sv48 and offers its guests
-/// Sv39 (on QEMU's default `rv64`, Sv57, it runs in Sv57 and offers Sv48).
-const SV48_CPU: &str = "rv64,h=false,sv57=off";
-
-/// QEMU's SiFive U54 hart: Sv39 only, privileged spec 1.10 (no `senvcfg`), no Sstc.
-const U54_CPU: &str = "sifive-u54";
-
-/// A hart whose widest paging mode is Sv39, as on the boards without H: hypocaust runs in
-/// Sv39 too, with its window (docs/memory-map.md).
-const SV39_CPU: &str = "rv64,h=false,sv48=off";
 
 /// Harts of the firmware tests' machine.
 const FIRMWARE_HARTS: usize = 4;

@@ -162,6 +162,9 @@ struct LinuxWorkload {
     idles: bool,
     /// The guest's vCPUs (natively: harts); more than one: an smpcheck workload.
     smp: usize,
+    /// QEMU's `-cpu` on both sides, for a host paging mode other than the default's (the
+    /// row is named `<mode>-host/<workload>`); None: [`qemu::DEFAULT_CPU`].
+    cpu: Option<&'static str>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -181,6 +184,12 @@ const LINUX: &[LinuxWorkload] = &[
     LinuxWorkload::new("smp/compute", "1 M hash steps, 4 vCPUs", 50, None).on_smp(SMP_HARTS),
     LinuxWorkload::new("smp/ipi-pingpong", "cross-CPU futex round trip", 5_000, None).on_smp(2),
     LinuxWorkload::new("smp/shootdown", "replace+churn round", 100, None).on_smp(SMP_HARTS),
+    LinuxWorkload::new("sv48-host/boot", "firmware to /init", 0, None).on_cpu(qemu::SV48_CPU),
+    LinuxWorkload::new("sv48-host/pagefault", "first touch of a page", 64, None)
+        .on_cpu(qemu::SV48_CPU),
+    LinuxWorkload::new("sv39-host/boot", "firmware to /init", 0, None).on_cpu(qemu::SV39_CPU),
+    LinuxWorkload::new("sv39-host/pagefault", "first touch of a page", 64, None)
+        .on_cpu(qemu::SV39_CPU),
 ];
 
 /// The vCPUs of the SMP workloads `smp/compute` and `smp/shootdown` (`smp/ipi-pingpong`
@@ -191,7 +200,25 @@ const SMPCHECK_TIMEOUT_S: u64 = 3600;
 
 impl LinuxWorkload {
     const fn new(name: &'static str, op: &'static str, size: u64, quick: Option<u64>) -> Self {
-        Self { name, op, size, quick, bytes_per_op: None, idles: false, smp: 1 }
+        Self { name, op, size, quick, bytes_per_op: None, idles: false, smp: 1, cpu: None }
+    }
+
+    /// The workload on another host hart (`cpu`).
+    const fn on_cpu(self, cpu: &'static str) -> Self {
+        Self { cpu: Some(cpu), ..self }
+    }
+
+    /// The workload's own name: `pagefault` for `sv39-host/pagefault`.
+    fn base(&self) -> &'static str {
+        match self.cpu {
+            Some(_) => self.name.rsplit('/').next().unwrap_or(self.name),
+            None => self.name,
+        }
+    }
+
+    /// One vCPU on QEMU's default hart: its boot is the `boot` row's kind of boot.
+    fn plain(&self) -> bool {
+        self.smp == 1 && self.cpu.is_none()
     }
 
     /// An smpcheck workload on a guest of `smp` vCPUs (natively: harts).
@@ -203,7 +230,7 @@ impl LinuxWorkload {
     fn command(&self, size: u64, net_port: u16) -> String {
         let smpcheck =
             format!("/bin/smpcheck --timeout {SMPCHECK_TIMEOUT_S} --bench {}", self.name);
-        match self.name {
+        match self.base() {
             "boot" => "true".to_string(),
             "disk" => format!("/bench/disk /dev/vda {size}"),
             "net" => format!("/bench/net {} {net_port} {}", linux::build::GATEWAY, size * MIB),
@@ -557,6 +584,7 @@ fn run_linux(
         boot.firmware = f;
     }
     boot.smp = w.smp;
+    boot.cpu = w.cpu.map(String::from);
     boot.cmd = Some(cmd);
     boot.append = "rdinit=/bench/init".into();
     boot.disk = Some(disk.to_path_buf());
@@ -698,7 +726,7 @@ fn run_testkernel(side: Side, mode: Mode) -> Result<Outcome> {
 /// The empty rows of a bench run, in table order.
 fn rows(jobs: &[Job]) -> Vec<Row> {
     let mut rows = Vec::new();
-    let linux = jobs.iter().any(|j| matches!(j, Job::Linux(w) if w.smp == 1));
+    let linux = jobs.iter().any(|j| matches!(j, Job::Linux(w) if w.plain()));
     for job in jobs {
         match job {
             Job::Linux(w) => {
@@ -756,7 +784,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     report.multi_vcpu = jobs
         .iter()
         .filter_map(|j| match j {
-            Job::Linux(w) if w.smp > 1 => Some(w.name.to_string()),
+            Job::Linux(w) if !w.plain() => Some(w.name.to_string()),
             _ => None,
         })
         .collect();
@@ -861,7 +889,7 @@ fn record(
     if let Some(ticks) = out.boot_ticks {
         let ns = ticks as f64 * 1e9 / TIMEBASE_HZ as f64;
         // The boot row is a one-vCPU boot's (an SMP guest's boot takes longer).
-        let one_vcpu = matches!(job, Job::Linux(w) if w.smp == 1);
+        let one_vcpu = matches!(job, Job::Linux(w) if w.plain());
         let counts =
             matches!(job, Job::Linux(w) if w.name == "boot") || !report.has_boot_run && one_vcpu;
         if let Some(row) = report.row_mut("boot")
@@ -875,10 +903,24 @@ fn record(
         if matches!(job, Job::Linux(w) if w.name == "boot") {
             said.push(format!("boot {}", report::amount(mode, ns)));
         }
+        // Another host's boot row: this run's own boot.
+        if let Job::Linux(w) = job
+            && w.cpu.is_some()
+            && w.base() == "boot"
+            && let Some(row) = report.row_mut(w.name)
+        {
+            row.add(side, mode, ns, 1);
+            if let Some(wall) = out.boot_wall {
+                row.add(side, Mode::Wall, wall, 1);
+            }
+            said.push(format!("{} {}", w.name, report::amount(mode, ns)));
+        }
     }
     for (name, n, ns) in &out.results {
         let key = match job {
             Job::TestKernel => format!("trap/{name}"),
+            // Another host's row: the program's result under the row's own name.
+            Job::Linux(w) if w.cpu.is_some() && name == w.base() => w.name.to_string(),
             Job::Linux(_) | Job::Share => name.clone(),
         };
         if let Some(row) = report.row_mut(&key) {
