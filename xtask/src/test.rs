@@ -70,7 +70,6 @@ fn parse_cargo_test(stdout: &str, stderr: &str) -> (Vec<(String, usize, usize)>,
 
 fn host_tests() -> Result<Group> {
     println!("== host unit tests (cargo test)");
-    let start = Instant::now();
     let out = Command::new(env!("CARGO"))
         .current_dir(root())
         .args(["test", "--no-fail-fast"])
@@ -103,7 +102,6 @@ fn host_tests() -> Result<Group> {
         );
         group.failed += 1;
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -355,7 +353,6 @@ fn find_in_order(output: &str, expect: &[&str]) -> Result<(), String> {
 
 fn boot_tests() -> Result<Group> {
     println!("== hypocaust boot and guest lifecycle (QEMU virt, OpenSBI)");
-    let start = Instant::now();
     let mut group = Group::new("hypocaust boot, guests");
     for case in boot_cases()? {
         let expect = case.expect.clone();
@@ -372,7 +369,6 @@ fn boot_tests() -> Result<Group> {
 
         report_case(&mut group, case.name, 24, verdict, &case.machine, &run, 15);
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -433,10 +429,8 @@ fn suite_tests(name: &'static str, opts: &suite::Options) -> Result<Group> {
         "== guest test suite{only}, natively and under hypocaust on {}, {transport} virtio-mmio{smp}",
         opts.firmware.name()
     );
-    let start = Instant::now();
     let mut group = Group::new(name);
     compare_into(&mut group, &suite::Comparison::run(opts)?, false);
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -472,11 +466,9 @@ fn firmware_tests() -> Result<Group> {
     println!(
         "== hypocaust's firmware: the guest suite natively on it and on OpenSBI, -smp {FIRMWARE_HARTS}, compared"
     );
-    let start = Instant::now();
     let mut group = Group::new("firmware (compared)");
     let opts = suite::Options { smp: FIRMWARE_HARTS, ..suite::Options::default() };
     compare_into(&mut group, &suite::Comparison::firmware(&opts)?, false);
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -497,7 +489,6 @@ fn timing_tests() -> Result<Group> {
     println!(
         "== timing: the irq/ tests under -icount (sweeping deadlines), then on a loaded machine"
     );
-    let start = Instant::now();
     let mut group = Group::new("timing sweeps, load");
     for shift in SWEEP_SHIFTS {
         let opts = suite::Options {
@@ -515,7 +506,6 @@ fn timing_tests() -> Result<Group> {
         let opts = suite::Options { filter: Some("irq/".into()), ..suite::Options::default() };
         compare_into(&mut group, &suite::Comparison::run(&opts)?, false);
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -860,14 +850,11 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
         "== Linux guest, {}",
         firmware.map_or("natively on QEMU".into(), |f| format!("under hypocaust on {}", f.name()))
     );
-    let start = Instant::now();
     let mut group = Group::new(name);
     let Some(images) = linux_images(&mut group) else {
-        group.elapsed = start.elapsed();
         return Ok(group);
     };
     let Some(written) = checks_boot(&mut group, &images, firmware, 1, None)? else {
-        group.elapsed = start.elapsed();
         return Ok(group);
     };
 
@@ -907,7 +894,6 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
         println!("   skip  disk-read-back           (disk-write failed)");
         group.skipped += 1;
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -920,12 +906,10 @@ fn linux_tests(firmware: Option<Firmware>) -> Result<Group> {
 /// in Sv39 with its window beside the guest.
 fn linux_sv39_tests() -> Result<Group> {
     println!("== Linux guest under hypocaust on an Sv39-only hart (-cpu {U54_CPU})");
-    let start = Instant::now();
     let mut group = Group::new("linux (Sv39 host)");
     if let Some(images) = linux_images(&mut group) {
         checks_boot(&mut group, &images, Some(Firmware::Hypocaust), 1, Some(U54_CPU))?;
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -940,10 +924,8 @@ fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
         SMP_VCPUS.map(|n| n.to_string()).join(" and "),
         firmware.map_or("natively on QEMU".into(), |f| format!("under hypocaust on {}", f.name()))
     );
-    let start = Instant::now();
     let mut group = Group::new(name);
     let Some(images) = linux_images(&mut group) else {
-        group.elapsed = start.elapsed();
         return Ok(group);
     };
     let side = side_name(firmware);
@@ -958,7 +940,6 @@ fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
             }
         }
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -1122,7 +1103,6 @@ fn guests_cases(images: Option<&linux::LinuxImages>) -> Result<Vec<GuestsCase>> 
 /// lists them and powers the last one off, and the machine powers off with it.
 fn guests_tests() -> Result<Group> {
     println!("== several guests at once under hypocaust (more vCPUs than harts), the monitor");
-    let start = Instant::now();
     let mut group = Group::new("guests at once");
     let images = linux_images(&mut group);
     for case in guests_cases(images.as_ref())? {
@@ -1142,7 +1122,6 @@ fn guests_tests() -> Result<Group> {
         }
         report_case(&mut group, case.name, 28, verdict, &case.machine, &run, 25);
     }
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -1458,7 +1437,6 @@ fn checks_boot(
 /// and the results file reads back. Never a timing.
 fn bench_smoke() -> Result<Group> {
     println!("== bench (smoke): cargo xtask bench --quick");
-    let start = Instant::now();
     let mut group = Group::new("bench (smoke)");
     let output = root().join("target").join("bench").join("smoke.json");
     let opts = bench::Options {
@@ -1486,7 +1464,6 @@ fn bench_smoke() -> Result<Group> {
         Ok(r) => r,
         Err(e) => {
             verdict(&mut group, "bench --quick", Err(format!("{e:#}")));
-            group.elapsed = start.elapsed();
             return Ok(group);
         }
     };
@@ -1537,7 +1514,6 @@ fn bench_smoke() -> Result<Group> {
             }
         });
     verdict(&mut group, "results-json", json);
-    group.elapsed = start.elapsed();
     Ok(group)
 }
 
@@ -1609,7 +1585,10 @@ pub fn command(only: Option<&str>) -> Result<bool> {
     let start = Instant::now();
     let mut groups = Vec::new();
     for (_, run) in &runs {
-        groups.push(run()?);
+        let started = Instant::now();
+        let mut group = run()?;
+        group.elapsed = started.elapsed();
+        groups.push(group);
     }
     println!();
     println!("summary:");
