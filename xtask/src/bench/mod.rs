@@ -629,10 +629,10 @@ fn run_linux(
         Some(format!("the command exited with status {:?}", run.status))
     } else if out.boot_ticks.is_none() {
         Some("no bench-boot line (rdinit=/bench/init did not run)".into())
-    } else if w.name != "boot" && !out.results.iter().any(|r| r.0 == w.name) {
-        Some(format!("no result line for {}", w.name))
-    } else if w.name != "boot" && !out.wall.iter().any(|r| r.0 == w.name) {
-        Some(format!("no bench-start/bench-end lines for {}", w.name))
+    } else if w.base() != "boot" && !out.results.iter().any(|r| r.0 == w.base()) {
+        Some(format!("no result line for {}", w.base()))
+    } else if w.base() != "boot" && !out.wall.iter().any(|r| r.0 == w.base()) {
+        Some(format!("no bench-start/bench-end lines for {}", w.base()))
     } else if side != Side::Native && out.exits.is_none() {
         Some("hypocaust printed no exit counts".into())
     } else {

@@ -311,7 +311,7 @@ impl Report {
         let hyp: Vec<Side> = self.hypocaust_sides().collect();
         for mode in Mode::BOTH {
             println!();
-            let mut head = format!("{:<17} {:<27} {:>9}", mode.name(), "op", "native");
+            let mut head = format!("{:<19} {:<27} {:>9}", mode.name(), "op", "native");
             for s in &hyp {
                 let title = if *s == Side::Hypocaust { "hypocaust" } else { "on OpenSBI" };
                 head.push_str(&format!(" {title:>10} {:>7}", "ratio"));
@@ -324,7 +324,7 @@ impl Report {
                     Some(v) if mode == Mode::Count => si(v),
                     Some(v) => duration(v),
                 };
-                let mut line = format!("{:<17} {:<27} {:>9}", r.name, r.op, cell(Side::Native));
+                let mut line = format!("{:<19} {:<27} {:>9}", r.name, r.op, cell(Side::Native));
                 for s in &hyp {
                     line.push_str(&format!(" {:>10} {:>7}", cell(*s), ratio(r.ratio(*s, mode))));
                 }
@@ -434,7 +434,7 @@ impl Report {
             REGRESSION * 100.0
         );
         println!(
-            "{:<17} {:<18} {:>34}   {:>34}   {:>10}",
+            "{:<19} {:<18} {:>34}   {:>34}   {:>10}",
             "workload", "side", "instructions", "wall time", "native insns"
         );
         let mut flagged = 0;
@@ -474,7 +474,7 @@ impl Report {
                 format!("  REGRESSION ({})", flags.join(", "))
             };
             println!(
-                "{:<17} {:<18} {insns:>34}   {wall:>34}   {native:>10}{flag}",
+                "{:<19} {:<18} {insns:>34}   {wall:>34}   {native:>10}{flag}",
                 r.name,
                 side.name()
             );
