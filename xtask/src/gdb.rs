@@ -14,11 +14,14 @@ use object::{Object, ObjectSymbol};
 /// The CSRs reported per hart.
 const CSRS: &[(&str, u16)] = &[
     ("sstatus", 0x100),
+    ("sie", 0x104),
     ("sepc", 0x141),
     ("scause", 0x142),
     ("stval", 0x143),
     ("sip", 0x144),
     ("satp", 0x180),
+    ("stimecmp", 0x14d),
+    ("time", 0xc01),
 ];
 
 /// One hart, as the stub reports it.

@@ -48,12 +48,26 @@ fn enable_in_sie(mask: Interrupts) {
     unsafe { core::arch::asm!("csrs sie, {0}", in(reg) mask.bits()) };
 }
 
-/// Waits (with `wfi`) until `irq` was taken `n` more times, at most 2 s; `false` on timeout.
+/// Waits (`wfi`) until `irq` has been taken `n` times since the count was `before`, or
+/// 2 s pass (`false`); leaves `sstatus.SIE` set, as the callers had it. The count is looked
+/// at with SIE clear and SIE is set only after the `wfi`: with SIE set while looking, an
+/// interrupt taken between the look and the `wfi` (a hart may take one before any
+/// instruction) would leave the `wfi` waiting for another that never comes. `wfi` returns
+/// with SIE clear once an interrupt is pending and enabled in `sie`; setting SIE takes it.
 fn wait_for(irq: Interrupt, before: usize, n: usize) -> bool {
     let give_up = timer::now() + timer::ticks_from_us(2_000_000);
-    while interrupt_count(irq) < before + n && timer::now() < give_up {
+    loop {
+        // SAFETY: masks interrupts for the look; they stay pending.
+        unsafe { core::arch::asm!("csrc sstatus, {0}", in(reg) Sstatus::SIE.bits()) };
+        if interrupt_count(irq) >= before + n || timer::now() >= give_up {
+            break;
+        }
         crate::arch_wfi();
+        // SAFETY: takes the interrupt that ended the `wfi`; the handler counts it.
+        unsafe { core::arch::asm!("csrs sstatus, {0}", in(reg) Sstatus::SIE.bits()) };
     }
+    // SAFETY: as above.
+    unsafe { core::arch::asm!("csrs sstatus, {0}", in(reg) Sstatus::SIE.bits()) };
     interrupt_count(irq) >= before + n
 }
 
