@@ -96,7 +96,9 @@ impl HostMode {
     /// The highest physical address (exclusive) the direct map can reach.
     pub const fn direct_map_limit(self) -> u64 {
         match self {
-            Self::Sv48 | Self::Sv57 => 1 << 46,
+            // Slots 256..=299 (the stacks are in 300), 512 GiB and 256 TiB each.
+            Self::Sv48 => 44 << 39,
+            Self::Sv57 => 44 << 48,
             // Slots 476..=505; the stacks are in 506.
             Self::Sv39 => 30 << 30,
         }
