@@ -29,9 +29,6 @@ use rv::{GuestPhysAddr, HostPhysAddr};
 use crate::map::Frames;
 use crate::walk::{self, Access, AccessType, GuestMemory, WalkFeatures};
 
-/// Levels of the host (shadow) tables in hypocaust's usual mode, Sv48.
-pub const HOST_LEVELS: u32 = 4;
-
 /// What the guest may touch in a view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum View {

@@ -25,11 +25,8 @@ pub enum Atomic {
 impl Atomic {
     /// The value an AMO stores, given the `old` one (`width` bytes, zero-extended).
     pub fn apply(self, old: u64, width: Width) -> u64 {
-        let bits = width.bytes() * 8;
-        let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
-        let sext = |v: u64| -> i64 {
-            if bits == 64 { v as i64 } else { ((v << (64 - bits)) as i64) >> (64 - bits) }
-        };
+        let mask = mask(width);
+        let sext = |v: u64| extend(v, width, true) as i64;
         let new = match self {
             Self::Amo(op, b) => match op {
                 AmoOp::Swap => b,

@@ -6,6 +6,9 @@ use super::*;
 use crate::map::Mapper;
 use crate::testmem::{SparseMemory, TestFrames};
 
+/// Levels of the host tables in most tests: hypocaust in Sv48.
+const HOST_LEVELS: u32 = 4;
+
 /// Guest RAM: GPA 0x8000_0000..0x8400_0000 at HPA 0x20_0000_0000 + offset (2 MiB aligned).
 const RAM: Range<u64> = 0x8000_0000..0x8400_0000;
 const HPA_BASE: u64 = 0x20_0000_0000;
