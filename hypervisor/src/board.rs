@@ -9,14 +9,16 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use devices::ConsoleUart;
 use devices::bus::Bus;
 use devices::plic::Plic;
 use devices::rtc::GoldfishRtc;
+use devices::sifive_uart::SifiveUart;
 use devices::uart::Uart16550;
 use devices::virtio::{VirtioHost, VirtioProxy};
 use devices::{BusError, Mmio, Width};
-use loader::fdt::{Device, PlicNode};
-use platform::Platform;
+use loader::fdt::{Device, PlicNode, UartKind};
+use platform::{Platform, UartKind as HostUartKind};
 use rv::{GuestPhysAddr, HostPhysAddr};
 
 use crate::clock::HostClock;
@@ -28,6 +30,9 @@ use crate::{arch, console, irq, mm};
 #[derive(Clone, Debug, Default)]
 pub struct Layout {
     pub uart: Option<Device>,
+    /// The guest's UART has the host's register interface (a 16550 on `virt`, a SiFive
+    /// UART on `sifive_u`), so that a guest sees the board's kind of console.
+    pub uart_kind: UartKind,
     pub plic: Option<PlicNode>,
     pub rtc: Option<Device>,
     /// Every virtio slot of the host, with the name the guest's configuration gives the
@@ -52,6 +57,10 @@ impl Layout {
             size: u.region.size(),
             irq: u.irq.unwrap_or(0),
         });
+        let uart_kind = match platform.uart.as_ref().map(|u| u.kind) {
+            Some(HostUartKind::Sifive) => UartKind::Sifive,
+            _ => UartKind::Ns16550,
+        };
         let plic = platform.plic.as_ref().map(|p| PlicNode {
             base: p.region.start.raw(),
             size: p.region.size(),
@@ -72,7 +81,7 @@ impl Layout {
             let label = owned.then(|| name(i).unwrap_or_else(|| format!("virtio{i}")));
             virtio.push((dev, label));
         }
-        Self { uart, plic, rtc, virtio }
+        Self { uart, uart_kind, plic, rtc, virtio }
     }
 
     /// The virtio slots, for the device tree.
@@ -236,8 +245,8 @@ impl Mmio for VirtioSlot {
 
 /// A device on a guest's bus.
 enum GuestDevice {
-    Uart(Uart16550),
-    Plic(Plic),
+    Uart(Box<dyn ConsoleUart + Send>),
+    Plic(Box<Plic>),
     Rtc(GoldfishRtc<HostClock>),
     Virtio(Box<VirtioSlot>),
 }
@@ -245,8 +254,8 @@ enum GuestDevice {
 impl GuestDevice {
     fn mmio(&mut self) -> &mut dyn Mmio {
         match self {
-            Self::Uart(d) => d,
-            Self::Plic(d) => d,
+            Self::Uart(d) => d.as_mut(),
+            Self::Plic(d) => d.as_mut(),
             Self::Rtc(d) => d,
             Self::Virtio(d) => d.as_mut(),
         }
@@ -283,10 +292,16 @@ impl Board {
         let mut bus = Bus::new();
         let at = GuestPhysAddr::new;
         if let Some(d) = layout.uart {
-            bus.insert("uart", at(d.base), d.size, GuestDevice::Uart(Uart16550::new()))?;
+            let uart: Box<dyn ConsoleUart + Send> = match layout.uart_kind {
+                UartKind::Ns16550 => Box::new(Uart16550::new()),
+                UartKind::Sifive => Box::new(SifiveUart::booted()),
+            };
+            bus.insert("uart", at(d.base), d.size, GuestDevice::Uart(uart))?;
         }
         if let Some(p) = layout.plic {
-            bus.insert("plic", at(p.base), p.size, GuestDevice::Plic(Plic::new(vcpus)))?;
+            // As many sources as the host's PLIC (QEMU: `riscv,ndev` + 1, and 96 at most).
+            let plic = Plic::with_sources(vcpus, p.ndev.saturating_add(1));
+            bus.insert("plic", at(p.base), p.size, GuestDevice::Plic(Box::new(plic)))?;
         }
         if let Some(d) = layout.rtc {
             let rtc = GoldfishRtc::new(HostClock);
@@ -315,7 +330,7 @@ impl Board {
 
     fn plic(&mut self) -> Option<&mut Plic> {
         self.bus.iter_mut().find_map(|s| match &mut s.device {
-            GuestDevice::Plic(p) => Some(p),
+            GuestDevice::Plic(p) => Some(&mut **p),
             _ => None,
         })
     }
@@ -334,8 +349,8 @@ impl Board {
         let (vcpus, guest) = (self.vcpus, self.guest);
         for slot in self.bus.iter_mut() {
             match &mut slot.device {
-                GuestDevice::Uart(u) => *u = Uart16550::new(),
-                GuestDevice::Plic(p) => *p = Plic::new(vcpus),
+                GuestDevice::Uart(u) => u.reset(),
+                GuestDevice::Plic(p) => **p = Plic::with_sources(vcpus, p.sources()),
                 GuestDevice::Rtc(r) => *r = GoldfishRtc::new(HostClock),
                 GuestDevice::Virtio(v) => {
                     v.quiesce();

@@ -1,4 +1,5 @@
-//! hypocaust's console: the physical UART (16550) or, without one, the SBI console; the
+//! hypocaust's console: the physical UART (a 16550 or a SiFive UART) or, without one, the
+//! SBI console; the
 //! `log` backend that writes to it; guests' output and input; the escape key that opens
 //! the monitor (monitor.rs).
 //!
@@ -98,8 +99,96 @@ impl Uart16550 {
     }
 }
 
+/// A SiFive UART (`sifive,uart0`), polled: 32-bit registers, `txdata` bit 31 says the
+/// transmit FIFO is full, a read of `rxdata` takes a byte or has bit 31 set.
+pub struct SifiveUart {
+    base: *mut u32,
+}
+
+// SAFETY: as for `Uart16550`.
+unsafe impl Send for SifiveUart {}
+// SAFETY: as above.
+unsafe impl Sync for SifiveUart {}
+
+const SIFIVE_TXDATA: usize = 0;
+const SIFIVE_RXDATA: usize = 1;
+const SIFIVE_TXCTRL: usize = 2;
+const SIFIVE_RXCTRL: usize = 3;
+const SIFIVE_IE: usize = 4;
+/// `txdata` full, `rxdata` empty.
+const SIFIVE_FLAG: u32 = 1 << 31;
+/// `txctrl.txen`, `rxctrl.rxen`.
+const SIFIVE_ENABLE: u32 = 1;
+const SIFIVE_IE_RXWM: u32 = 1 << 1;
+
+impl SifiveUart {
+    /// A UART whose registers are mapped at `base`; it turns the transmitter and receiver
+    /// on (the firmware may have left them off), the receive watermark at 0.
+    ///
+    /// # Safety
+    /// `base` must map the device's registers for as long as the value lives.
+    pub unsafe fn new(base: *mut u8) -> Self {
+        let uart = Self { base: base.cast() };
+        uart.write(SIFIVE_TXCTRL, uart.read(SIFIVE_TXCTRL) | SIFIVE_ENABLE);
+        uart.write(SIFIVE_RXCTRL, SIFIVE_ENABLE);
+        uart
+    }
+
+    fn read(&self, reg: usize) -> u32 {
+        // SAFETY: `base` maps the register block (contract of `new`); the registers are
+        // 32 bits wide and take only 32-bit accesses.
+        unsafe { self.base.add(reg).read_volatile() }
+    }
+
+    fn write(&self, reg: usize, value: u32) {
+        // SAFETY: as in `read`.
+        unsafe { self.base.add(reg).write_volatile(value) }
+    }
+}
+
+/// The physical console UART.
+pub enum HostUart {
+    Ns16550(Uart16550),
+    Sifive(SifiveUart),
+}
+
+impl HostUart {
+    /// A received byte, if one is waiting.
+    fn try_get(&self) -> Option<u8> {
+        match self {
+            Self::Ns16550(u) => u.try_get(),
+            Self::Sifive(u) => {
+                let data = u.read(SIFIVE_RXDATA);
+                (data & SIFIVE_FLAG == 0).then_some(data as u8)
+            }
+        }
+    }
+
+    /// Makes the UART raise its interrupt while received data waits.
+    fn enable_rx_interrupt(&self) {
+        match self {
+            Self::Ns16550(u) => u.enable_rx_interrupt(),
+            Self::Sifive(u) => u.write(SIFIVE_IE, SIFIVE_IE_RXWM),
+        }
+    }
+
+    /// Sends `byte` if the transmitter has room; `false` if not.
+    fn try_put(&self, byte: u8) -> bool {
+        match self {
+            Self::Ns16550(u) => u.try_put(byte),
+            Self::Sifive(u) => {
+                if u.read(SIFIVE_TXDATA) & SIFIVE_FLAG != 0 {
+                    return false;
+                }
+                u.write(SIFIVE_TXDATA, u32::from(byte));
+                true
+            }
+        }
+    }
+}
+
 /// The physical UART, once known (else the SBI console is used).
-static UART: Once<Uart16550> = Once::new();
+static UART: Once<HostUart> = Once::new();
 
 /// Bytes of output held for the UART at most; beyond, the oldest are dropped.
 pub const OUT_LIMIT: usize = 256 * 1024;
@@ -213,7 +302,7 @@ static INPUT_WAITING: AtomicBool = AtomicBool::new(false);
 pub const ESCAPE: u8 = 0x1d;
 
 /// Switches the console to the physical UART.
-pub fn use_uart(uart: Uart16550) {
+pub fn use_uart(uart: HostUart) {
     UART.call_once(|| uart);
 }
 

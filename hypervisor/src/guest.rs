@@ -513,6 +513,7 @@ impl Guest {
             rng_seed: Some(&rng_seed),
             devices: loader::fdt::Devices {
                 uart: self.layout.uart,
+                uart_kind: self.layout.uart_kind,
                 plic: self.layout.plic,
                 virtio: &virtio,
                 rtc: self.layout.rtc,

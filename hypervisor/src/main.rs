@@ -42,11 +42,11 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use log::LevelFilter;
-use platform::{PhysRange, Platform};
+use platform::{PhysRange, Platform, UartKind};
 use rv::HostPhysAddr;
 use spin::Once;
 
-use crate::console::Uart16550;
+use crate::console::{HostUart, SifiveUart, Uart16550};
 use crate::firmware::SbiInfo;
 use crate::layout::phys_to_virt;
 
@@ -125,7 +125,14 @@ pub extern "C" fn rust_boot(hartid: usize, dtb_pa: usize, satp_mode: u64) -> ! {
     if let Some(uart) = &platform.uart {
         let base = phys_to_virt(uart.region.start).raw() as *mut u8;
         // SAFETY: the direct map covers the UART's registers, now and in the kernel table.
-        console::use_uart(unsafe { Uart16550::new(base, uart.reg_shift, uart.reg_io_width) });
+        console::use_uart(unsafe {
+            match uart.kind {
+                UartKind::Ns16550 => {
+                    HostUart::Ns16550(Uart16550::new(base, uart.reg_shift, uart.reg_io_width))
+                }
+                UartKind::Sifive => HostUart::Sifive(SifiveUart::new(base)),
+            }
+        });
     }
     console::set_timebase(platform.timebase_hz);
     log::set_max_level(log_level(platform.bootargs.as_deref()));

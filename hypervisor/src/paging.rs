@@ -273,9 +273,12 @@ impl VcpuMmu {
         self.leave_tree();
         let (slot, _) = self.cache.select(key, &mut self.pool).map_err(|_| PoolExhausted)?;
         let root = self.cache.tree(slot).ok_or(PoolExhausted)?.root;
-        let real =
-            Satp::new(layout::mode().satp_mode(), real_asid(self.owner, Some(slot)), root.page_number())
-                .0;
+        let real = Satp::new(
+            layout::mode().satp_mode(),
+            real_asid(self.owner, Some(slot)),
+            root.page_number(),
+        )
+        .0;
         self.current = Some((key, slot, real));
         Ok(real)
     }

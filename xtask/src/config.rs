@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::artifacts::{self, GuestFiles};
 use crate::linux::{self, LinuxImages};
-use crate::qemu::{self, Firmware, Machine};
+use crate::qemu::{self, Board, Firmware, Machine};
 
 /// virtio-mmio slots of QEMU's `virt` machine.
 pub const VIRTIO_SLOTS: usize = 8;
@@ -68,8 +68,11 @@ pub struct MachineConfig {
     /// hypocaust's time slice where vCPUs share a hart, in milliseconds (None: its
     /// default).
     pub slice_ms: Option<u64>,
-    /// QEMU's `-cpu` (None: `rv64,h=false`); e.g. `sifive-u54` for an Sv39-only hart.
+    /// QEMU's `-cpu` (None: the board's default; `rv64,h=false` on `virt`); e.g.
+    /// `sifive-u54` for an Sv39-only hart.
     pub cpu: Option<String>,
+    /// The QEMU board (`virt` or `sifive_u`).
+    pub board: Board,
 }
 
 impl Default for MachineConfig {
@@ -80,6 +83,7 @@ impl Default for MachineConfig {
             firmware: Firmware::default(),
             slice_ms: None,
             cpu: None,
+            board: Board::Virt,
         }
     }
 }
@@ -251,6 +255,8 @@ fn flag_of(field: &str) -> Option<&'static str> {
         "machine.harts" | ".vcpus" => "--smp",
         "machine.memory" => "--memory",
         "machine.cpu" => "--cpu",
+        "machine.board" => "--machine",
+        "machine.firmware" => "--firmware",
         ".memory" => "--guest-memory",
         ".kernel" => "--kernel",
         ".initrd" => "--initrd",
@@ -367,6 +373,19 @@ impl Config {
         }
         if self.guests.is_empty() {
             p.add("guest", "no [[guest]]; add one (docs/config.md)");
+        }
+        if !native && let Err(e) = self.machine.board.check_firmware(self.machine.firmware) {
+            p.add("machine.firmware", e.to_string());
+        }
+        if self.machine.board == Board::SifiveU && !self.devices.is_empty() {
+            p.add(
+                "device",
+                "QEMU's sifive_u has no virtio-mmio slots for devices; remove the [[device]]s \
+                 (the Debian guest boots from its initramfs there)",
+            );
+        }
+        if self.machine.board == Board::SifiveU && harts > 4 {
+            p.add("machine.harts", "sifive_u has at most 4 U54 harts; give 1 to 4");
         }
         if let Some(ms) = self.machine.slice_ms
             && !(1..=1000).contains(&ms)
@@ -608,7 +627,7 @@ impl Config {
                         (
                             linux.kernel.clone(),
                             Some(linux.initramfs.clone()),
-                            linux::run::bootargs(false, &g.bootargs),
+                            linux::run::bootargs(false, self.machine.board, &g.bootargs),
                         )
                     }
                     Kernel::Suite => (images.testkernel()?, None, g.bootargs.clone()),
@@ -697,7 +716,7 @@ impl Config {
                     let linux = images.debian()?;
                     let mut m = Machine::new(&linux.kernel);
                     m.initrd = Some(linux.initramfs.clone());
-                    m.append = Some(linux::run::bootargs(true, &g.bootargs));
+                    m.append = Some(linux::run::bootargs(true, self.machine.board, &g.bootargs));
                     m
                 }
                 Kernel::Suite => Machine::new(images.testkernel()?),
@@ -724,6 +743,7 @@ impl Config {
             m.append = Some(append);
             m
         };
+        m = m.on(self.machine.board);
         m.smp = self.machine.harts;
         if let Some(cpu) = &self.machine.cpu {
             m.cpu.clone_from(cpu);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use qemu::Firmware;
+use qemu::{Board, Firmware};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test hypocaust", version)]
@@ -76,11 +76,16 @@ enum Cmd {
         #[arg(long, default_value = "info")]
         log: String,
         /// The M-mode firmware under hypocaust.
-        #[arg(long, value_enum, default_value_t = Firmware::default())]
-        firmware: Firmware,
+        /// (default: hypocaust's on virt, OpenSBI on sifive_u)
+        #[arg(long, value_enum)]
+        firmware: Option<Firmware>,
         /// QEMU's -cpu (default rv64,h=false, an Sv57 hart; sifive-u54: Sv39 only).
         #[arg(long, value_name = "MODEL")]
         cpu: Option<String>,
+        /// The QEMU board (sifive_u: needs --firmware opensbi; no virtio, so the Linux
+        /// guest boots from its initramfs).
+        #[arg(long, value_enum, default_value_t = Board::default())]
+        machine: Board,
     },
     /// Boot the Debian Linux guest under hypocaust (or natively), interactively or to run
     /// shell commands.
@@ -118,12 +123,16 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
         /// The M-mode firmware under hypocaust.
-        #[arg(long, value_enum, default_value_t = Firmware::default())]
-        firmware: Firmware,
+        /// (default: hypocaust's on virt, OpenSBI on sifive_u)
+        #[arg(long, value_enum)]
+        firmware: Option<Firmware>,
         /// QEMU's -cpu (default rv64,h=false; e.g. rv64,h=false,sv48=off for an Sv39-only
         /// host, where hypocaust keeps its window).
         #[arg(long, value_name = "MODEL")]
         cpu: Option<String>,
+        /// The QEMU board (sifive_u: needs --firmware opensbi; no disk or network there).
+        #[arg(long, value_enum, default_value_t = Board::default())]
+        machine: Board,
     },
     /// Download Debian's riscv64 kernel, busybox and dropbear (unstable) and build the Linux
     /// guest's images (kernel, initramfs, disk) in the user cache directory.
@@ -189,8 +198,9 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = 1)]
         repeat: usize,
         /// The M-mode firmware under hypocaust (the native run is on OpenSBI).
-        #[arg(long, value_enum, default_value_t = Firmware::default())]
-        firmware: Firmware,
+        /// (default: hypocaust's on virt, OpenSBI on sifive_u)
+        #[arg(long, value_enum)]
+        firmware: Option<Firmware>,
         /// Harts of the machine (under hypocaust: the guest's vCPUs).
         #[arg(long, default_value_t = 1)]
         smp: usize,
@@ -202,6 +212,9 @@ enum Cmd {
         /// Sv57 and offers Sv48; rv64,h=false,sv57=off: Sv48 host, Sv39 guests).
         #[arg(long, value_name = "MODEL")]
         cpu: Option<String>,
+        /// The QEMU board of both runs (sifive_u: needs --firmware opensbi).
+        #[arg(long, value_enum, default_value_t = Board::default())]
+        machine: Board,
         /// Instead of hypocaust: the test kernel natively on hypocaust's firmware, compared
         /// with natively on OpenSBI (how `cargo xtask test` checks the firmware).
         #[arg(long, conflicts_with = "native")]
@@ -229,6 +242,7 @@ struct RunOptions {
     log: String,
     firmware: Firmware,
     cpu: Option<String>,
+    machine: Board,
 }
 
 /// `cargo xtask run`: a configuration file, or the one-guest configuration its flags make
@@ -259,6 +273,7 @@ fn flags_config(o: &RunOptions) -> Result<config::Config> {
         firmware: o.firmware,
         slice_ms: None,
         cpu: o.cpu.clone(),
+        board: o.machine,
     };
     let disk = |image: &str| DeviceConfig {
         name: "disk".into(),
@@ -305,6 +320,10 @@ fn flags_config(o: &RunOptions) -> Result<config::Config> {
         guest.vcpus = if o.native { 1 } else { u32::try_from(o.smp).unwrap_or(u32::MAX) };
         devices = vec![disk(config::DEBIAN), net(Some(linux::run::pick_ssh_port(o.ssh_port)?))];
     }
+    if o.machine == Board::SifiveU {
+        // No virtio-mmio slots there: the guest has its console only.
+        devices.clear();
+    }
     guest.devices = devices.iter().map(|d| d.name.clone()).collect();
     Ok(config::Config::from_flags(machine, vec![guest], devices))
 }
@@ -327,6 +346,7 @@ fn run() -> Result<ExitCode> {
             log,
             firmware,
             cpu,
+            machine,
         } => run_command(RunOptions {
             config,
             smp,
@@ -340,8 +360,9 @@ fn run() -> Result<ExitCode> {
             guest_memory,
             ssh_port,
             log,
-            firmware,
+            firmware: firmware.unwrap_or(machine.default_firmware()),
             cpu,
+            machine,
         })
         .map(code),
         Cmd::Linux {
@@ -357,10 +378,12 @@ fn run() -> Result<ExitCode> {
             quiet,
             firmware,
             cpu,
+            machine,
         } => {
             let mut boot = linux::run::Boot::new("linux", native);
-            boot.firmware = firmware;
+            boot.firmware = firmware.unwrap_or(machine.default_firmware());
             boot.cpu = cpu;
+            boot.board = machine;
             boot.smp = smp;
             boot.guest_mib = guest_memory;
             boot.host_mib = memory;
@@ -403,10 +426,22 @@ fn run() -> Result<ExitCode> {
             smp,
             harts,
             cpu,
+            machine,
             compare_firmware,
         } => {
+            let firmware = firmware.unwrap_or(machine.default_firmware());
             let harts = harts.unwrap_or(0);
-            let opts = suite::Options { filter, legacy, icount, sweep, firmware, smp, harts, cpu };
+            let opts = suite::Options {
+                filter,
+                legacy,
+                icount,
+                sweep,
+                firmware,
+                smp,
+                harts,
+                cpu,
+                board: machine,
+            };
             let _hogs = util::CpuHogs::start(hogs);
             let mut ok = true;
             for run in 1..=repeat {

@@ -108,9 +108,110 @@ impl Firmware {
     }
 }
 
-/// One QEMU `virt` machine.
+/// The QEMU machine type (the board): everything board-specific on the host side is here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum Board {
+    /// QEMU's `virt`: 16550 UART, PLIC, ACLINT, virtio-mmio slots, Goldfish RTC, a test
+    /// device that powers off.
+    #[default]
+    #[serde(rename = "virt")]
+    Virt,
+    /// QEMU's `sifive_u` (HiFive Unleashed, FU540): an E51 monitor hart 0 without S-mode,
+    /// U54 harts (Sv39), a SiFive UART, no virtio, no RTC, no power-off device, no `time`
+    /// CSR (OpenSBI emulates `rdtime`).
+    #[value(name = "sifive_u")]
+    #[serde(rename = "sifive_u")]
+    SifiveU,
+}
+
+impl Board {
+    /// QEMU's `-machine` name.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Self::Virt => "virt",
+            Self::SifiveU => "sifive_u",
+        }
+    }
+
+    /// The `-cpu` model when none is asked for.
+    pub fn default_cpu(self) -> &'static str {
+        match self {
+            Self::Virt => DEFAULT_CPU,
+            Self::SifiveU => U54_CPU,
+        }
+    }
+
+    /// The Linux console device of the board's UART (the guest's, under hypocaust, is
+    /// the same kind).
+    pub fn linux_console(self) -> &'static str {
+        match self {
+            Self::Virt => "ttyS0",
+            Self::SifiveU => "ttySIF0",
+        }
+    }
+
+    /// Harts QEMU adds that cannot run S-mode (counted in `-smp`): `sifive_u`'s E51.
+    pub fn monitor_harts(self) -> usize {
+        match self {
+            Self::Virt => 0,
+            Self::SifiveU => 1,
+        }
+    }
+
+    /// Whether an SBI power-off makes QEMU exit (`sifive_u` has no device for it: runs
+    /// end at a line that says the machine powers off, see [`powered_off`]).
+    pub fn powers_off(self) -> bool {
+        self == Self::Virt
+    }
+
+    /// The firmware runs on this board use unless told otherwise.
+    pub fn default_firmware(self) -> Firmware {
+        match self {
+            Self::Virt => Firmware::Hypocaust,
+            Self::SifiveU => Firmware::Opensbi,
+        }
+    }
+
+    /// Whether `firmware` runs on this board, or what to use instead.
+    pub fn check_firmware(self, firmware: Firmware) -> Result<()> {
+        if self == Self::SifiveU && firmware == Firmware::Hypocaust {
+            anyhow::bail!(
+                "hypocaust's firmware does not run on sifive_u (its harts have no `time` CSR, \
+                 which the firmware would have to emulate; docs/boards.md): add \
+                 --firmware opensbi"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Where the output says the machine powers off, whether it reports success: hypocaust's
+/// last line, the test kernel's TAP summary, Linux's. Used on boards where an SBI power-off
+/// leaves QEMU running.
+pub fn powered_off(output: &str) -> Option<bool> {
+    output.lines().find_map(|line| {
+        let line = line.trim_end();
+        if line.starts_with("hypocaust: all guests are off; powering off")
+            || line.starts_with("hypocaust: no guests configured; powering off")
+            || line.ends_with("reboot: Power down")
+        {
+            return Some(true);
+        }
+        if line.starts_with("hypocaust: no guest can run; powering off") {
+            return Some(false);
+        }
+        // "# 180 passed, 0 failed, 11 skipped"
+        let rest = line.strip_prefix("# ")?;
+        let (_, rest) = rest.split_once(" passed, ")?;
+        let (failed, _) = rest.split_once(" failed")?;
+        failed.parse::<u64>().ok().map(|f| f == 0)
+    })
+}
+
+/// One QEMU machine.
 #[derive(Clone, Debug)]
 pub struct Machine {
+    pub board: Board,
     pub cpu: String,
     pub smp: usize,
     pub memory_mib: u64,
@@ -132,9 +233,17 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The same machine on `board` with its default CPU.
+    pub fn on(mut self, board: Board) -> Self {
+        self.board = board;
+        self.cpu = board.default_cpu().into();
+        self
+    }
+
     /// A machine with the default CPU, one hart and 1 GiB.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Self {
+            board: Board::Virt,
             cpu: DEFAULT_CPU.into(),
             smp: 1,
             memory_mib: 1024,
@@ -153,11 +262,11 @@ impl Machine {
     fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = [
             "-machine",
-            "virt",
+            self.board.qemu_name(),
             "-cpu",
             &self.cpu,
             "-smp",
-            &self.smp.to_string(),
+            &(self.smp + self.board.monitor_harts()).to_string(),
             "-m",
             &format!("{}M", self.memory_mib),
             "-bios",
@@ -198,8 +307,9 @@ impl Machine {
     /// Writes the machine's device tree to `path` (QEMU `dumpdtb`).
     pub fn dump_dtb(&self, path: &Path) -> Result<()> {
         let mut args = self.args();
-        let m = args.iter().position(|a| a == "virt").expect("machine type is in the arguments");
-        args[m] = format!("virt,dumpdtb={}", path.display());
+        let name = self.board.qemu_name();
+        let m = args.iter().position(|a| a == name).expect("machine type is in the arguments");
+        args[m] = format!("{name},dumpdtb={}", path.display());
         let out = Command::new(qemu_binary()).args(&args).args(["-display", "none"]).output()?;
         anyhow::ensure!(
             path.exists(),
@@ -219,6 +329,9 @@ pub enum Ending {
     TimedOut,
     /// The caller had seen enough and stopped it.
     Stopped,
+    /// On a board that cannot power off (`sifive_u`), the output said the machine powers
+    /// off (with success or not), and xtask stopped QEMU.
+    PoweredOff(bool),
 }
 
 /// The result of a captured run.
@@ -249,7 +362,7 @@ struct Sink {
 impl Run {
     /// Whether QEMU exited with status 0 before the timeout.
     pub fn exited_cleanly(&self) -> bool {
-        self.ending == Ending::Exited(Some(0))
+        matches!(self.ending, Ending::Exited(Some(0)) | Ending::PoweredOff(true))
     }
 
     /// The last `n` lines of output.
@@ -363,6 +476,15 @@ pub fn run_until(
             let _ = child.0.kill();
             let _ = child.0.wait();
             break Ending::Stopped;
+        }
+        if !machine.board.powers_off()
+            && let Some(ok) = powered_off(&output.lock().expect("output lock"))
+        {
+            // What follows the line (the rest of a summary) arrives within moments.
+            thread::sleep(Duration::from_millis(300));
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            break Ending::PoweredOff(ok);
         }
         thread::sleep(Duration::from_millis(20));
     };

@@ -74,6 +74,18 @@ pub const UNDER_HYPOCAUST: Differences = Differences {
     ],
 };
 
+/// Natively against under hypocaust on QEMU's `sifive_u`.
+pub const UNDER_HYPOCAUST_SIFIVE_U: Differences = Differences {
+    only_second: &[
+        DBCN_BAD_ADDRESS,
+        (
+            "machine/rng-seed",
+            "QEMU's sifive_u gives no /chosen/rng-seed; hypocaust gives every guest a fresh one",
+        ),
+    ],
+    ..UNDER_HYPOCAUST
+};
+
 /// Natively on OpenSBI against natively on hypocaust's firmware: the same hart, two SBI
 /// implementations.
 pub const ON_HYPOCAUST_FIRMWARE: Differences =
@@ -146,6 +158,8 @@ pub struct Options {
     /// QEMU's `-cpu` for both runs (None: [`qemu::DEFAULT_CPU`]), e.g. an Sv48-only hart
     /// (`rv64,h=false,sv57=off`), where hypocaust runs in Sv48 and offers Sv39.
     pub cpu: Option<String>,
+    /// The QEMU board of both runs.
+    pub board: qemu::Board,
 }
 
 /// All eight virtio-mmio slots of `virt` go to the suite's guest, so it finds its devices
@@ -169,7 +183,11 @@ fn run_name(place: Place, opts: &Options) -> String {
         .as_ref()
         .map(|c| format!("-cpu-{}", c.replace([',', '='], "-")))
         .unwrap_or_default();
-    format!("suite-{}{legacy}{icount}{smp}{harts}{cpu}", place.name())
+    let board = match opts.board {
+        qemu::Board::Virt => String::new(),
+        b => format!("-{}", b.qemu_name()),
+    };
+    format!("suite-{}{board}{legacy}{icount}{smp}{harts}{cpu}", place.name())
 }
 
 /// QEMU arguments for a deterministic clock: `shift` as given, no alignment to the host's
@@ -196,7 +214,11 @@ fn bootargs(opts: &Options) -> String {
 /// Gives `machine` what every suite run has: its devices on a fresh disk of run `name`,
 /// and the deterministic clock if asked for.
 fn suite_machine(machine: &mut Machine, name: &str, opts: &Options) -> Result<()> {
-    add_devices(machine, name, opts.legacy)?;
+    *machine = machine.clone().on(opts.board);
+    // Only `virt` has virtio-mmio slots for the suite's disk and network.
+    if opts.board == qemu::Board::Virt {
+        add_devices(machine, name, opts.legacy)?;
+    }
     if let Some(cpu) = &opts.cpu {
         machine.cpu.clone_from(cpu);
     }
@@ -220,6 +242,7 @@ pub fn run(place: Place, opts: &Options) -> Result<(Report, Run)> {
             m
         }
         Place::Hypocaust(firmware) => {
+            opts.board.check_firmware(firmware)?;
             let bundle = qemu::log_dir().join(format!("{name}-bundle.img"));
             artifacts::bundle(
                 &[GuestFiles {
@@ -354,7 +377,13 @@ impl Comparison {
     /// The oracle against the test kernel under hypocaust (on `opts.firmware`).
     pub fn run(opts: &Options) -> Result<Self> {
         let shared = opts.harts > 0 && opts.harts < opts.smp.max(1);
-        let allowed = if shared { &UNDER_HYPOCAUST_SHARED } else { &UNDER_HYPOCAUST };
+        let allowed = if opts.board == qemu::Board::SifiveU {
+            &UNDER_HYPOCAUST_SIFIVE_U
+        } else if shared {
+            &UNDER_HYPOCAUST_SHARED
+        } else {
+            &UNDER_HYPOCAUST
+        };
         Self::between([Place::ORACLE, Place::Hypocaust(opts.firmware)], opts, allowed)
     }
 
@@ -518,7 +547,10 @@ pub fn command(native: bool, opts: &Options) -> Result<bool> {
     }
     let c = Comparison::run(opts)?;
     println!(
-        "guest test suite: natively on QEMU (rv64,h=false, OpenSBI) and under hypocaust on {}, {transport} virtio-mmio",
+        "guest test suite: natively on QEMU {} ({}, OpenSBI) and under hypocaust on {}, \
+         {transport} virtio-mmio",
+        opts.board.qemu_name(),
+        opts.cpu.as_deref().unwrap_or(opts.board.default_cpu()),
         opts.firmware.name()
     );
     c.print(true);

@@ -1,4 +1,4 @@
-//! Device models a guest sees: the 16550 UART, the PLIC, and the virtio-mmio passthrough
+//! Device models a guest sees: the 16550 and SiFive UARTs, the PLIC, and the virtio-mmio passthrough
 //! proxy. Pure logic, `no_std`, tested on the host; hypocaust's binary wires them to guest
 //! MMIO traps, the physical devices and the virtual interrupt lines.
 //!
@@ -15,6 +15,7 @@ mod access;
 pub mod bus;
 pub mod plic;
 pub mod rtc;
+pub mod sifive_uart;
 pub mod uart;
 pub mod virtio;
 
@@ -31,4 +32,25 @@ pub trait Mmio {
 
     /// Writes the low `width` bytes of `value` at `offset`.
     fn write(&mut self, offset: u64, width: Width, value: u64) -> Result<(), BusError>;
+}
+
+/// A console UART model: what the board needs besides its registers to connect it to the
+/// console and the PLIC.
+pub trait ConsoleUart: Mmio {
+    /// Offers `byte` from the console; false if the UART does not take input now (the
+    /// caller keeps it and offers it again later).
+    fn receive(&mut self, byte: u8) -> bool;
+
+    /// Whether [`ConsoleUart::receive`] would take a byte now.
+    fn wants_input(&self) -> bool;
+
+    /// The next byte the guest transmitted, oldest first.
+    fn take_output(&mut self) -> Option<u8>;
+
+    /// If the model has driven its interrupt line since the last call, the level it drove
+    /// it to last (models drive their line at the events QEMU's do, not after every access).
+    fn take_line_update(&mut self) -> Option<bool>;
+
+    /// Back to the state the guest finds at boot (it reboots).
+    fn reset(&mut self);
 }

@@ -114,6 +114,9 @@ pub struct Plic {
     threshold: Vec<u32>,
     /// Sources whose claim the guest has completed, oldest first.
     completed: VecDeque<u32>,
+    /// The number of sources counting source 0 (at most [`NUM_SOURCES`]): priorities
+    /// 1..=sources, pending bits below `sources`, enable words that cover them.
+    sources: u32,
 }
 
 impl Plic {
@@ -124,6 +127,16 @@ impl Plic {
     ///
     /// If `harts` is 0 or more than [`MAX_HARTS`], which QEMU's `virt` does not build.
     pub fn new(harts: usize) -> Self {
+        Self::with_sources(harts, NUM_SOURCES)
+    }
+
+    /// A PLIC like [`Plic::new`] with `sources` sources counting source 0 (clamped to 2 ..=
+    /// [`NUM_SOURCES`]), as QEMU builds one for another board (`sifive_u`: 54).
+    ///
+    /// # Panics
+    ///
+    /// As [`Plic::new`].
+    pub fn with_sources(harts: usize, sources: u32) -> Self {
         assert!(
             (1..=MAX_HARTS).contains(&harts),
             "a virt PLIC serves 1 to {MAX_HARTS} harts, not {harts}"
@@ -136,6 +149,7 @@ impl Plic {
             enable: vec![[0; WORDS]; contexts],
             threshold: vec![0; contexts],
             completed: VecDeque::new(),
+            sources: sources.clamp(2, NUM_SOURCES),
         }
     }
 
@@ -143,7 +157,7 @@ impl Plic {
     /// request), low changes nothing. Source 0 and sources past the last have no line and
     /// are ignored.
     pub fn set_level(&mut self, source: u32, level: bool) {
-        if source == 0 || source >= NUM_SOURCES || !level {
+        if source == 0 || source >= self.sources || !level {
             return;
         }
         set_bit(&mut self.pending, source, true);
@@ -162,12 +176,18 @@ impl Plic {
         self.completed.pop_front()
     }
 
-    /// The number of sources, counting the nonexistent source 0: 96.
+    /// The number of sources, counting the nonexistent source 0 (96 on `virt`).
     ///
-    /// QEMU's device tree gives `riscv,ndev` = 96 (not 95), although source 96 does not
-    /// exist; a device tree that must match QEMU's gives this number.
+    /// QEMU's `virt` device tree gives `riscv,ndev` = 96 (not 95), although source 96 does
+    /// not exist; `sifive_u`'s gives 53 for its 54. A device tree that must match QEMU's
+    /// gives `riscv,ndev` as the host's says.
     pub fn sources(&self) -> u32 {
-        NUM_SOURCES
+        self.sources
+    }
+
+    /// 32-bit words of enable bits that hold a source.
+    fn words(&self) -> usize {
+        self.sources.div_ceil(32) as usize
     }
 
     fn harts(&self) -> usize {
@@ -215,7 +235,7 @@ impl Plic {
     }
 
     fn complete(&mut self, value: u32) {
-        if value >= NUM_SOURCES {
+        if value >= self.sources {
             return;
         }
         if bit(&self.claimed, value) {
@@ -227,14 +247,14 @@ impl Plic {
     /// Decodes a word-aligned offset inside the window.
     fn decode(&self, offset: u64) -> Register {
         let contexts = self.contexts() as u64;
-        if let Some(rel) = within(offset, PRIORITY_BASE, u64::from(NUM_SOURCES) * 4) {
+        if let Some(rel) = within(offset, PRIORITY_BASE, u64::from(self.sources) * 4) {
             Register::Priority((rel / 4) as u32 + 1)
-        } else if let Some(rel) = within(offset, PENDING_BASE, u64::from(NUM_SOURCES) / 8) {
+        } else if let Some(rel) = within(offset, PENDING_BASE, u64::from(self.sources) / 8) {
             Register::Pending((rel / 4) as usize)
         } else if let Some(rel) = within(offset, ENABLE_BASE, contexts * ENABLE_STRIDE) {
             let context = (rel / ENABLE_STRIDE) as usize;
             let word = ((rel % ENABLE_STRIDE) / 4) as usize;
-            if word < WORDS { Register::Enable { context, word } } else { Register::None }
+            if word < self.words() { Register::Enable { context, word } } else { Register::None }
         } else if let Some(rel) = within(offset, CONTEXT_BASE, contexts * CONTEXT_STRIDE) {
             let context = (rel / CONTEXT_STRIDE) as usize;
             match rel % CONTEXT_STRIDE {

@@ -47,7 +47,7 @@
 //! `access.rs`).
 
 use crate::access::{cpu_read, cpu_write};
-use crate::{BusError, Mmio, Width};
+use crate::{BusError, ConsoleUart, Mmio, Width};
 
 /// The size of the window the `virt` machine gives the UART (its device-tree `reg`).
 pub const UART_SIZE: u64 = 0x100;
@@ -61,7 +61,7 @@ const FIFO_LEN: usize = 16;
 /// Transmitted bytes kept for the console until [`Uart16550::take_output`] drains them; each
 /// guest write sends at most one byte, so the caller draining after every write never loses
 /// any.
-const OUTPUT_LEN: usize = 256;
+pub(crate) const OUTPUT_LEN: usize = 256;
 
 const REG_DATA: u64 = 0;
 const REG_IER: u64 = 1;
@@ -114,31 +114,31 @@ const RESET_DIVISOR: u16 = 0x0c;
 
 /// A byte queue of fixed capacity.
 #[derive(Clone, Debug)]
-struct Ring<const N: usize> {
+pub(crate) struct Ring<const N: usize> {
     buf: [u8; N],
     head: usize,
     len: usize,
 }
 
 impl<const N: usize> Ring<N> {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { buf: [0; N], head: 0, len: 0 }
     }
 
-    const fn len(&self) -> usize {
+    pub(crate) const fn len(&self) -> usize {
         self.len
     }
 
-    const fn is_empty(&self) -> bool {
+    pub(crate) const fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    const fn is_full(&self) -> bool {
+    pub(crate) const fn is_full(&self) -> bool {
         self.len == N
     }
 
     /// Appends `byte`; false (and no change) when full.
-    fn push(&mut self, byte: u8) -> bool {
+    pub(crate) fn push(&mut self, byte: u8) -> bool {
         if self.is_full() {
             return false;
         }
@@ -147,7 +147,7 @@ impl<const N: usize> Ring<N> {
         true
     }
 
-    fn pop(&mut self) -> Option<u8> {
+    pub(crate) fn pop(&mut self) -> Option<u8> {
         if self.is_empty() {
             return None;
         }
@@ -157,7 +157,7 @@ impl<const N: usize> Ring<N> {
         Some(byte)
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.head = 0;
         self.len = 0;
     }
@@ -480,6 +480,28 @@ impl Mmio for Uart16550 {
             self.write_register(reg, value.to_le_bytes()[0]);
             Ok(())
         })
+    }
+}
+
+impl ConsoleUart for Uart16550 {
+    fn receive(&mut self, byte: u8) -> bool {
+        Uart16550::receive(self, byte)
+    }
+
+    fn wants_input(&self) -> bool {
+        Uart16550::wants_input(self)
+    }
+
+    fn take_output(&mut self) -> Option<u8> {
+        Uart16550::take_output(self)
+    }
+
+    fn take_line_update(&mut self) -> Option<bool> {
+        Uart16550::take_line_update(self)
+    }
+
+    fn reset(&mut self) {
+        *self = Self::new();
     }
 }
 

@@ -45,11 +45,24 @@ pub struct PlicNode {
     pub ndev: u32,
 }
 
+/// The register interface of the guest's console UART.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UartKind {
+    /// `ns16550a`, as on QEMU `virt`.
+    #[default]
+    Ns16550,
+    /// `sifive,uart0`, as on QEMU `sifive_u`: the node gets a fixed clock (Linux's driver
+    /// needs one) and the `serial0` alias (it numbers ports by alias).
+    Sifive,
+}
+
 /// The devices under `/soc`, laid out as on QEMU's `virt` machine.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Devices<'a> {
-    /// An `ns16550a` UART; it becomes `/chosen/stdout-path`.
+    /// The console UART; it becomes `/chosen/stdout-path`.
     pub uart: Option<Device>,
+    /// What kind of UART `uart` is.
+    pub uart_kind: UartKind,
     /// The PLIC, with an M-mode and an S-mode context per hart (as `virt` has them: the
     /// M-mode one is there so context numbers match; it never signals).
     pub plic: Option<PlicNode>,
@@ -61,6 +74,10 @@ pub struct Devices<'a> {
 
 /// phandle of the PLIC.
 const PLIC_PHANDLE: u32 = 0x1000;
+/// phandle of the SiFive UART's clock.
+const UART_CLOCK_PHANDLE: u32 = 0x1001;
+/// The SiFive UART's input clock (`sifive_u`'s `hfclk`, 33.333333 MHz).
+const SIFIVE_UART_CLOCK_HZ: u32 = 33_333_333;
 
 /// `clock-frequency` of QEMU's `virt` 16550 (3.6864 MHz).
 const UART_CLOCK_HZ: u32 = 3_686_400;
@@ -82,6 +99,18 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
     w.property_u32("#size-cells", 2)?;
     w.property_string("compatible", "riscv-virtio")?;
     w.property_string("model", dt.model)?;
+
+    if let (Some(uart), UartKind::Sifive) = (dt.devices.uart, dt.devices.uart_kind) {
+        let aliases = w.begin_node("aliases")?;
+        w.property_string("serial0", &format!("/soc/serial@{:x}", uart.base))?;
+        w.end_node(aliases)?;
+        let clock = w.begin_node("uart-clock")?;
+        w.property_string("compatible", "fixed-clock")?;
+        w.property_u32("#clock-cells", 0)?;
+        w.property_u32("clock-frequency", SIFIVE_UART_CLOCK_HZ)?;
+        w.property_phandle(UART_CLOCK_PHANDLE)?;
+        w.end_node(clock)?;
+    }
 
     let chosen = w.begin_node("chosen")?;
     w.property_string("bootargs", dt.bootargs)?;
@@ -164,8 +193,19 @@ fn soc(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
     };
     if let Some(uart) = &d.uart {
         let node = w.begin_node(&format!("serial@{:x}", uart.base))?;
-        w.property_string("compatible", "ns16550a")?;
-        w.property_u32("clock-frequency", UART_CLOCK_HZ)?;
+        match d.uart_kind {
+            UartKind::Ns16550 => {
+                w.property_string("compatible", "ns16550a")?;
+                w.property_u32("clock-frequency", UART_CLOCK_HZ)?;
+            }
+            UartKind::Sifive => {
+                w.property_string_list(
+                    "compatible",
+                    alloc::vec!["sifive,fu540-c000-uart0".into(), "sifive,uart0".into()],
+                )?;
+                w.property_u32("clocks", UART_CLOCK_PHANDLE)?;
+            }
+        }
         with_irq(w, uart)?;
         w.end_node(node)?;
     }
@@ -247,6 +287,7 @@ mod tests {
             rng_seed: None,
             devices: Devices {
                 uart: Some(Device { base: 0x1000_0000, size: 0x100, irq: 10 }),
+                uart_kind: UartKind::Ns16550,
                 plic: Some(PlicNode { base: 0xc00_0000, size: 0x60_0000, ndev: 96 }),
                 virtio: &virtio,
                 rtc: Some(Device { base: 0x10_1000, size: 0x1000, irq: 11 }),
@@ -283,5 +324,43 @@ mod tests {
         assert_eq!(rtc.compatible().unwrap().first(), "google,goldfish-rtc");
         assert_eq!(rtc.property("interrupts").and_then(|p| p.as_usize()), Some(11));
         assert!(chosen.property("rng-seed").is_none());
+    }
+
+    #[test]
+    fn a_sifive_uart_gets_a_clock_and_an_alias() {
+        let blob = build(&GuestDt {
+            model: "hypocaust,guest",
+            harts: 1,
+            isa: "rv64imafdc",
+            mmu_type: "riscv,sv39",
+            timebase_hz: 1_000_000,
+            ram_base: 0x8000_0000,
+            ram_size: 64 << 20,
+            bootargs: "",
+            initrd: None,
+            rng_seed: None,
+            devices: Devices {
+                uart: Some(Device { base: 0x1001_0000, size: 0x1000, irq: 4 }),
+                uart_kind: UartKind::Sifive,
+                plic: Some(PlicNode { base: 0xc00_0000, size: 0x400_0000, ndev: 53 }),
+                virtio: &[],
+                rtc: None,
+            },
+        })
+        .unwrap();
+        let fdt = fdt::Fdt::new(&blob).unwrap();
+        let uart = fdt.find_node("/soc/serial@10010000").unwrap();
+        assert!(uart.compatible().unwrap().all().any(|c| c == "sifive,uart0"));
+        let clock = uart.property("clocks").and_then(|p| p.as_usize()).unwrap();
+        let clk = fdt.find_phandle(clock as u32).unwrap();
+        assert_eq!(clk.compatible().unwrap().first(), "fixed-clock");
+        assert!(clk.property("clock-frequency").and_then(|p| p.as_usize()).unwrap() > 0);
+        let alias = fdt.find_node("/aliases").unwrap().property("serial0").unwrap();
+        assert_eq!(alias.as_str(), Some("/soc/serial@10010000"));
+        assert_eq!(
+            fdt.chosen().stdout().map(|s| s.name),
+            Some("serial@10010000"),
+            "the console is the UART"
+        );
     }
 }

@@ -434,12 +434,7 @@ fn free_subtree(table: HostPhysAddr, level: u32, frames: &mut impl ShadowFrames)
 }
 
 /// Clears the leaf covering `va`, if any. Returns whether one was cleared.
-fn remove_leaf(
-    root: HostPhysAddr,
-    levels: u32,
-    va: u64,
-    frames: &mut impl ShadowFrames,
-) -> bool {
+fn remove_leaf(root: HostPhysAddr, levels: u32, va: u64, frames: &mut impl ShadowFrames) -> bool {
     let mut table = root;
     for level in (0..levels).rev() {
         let i = entry_index(va, level);

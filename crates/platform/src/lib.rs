@@ -40,12 +40,23 @@ pub struct Hart {
     pub intc_phandle: Option<u32>,
 }
 
+/// Which register interface a UART has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UartKind {
+    /// A 16550 (`ns16550a`, `ns16550`, `snps,dw-apb-uart`): QEMU `virt`, most SoCs.
+    Ns16550,
+    /// The SiFive UART (`sifive,uart0`): QEMU `sifive_u`, the FU540/FU740 and JH7110.
+    Sifive,
+}
+
 /// The console UART.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uart {
     pub region: PhysRange,
     /// Compatible string that matched (`ns16550a`, ...).
     pub compatible: String,
+    /// Its register interface, from the compatible string.
+    pub kind: UartKind,
     /// Registers are `1 << reg_shift` bytes apart.
     pub reg_shift: u32,
     /// Register access width in bytes.
@@ -180,7 +191,9 @@ impl fmt::Display for PlatformError {
 }
 
 /// Compatible strings of UARTs the console driver speaks to (16550 family).
-pub const UART_COMPATIBLE: &[&str] = &["ns16550a", "ns16550", "snps,dw-apb-uart"];
+pub const UART_COMPATIBLE: &[&str] = &["ns16550a", "ns16550", "snps,dw-apb-uart", SIFIVE_UART];
+/// Compatible string of the SiFive UART.
+pub const SIFIVE_UART: &str = "sifive,uart0";
 /// Compatible strings of CLINTs.
 pub const CLINT_COMPATIBLE: &[&str] = &["riscv,clint0", "sifive,clint0"];
 /// Compatible strings of real-time clocks hypocaust reads.
@@ -378,9 +391,11 @@ fn parse_hart(node: FdtNode<'_, '_>) -> Option<Hart> {
 fn parse_uart(node: &FdtNode<'_, '_>) -> Option<Uart> {
     let region = regions(*node).next()?;
     let compatible = node.compatible()?.all().find(|s| UART_COMPATIBLE.contains(s))?.to_string();
+    let kind = if compatible == SIFIVE_UART { UartKind::Sifive } else { UartKind::Ns16550 };
     Some(Uart {
         region,
         compatible,
+        kind,
         reg_shift: prop_uint(node, "reg-shift").unwrap_or(0) as u32,
         reg_io_width: prop_uint(node, "reg-io-width").unwrap_or(1) as u32,
         irq: first_irq(node),

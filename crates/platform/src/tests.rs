@@ -210,3 +210,29 @@ fn qemu10_virt_machine_devices() {
     let rtc = p.rtc.unwrap();
     assert_eq!((rtc.region, rtc.irq), (hpa_range(0x10_1000, 0x1000), Some(11)));
 }
+
+const SIFIVE_U: &[u8] = include_bytes!("../tests/fixtures/qemu-sifive_u-smp3.dtb");
+
+/// QEMU's `sifive_u` (`-smp 3`): hart 0 is the E51 (no MMU, no S-mode), the console a
+/// SiFive UART, the PLIC's S contexts are 2h, no RTC and no virtio.
+#[test]
+fn qemu_sifive_u() {
+    let p = Platform::from_dtb(SIFIVE_U).unwrap();
+    assert_eq!(p.harts.len(), 3);
+    assert_eq!(p.harts[0].mmu, None);
+    let usable: vec::Vec<usize> = p.usable_harts().map(|h| h.id).collect();
+    assert_eq!(usable, vec![1, 2]);
+    assert_eq!(p.timebase_hz, 1_000_000);
+    let uart = p.uart.as_ref().unwrap();
+    assert_eq!(uart.kind, UartKind::Sifive);
+    assert_eq!(uart.region, hpa_range(0x1001_0000, 0x1000));
+    assert_eq!(uart.irq, Some(4));
+    let plic = p.plic.as_ref().unwrap();
+    assert_eq!(plic.ndev, 53);
+    assert_eq!(plic.supervisor_context(1), Some(2));
+    assert_eq!(plic.supervisor_context(2), Some(4));
+    assert_eq!(plic.supervisor_context(0), None);
+    assert!(p.clint.is_some());
+    assert!(p.rtc.is_none() && p.virtio.is_empty());
+    assert!(p.poweroff.is_none());
+}

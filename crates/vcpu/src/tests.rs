@@ -895,7 +895,7 @@ mod window {
     /// The fake guest's window page at [`WINDOW`] maps to RAM page 0x8000_1000 (`writable`).
     fn host(writable: bool) -> FakeHost {
         let mut h = FakeHost::new();
-        h.pages.insert(WINDOW >> 12, (0x8000_1, writable));
+        h.pages.insert(WINDOW >> 12, (0x0008_0001, writable));
         h
     }
 

@@ -195,7 +195,7 @@ fn atomic(
         AmoOp::Lr => (Exception::LoadMisaligned, Exception::LoadAccessFault, Direction::Load),
         _ => (Exception::StoreMisaligned, Exception::StoreAccessFault, Direction::Store),
     };
-    if va % n != 0 {
+    if !va.is_multiple_of(n) {
         return Err((misaligned, va));
     }
     let gpa = host.translate(v, va, dir)?;

@@ -44,9 +44,20 @@ pub fn context_claim(context: u64) -> u64 {
     context_threshold(context) + 4
 }
 
-/// The S-mode context of hart `hart` on `virt` (context 2h is its M-mode one).
+/// The S-mode context of hart `hart`, as the PLIC's `interrupts-extended` says (on `virt`
+/// 2h + 1; on `sifive_u`, whose hart 0 has no S-mode, 2h).
 pub fn supervisor_context(hart: usize) -> u64 {
-    2 * hart as u64 + 1
+    let m = crate::machine::get();
+    m.s_contexts.iter().find(|(h, _)| *h == hart).map_or(2 * hart as u64 + 1, |&(_, c)| c)
+}
+
+/// The highest source number the PLIC has (`riscv,ndev`; QEMU's `virt` says 96, one past
+/// its last source, `sifive_u` 53, its last).
+pub fn last_source() -> u32 {
+    match crate::machine::get().plic_ndev {
+        0 => SOURCES - 1,
+        n => n.min(SOURCES - 1),
+    }
 }
 
 /// The priority threshold of the boot hart's S-mode context.

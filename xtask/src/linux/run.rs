@@ -60,8 +60,10 @@ pub struct Boot {
     pub qemu_args: Vec<String>,
     /// The firmware hypocaust runs on (natively: always OpenSBI).
     pub firmware: qemu::Firmware,
-    /// QEMU's `-cpu` (None: [`qemu::DEFAULT_CPU`]).
+    /// QEMU's `-cpu` (None: the board's default).
     pub cpu: Option<String>,
+    /// The QEMU board (on `sifive_u` the guest has no disk or network).
+    pub board: qemu::Board,
 }
 
 impl Boot {
@@ -81,6 +83,7 @@ impl Boot {
             qemu_args: Vec::new(),
             cpu: None,
             firmware: qemu::Firmware::default(),
+            board: qemu::Board::Virt,
         }
     }
 
@@ -91,15 +94,15 @@ impl Boot {
 
     /// The guest kernel's command line.
     pub fn bootargs(&self) -> String {
-        bootargs(self.native, &self.append)
+        bootargs(self.native, self.board, &self.append)
     }
 }
 
 /// The guest kernel's command line natively or under hypocaust, with `append` added.
-pub fn bootargs(native: bool, append: &str) -> String {
+pub fn bootargs(native: bool, board: qemu::Board, append: &str) -> String {
     // Under hypocaust the SBI console shows the earliest messages too.
-    let mut args =
-        String::from(if native { "console=ttyS0" } else { "earlycon=sbi console=ttyS0" });
+    let console = format!("console={}", board.linux_console());
+    let mut args = if native { console } else { format!("earlycon=sbi {console}") };
     if !append.trim().is_empty() {
         args.push(' ');
         args.push_str(append.trim());
@@ -148,7 +151,12 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
         None => fresh_disk(images, &logs.join(format!("{stem}-disk.img")))?,
     };
     let initrd = run_initramfs(images, boot, &logs.join(format!("{stem}-initramfs.cpio")))?;
-    let devices = qemu::virtio_devices_forwarding(&disk, false, boot.ssh_port);
+    boot.board.check_firmware(if boot.native { qemu::Firmware::Opensbi } else { boot.firmware })?;
+    let devices = match boot.board {
+        qemu::Board::Virt => qemu::virtio_devices_forwarding(&disk, false, boot.ssh_port),
+        // No virtio-mmio slots: the guest lives in its initramfs.
+        qemu::Board::SifiveU => Vec::new(),
+    };
     let mut m = if boot.native {
         let mut m = Machine::new(&images.kernel);
         m.memory_mib = u64::from(boot.guest_mib);
@@ -175,6 +183,7 @@ pub fn machine(images: &LinuxImages, boot: &Boot) -> Result<Machine> {
         m.append = Some(format!("hypocaust.log={}", boot.log));
         m
     };
+    m = m.on(boot.board);
     m.smp = boot.smp;
     if let Some(cpu) = &boot.cpu {
         m.cpu.clone_from(cpu);

@@ -414,3 +414,25 @@ fn most_harts() {
     assert_eq!(threshold(last) + CONTEXT_STRIDE, PLIC_SIZE);
     assert_eq!(rd(&mut plic, claim(last)), 2);
 }
+
+/// `sifive_u`'s PLIC: 54 sources; priorities 1..=54 are registers, the pending and enable
+/// words stop after the second, sources past 53 have no line.
+#[test]
+fn fewer_sources_as_on_sifive_u() {
+    let mut plic = Plic::with_sources(1, 54);
+    assert_eq!(plic.sources(), 54);
+    let prio = |s: u64| 4 * s;
+    plic.write(prio(54), Width::Word, 7).unwrap();
+    assert_eq!(plic.read(prio(54), Width::Word), Ok(7));
+    plic.write(prio(55), Width::Word, 7).unwrap();
+    assert_eq!(plic.read(prio(55), Width::Word), Ok(0), "past the sources: reads 0");
+    let enable = 0x2000 + 0x80; // context 1 (S-mode of hart 0)
+    plic.write(enable + 4, Width::Word, u64::from(u32::MAX)).unwrap();
+    assert_eq!(plic.read(enable + 4, Width::Word), Ok(u64::from(u32::MAX)));
+    plic.write(enable + 8, Width::Word, u64::from(u32::MAX)).unwrap();
+    assert_eq!(plic.read(enable + 8, Width::Word), Ok(0), "a third word holds no source");
+    plic.set_level(54, true);
+    plic.set_level(53, true);
+    assert_eq!(plic.read(0x1004, Width::Word), Ok(1 << 21), "source 53 only");
+    assert_eq!(plic.read(0x1008, Width::Word), Ok(0));
+}

@@ -22,7 +22,10 @@ const YEAR_2025_NS: u64 = 1_735_689_600 * 1_000_000_000;
 /// `/chosen/rng-seed` holds at least 32 bytes, and not all the same: a seed, not filler.
 fn rng_seed() -> TestResult {
     let seed = machine::get().rng_seed();
-    check!(seed.is_some(), "no rng-seed in /chosen");
+    if seed.is_none() {
+        // QEMU's `virt` always gives one (the comparison with it catches a missing one).
+        crate::skip!("no rng-seed in /chosen");
+    }
     let seed = seed.unwrap_or_default();
     check!(seed.len() >= 32, "rng-seed has {} bytes, expected at least 32", seed.len());
     check!(seed.iter().any(|&b| b != seed[0]), "rng-seed is one byte repeated: {:#x}", seed[0]);
@@ -31,6 +34,7 @@ fn rng_seed() -> TestResult {
 
 /// The device tree names the RTC where it is, as QEMU's `virt` does.
 fn rtc_in_device_tree() -> TestResult {
+    machine::require_device("google,goldfish-rtc", RTC)?;
     let fdt = machine::get().fdt();
     let node = fdt.find_compatible(&["google,goldfish-rtc"]);
     check!(node.is_some(), "no google,goldfish-rtc node");
@@ -52,6 +56,7 @@ fn read_rtc() -> u64 {
 /// The RTC says a date after 2025 and moves forward with the `time` CSR: after 20 ms of
 /// `time`, it has advanced, by no more than a minute.
 fn rtc_wall_clock() -> TestResult {
+    machine::require_device("google,goldfish-rtc", RTC)?;
     let before = read_rtc();
     check!(before >= YEAR_2025_NS, "the RTC says {before} ns since 1970: before 2025");
     let start = timer::now();

@@ -30,6 +30,7 @@ mod machine;
 mod paging;
 mod plic;
 mod sbi;
+mod sifive_uart;
 mod smp;
 mod sweeps;
 mod uart;
@@ -46,6 +47,7 @@ pub const ALL: &[&[Test]] = &[
     sbi::TESTS,
     smp::TESTS,
     uart::TESTS,
+    sifive_uart::TESTS,
     plic::TESTS,
     virtio::TESTS,
     machine::TESTS,

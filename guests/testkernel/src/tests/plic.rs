@@ -47,7 +47,7 @@ fn seip() -> bool {
 }
 
 fn priority_warl() -> TestResult {
-    let sources = [1, uart::IRQ, 95];
+    let sources = [1, uart::IRQ, plic::last_source()];
     let _saved = Saved::take(&sources);
     for s in sources {
         let p = priority_addr(s);
@@ -78,10 +78,13 @@ fn enable_bits() -> TestResult {
     for (w, e) in all.iter().enumerate() {
         crate::harness::observe(&alloc::format!("word{w}"), *e as u64);
     }
-    // Sources 1..95 exist on `virt`: each has an enable bit (source 0 is not a source).
+    // Sources 1..95 exist on `virt` (1..53 on `sifive_u`): each word that holds one has
+    // every enable bit (source 0 is not a source; QEMU keeps whole words).
+    let words = (plic::last_source() as usize + 1).div_ceil(32);
     check_eq!(all[0] | 1, u32::MAX);
-    check_eq!(all[1], u32::MAX);
-    check_eq!(all[2], u32::MAX);
+    for (w, &e) in all.iter().enumerate().skip(1) {
+        check!(e == if w < words { u32::MAX } else { 0 }, "enable word {w} reads {e:#x}");
+    }
     // One source alone.
     set_enabled(uart::IRQ, true);
     check_eq!(plic::read(enable_addr(0)), 1 << uart::IRQ);
@@ -153,6 +156,7 @@ fn raise_uart_irq() {
 }
 
 fn uart_source_pending() -> TestResult {
+    crate::machine::require_16550()?;
     let mut seen = Seen::new();
     {
         let _plic = Saved::take(&[uart::IRQ]);
@@ -205,6 +209,7 @@ fn uart_source_pending() -> TestResult {
 }
 
 fn pending_latched() -> TestResult {
+    crate::machine::require_16550()?;
     // The gateway latches a level source's request: it stays pending after the source
     // drops, until claimed.
     let mut seen = Seen::new();
@@ -242,6 +247,7 @@ unsafe extern "C" {
 }
 
 fn external_interrupt_trap() -> TestResult {
+    crate::machine::require_16550()?;
     let mut seen = Seen::new();
     let before = interrupt_count(Interrupt::SupervisorExternal);
     {

@@ -52,6 +52,7 @@ fn loopback_without_fifo() {
 }
 
 fn scratch() -> TestResult {
+    crate::machine::require_16550()?;
     let seen: Vec<u8> = {
         let _saved = save()?;
         [0x00, 0x55, 0xaa, 0xff]
@@ -67,6 +68,7 @@ fn scratch() -> TestResult {
 }
 
 fn lcr() -> TestResult {
+    crate::machine::require_16550()?;
     // Word lengths, stop bits, parity; never DLAB or break here.
     let values = [0x00, 0x03, 0x1f, 0x3b];
     let seen: Vec<u8> = {
@@ -84,6 +86,7 @@ fn lcr() -> TestResult {
 }
 
 fn divisor_latch() -> TestResult {
+    crate::machine::require_16550()?;
     let (lcr_dlab, dll, dlm, ier, dll_again, dlm_again) = {
         let saved = save()?;
         let lcr = read(LCR);
@@ -109,6 +112,7 @@ fn divisor_latch() -> TestResult {
 }
 
 fn ier_writable_bits() -> TestResult {
+    crate::machine::require_16550()?;
     let (all, none) = {
         let _saved = save()?;
         write(IER, 0xff);
@@ -124,6 +128,7 @@ fn ier_writable_bits() -> TestResult {
 }
 
 fn iir_fifo_bits() -> TestResult {
+    crate::machine::require_16550()?;
     let (with_fifo, without) = {
         let _saved = save()?;
         write(FCR, FCR_ENABLE | FCR_CLEAR);
@@ -140,6 +145,7 @@ fn iir_fifo_bits() -> TestResult {
 }
 
 fn lsr_idle() -> TestResult {
+    crate::machine::require_16550()?;
     let lsr = {
         let _saved = save()?;
         read(LSR)
@@ -151,6 +157,7 @@ fn lsr_idle() -> TestResult {
 }
 
 fn mcr_bits() -> TestResult {
+    crate::machine::require_16550()?;
     // Loopback stays on, so the modem outputs never reach the outside.
     let values = [0x10, 0x13, 0x1f, 0xff];
     let seen: Vec<u8> = {
@@ -171,6 +178,7 @@ fn mcr_bits() -> TestResult {
 }
 
 fn msr_loopback() -> TestResult {
+    crate::machine::require_16550()?;
     let seen: Vec<u8> = {
         let _saved = save()?;
         (0..16)
@@ -191,6 +199,7 @@ fn msr_loopback() -> TestResult {
 }
 
 fn loopback_echo() -> TestResult {
+    crate::machine::require_16550()?;
     let sent = *b"hypo";
     let (lsr_sent, got, lsr_after) = {
         let _saved = save()?;
@@ -215,6 +224,7 @@ fn loopback_echo() -> TestResult {
 }
 
 fn loopback_overrun() -> TestResult {
+    crate::machine::require_16550()?;
     let (lsr_overrun, rbr, lsr_again) = {
         let _saved = save()?;
         loopback_without_fifo();
@@ -235,6 +245,7 @@ fn loopback_overrun() -> TestResult {
 }
 
 fn rx_interrupt() -> TestResult {
+    crate::machine::require_16550()?;
     let iir: Vec<u8> = {
         let _saved = save()?;
         loopback_without_fifo();
@@ -255,6 +266,7 @@ fn rx_interrupt() -> TestResult {
 }
 
 fn thre_interrupt() -> TestResult {
+    crate::machine::require_16550()?;
     let iir: Vec<u8> = {
         let _saved = save()?;
         loopback_without_fifo();
@@ -276,6 +288,7 @@ fn thre_interrupt() -> TestResult {
 }
 
 fn interrupt_priority() -> TestResult {
+    crate::machine::require_16550()?;
     let iir: Vec<u8> = {
         let _saved = save()?;
         loopback_without_fifo();

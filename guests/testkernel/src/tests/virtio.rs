@@ -105,6 +105,7 @@ fn check_sectors(addr: u64, first: u64, count: u64, word: fn(u64, u64) -> u64) -
 // ---- the transports ----
 
 fn probe() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     let mut ids = Vec::new();
     let mut versions = Vec::new();
     for slot in 0..SLOTS {
@@ -203,6 +204,7 @@ impl Blk {
 }
 
 fn blk_config() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     let blk = Blk::open()?;
     let capacity = blk.dev.config64(0).ok_or(fail("the configuration never held still".into()))?;
     let st = blk.dev.status();
@@ -221,6 +223,7 @@ fn blk_config() -> TestResult {
 }
 
 fn blk_read() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     let mut blk = Blk::open()?;
     for sector in [0, 1, 7, DISK_SECTORS - 1] {
         let (buf, used, st) = blk.read(sector, 1)?;
@@ -240,6 +243,7 @@ fn blk_read() -> TestResult {
 }
 
 fn blk_read_past_end() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     let mut blk = Blk::open()?;
     let (_, past, st_past) = blk.read(DISK_SECTORS, 1)?;
     let (_, across, st_across) = blk.read(DISK_SECTORS - 1, 2)?;
@@ -255,6 +259,7 @@ fn blk_read_past_end() -> TestResult {
 }
 
 fn blk_write_read() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     const SECTOR: u64 = 1000;
     let mut blk = Blk::open()?;
     let data = alloc_page();
@@ -274,6 +279,7 @@ fn blk_write_read() -> TestResult {
 }
 
 fn blk_multi_descriptor() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     const FIRST: u64 = 1200;
     const COUNT: u64 = 4;
     let mut blk = Blk::open()?;
@@ -325,6 +331,7 @@ fn wait_for_external(before: usize) -> bool {
 }
 
 fn blk_interrupt() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     const SECTOR: u64 = 5;
     let mut blk = Blk::open()?;
     let irq = slot_irq(blk.dev.slot);
@@ -417,6 +424,7 @@ fn as_u64(b: &[u8]) -> u64 {
 }
 
 fn net_arp() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     let dev = Device::open(id::NET, F_NET_MAC).map_err(fail)?;
     check!(dev.features & F_NET_MAC != 0, "the device offers no MAC address");
     let mac: [u8; 6] = core::array::from_fn(|i| dev.config8(i as u64));
@@ -556,17 +564,21 @@ fn outside_ram(kind: u32, sector: u64, len: u32) -> TestResult {
 }
 
 fn blk_buffer_outside_ram() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     outside_ram(T_OUT, 1500, 512)
 }
 
 fn blk_read_into_outside_ram() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     outside_ram(T_IN, 1600, 512)
 }
 
 fn blk_large_buffer_outside_ram() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     outside_ram(T_OUT, 1700, 8192)
 }
 
 fn blk_large_read_into_outside_ram() -> TestResult {
+    crate::machine::require_device("virtio,mmio", crate::virtio::BASE)?;
     outside_ram(T_IN, 1800, 8192)
 }
