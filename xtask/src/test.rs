@@ -913,6 +913,97 @@ fn linux_sv39_tests() -> Result<Group> {
     Ok(group)
 }
 
+/// The Linux guest on QEMU's `sifive_u` (HiFive Unleashed: U54 harts, SiFive UART, no
+/// virtio), natively and under hypocaust (on OpenSBI: hypocaust's firmware does not run
+/// there): one boot each from the initramfs, with checks that need no disk or network.
+fn linux_sifive_u_tests() -> Result<Group> {
+    println!("== Linux guest on QEMU sifive_u, natively and under hypocaust (OpenSBI)");
+    let mut group = Group::new("linux (sifive_u)");
+    let Some(images) = linux_images(&mut group) else {
+        return Ok(group);
+    };
+    let script = format!(
+        "check() {{ echo \"{CHECK_MARK}$1\"; }}\n\
+         check cpuinfo\ngrep -m1 '^mmu' /proc/cpuinfo; grep -c '^processor' /proc/cpuinfo\n\
+         check console\ncat /proc/consoles\n\
+         check uart-interrupts\nset -- $(grep 10010000.serial /proc/interrupts); \
+         [ \"${{2:-0}}\" -gt 0 ] && echo 'uart interrupts counted'\n\
+         check busybox-workload\n\
+         i=0; while [ $i -lt 100 ]; do /bin/true || break; i=$((i + 1)); done; echo \"forks $i\"\n\
+         seq 1 20000 | sort -rn | head -1\n\
+         check exit-status\necho bye\nexit 7"
+    );
+    for native in [true, false] {
+        let side = if native { "native" } else { "hypocaust" };
+        let label = |test: &str| format!("sifive_u/{side}/{test}");
+        let mut boot = Boot::new(&format!("linux-sifive_u-{side}"), native);
+        boot.board = qemu::Board::SifiveU;
+        boot.firmware = Firmware::Opensbi;
+        boot.cmd = Some(script.clone());
+        let run = match linux::run::run_cmd(&images, &boot, boot.timeout(), false) {
+            Ok(r) => r,
+            Err(e) => {
+                linux_verdict(&mut group, &label("checks"), Err(format!("{e:#}")));
+                continue;
+            }
+        };
+        let output = run.output.clone().unwrap_or_default();
+        let parts = sections(&output);
+        let part = |name: &str| {
+            parts
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.as_str())
+                .ok_or(format!("no section {name} in the output {output:?}"))
+        };
+        let checks: Vec<(&str, Check)> = vec![
+            (
+                "cpuinfo",
+                Box::new(|out: &str| {
+                    if field(out, "mmu") != Some("sv39") {
+                        return Err(format!("expected mmu sv39 (U54 harts) in {out:?}"));
+                    }
+                    lines_in_order(out, &["1".into()])
+                }),
+            ),
+            (
+                // Linux found the SiFive UART (QEMU's, or hypocaust's model of it) and made it
+                // its console.
+                "console",
+                Box::new(|out: &str| {
+                    if out.contains("ttySIF0") {
+                        Ok(())
+                    } else {
+                        Err(format!("ttySIF0 is not a console: {out:?}"))
+                    }
+                }),
+            ),
+            (
+                // The console's interrupts come through the PLIC.
+                "uart-interrupts",
+                Box::new(|out: &str| lines_in_order(out, &["uart interrupts counted".into()])),
+            ),
+            (
+                "busybox-workload",
+                Box::new(|out: &str| lines_in_order(out, &["forks 100".into(), "20000".into()])),
+            ),
+            ("exit-status", Box::new(|out: &str| lines_in_order(out, &["bye".into()]))),
+        ];
+        let problem = run.problem();
+        for (test, check) in checks {
+            let result = match (&problem, test) {
+                (Some(p), _) => Err(p.clone()),
+                (None, "exit-status") if run.status != Some(7) => {
+                    Err(format!("exit status {:?}, expected 7", run.status))
+                }
+                _ => part(test).and_then(&check),
+            };
+            linux_verdict(&mut group, &label(test), result);
+        }
+    }
+    Ok(group)
+}
+
 fn linux_smp_tests(firmware: Option<Firmware>) -> Result<Group> {
     let name: &'static str = match firmware {
         None => "linux smp (native)",
@@ -1555,6 +1646,14 @@ fn groups() -> Vec<GroupRun> {
             "suite, U54 hart (compared)",
             suite::Options { cpu: Some(U54_CPU.into()), ..Default::default() },
         ),
+        suite(
+            "suite, sifive_u (compared)",
+            suite::Options {
+                board: qemu::Board::SifiveU,
+                firmware: Firmware::Opensbi,
+                ..Default::default()
+            },
+        ),
         ("timing sweeps, load", Box::new(timing_tests)),
         ("linux (native)", Box::new(|| linux_tests(None))),
         ("linux (hypocaust)", Box::new(|| linux_tests(Some(Firmware::Hypocaust)))),
@@ -1562,6 +1661,7 @@ fn groups() -> Vec<GroupRun> {
         ("linux smp (native)", Box::new(|| linux_smp_tests(None))),
         ("linux smp (hypocaust)", Box::new(|| linux_smp_tests(Some(Firmware::Hypocaust)))),
         ("linux (Sv39 host)", Box::new(linux_sv39_tests)),
+        ("linux (sifive_u)", Box::new(linux_sifive_u_tests)),
         ("guests at once", Box::new(guests_tests)),
         ("bench (smoke)", Box::new(bench_smoke)),
     ]
