@@ -1068,6 +1068,28 @@ mod tests {
     }
 
     #[test]
+    fn the_sifive_u_board() {
+        let text = format!("[machine]\nboard = \"sifive_u\"\nfirmware = \"opensbi\"\n{GUEST}");
+        assert!(problems(&text).is_empty(), "{:#?}", problems(&text));
+        let c = Dir::new("board").parse(&text).expect("parses");
+        assert_eq!(c.machine.board, Board::SifiveU);
+        one_problem(
+            &format!("[machine]\nboard = \"sifive_u\"\n{GUEST}"),
+            "machine.firmware",
+            "--firmware opensbi",
+        );
+        one_problem(
+            &format!(
+                "[machine]\nboard = \"sifive_u\"\nfirmware = \"opensbi\"\n{GUEST}\
+                 devices = [\"d\"]\n[[device]]\nname = \"d\"\ntype = \"virtio-net\"\n"
+            ),
+            "device",
+            "no virtio-mmio slots",
+        );
+        assert!(Dir::new("board2").parse("[machine]\nboard = \"pi\"\n").is_err());
+    }
+
+    #[test]
     fn defaults() {
         let dir = Dir::new("defaults");
         let c = dir

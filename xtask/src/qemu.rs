@@ -625,3 +625,18 @@ mod tests {
         assert!(ssh.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:10022-:22".to_string()));
     }
 }
+
+#[cfg(test)]
+mod power_off_tests {
+    use super::powered_off;
+
+    #[test]
+    fn the_lines_that_end_a_run() {
+        assert_eq!(powered_off("boot\nhypocaust: all guests are off; powering off\n"), Some(true));
+        assert_eq!(powered_off("hypocaust: no guest can run; powering off\r\n"), Some(false));
+        assert_eq!(powered_off("[   19.7] reboot: Power down\n"), Some(true));
+        assert_eq!(powered_off("ok 1 - a\n# 180 passed, 0 failed, 11 skipped\n"), Some(true));
+        assert_eq!(powered_off("# 180 passed, 2 failed, 11 skipped\n"), Some(false));
+        assert_eq!(powered_off("# obs x passed, y\nok 3 - reboot\n"), None);
+    }
+}
