@@ -211,6 +211,12 @@ impl VcpuMmu {
         }
     }
 
+    /// Whether guest-virtual `va` lies in hypocaust's window: where a shadow fill says
+    /// [`Fill::Window`] (the guest's translation decides nothing here).
+    pub fn in_window(&self, v: &Vcpu, va: u64) -> bool {
+        is_paged(v.csrs.satp) && self.cache.in_host_slots(va)
+    }
+
     /// Moves this hart onto hypocaust's own table. Every change to the cache that may free
     /// a table frame goes through here first, so the hart never runs on a table that is
     /// being freed or reused.

@@ -188,6 +188,10 @@ impl Host for GuestHost<'_> {
         Ok(u64::from_le_bytes(b))
     }
 
+    fn in_window(&self, v: &Vcpu, va: u64) -> bool {
+        self.mmu.in_window(v, va)
+    }
+
     fn translate(&mut self, v: &Vcpu, va: u64, dir: Direction) -> Result<GuestPhysAddr, Fault> {
         let kind = match dir {
             Direction::Load => AccessType::Read,
@@ -496,9 +500,12 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
                         device_access(v, &mut host, kind, stval, gpa);
                     }
                     PageFault::Window { kind: AccessType::Execute } => {
-                        // Not emulated yet: code run from the window's addresses.
-                        log::warn!("guest code at {stval:#x}, in hypocaust's window");
-                        v.raise(e, stval);
+                        let mut host = GuestHost { guest, cell, mmu: &mut inner.mmu };
+                        match v.run_window_code(&mut host, e, stval) {
+                            Action::Resume | Action::Wait => {}
+                            Action::Stop => return Leave::Stopped,
+                            Action::Reset(kind) => return Leave::Reset(kind),
+                        }
                     }
                     PageFault::Window { .. } => {
                         let mut host = GuestHost { guest, cell, mmu: &mut inner.mmu };

@@ -155,6 +155,12 @@ impl ShadowCache {
         }
     }
 
+    /// Whether guest-virtual `va` lies in hypocaust's root slots (its window, where they
+    /// overlap the guest's space: on a host whose mode is the guest's).
+    pub fn in_host_slots(&self, va: u64) -> bool {
+        self.host_slots.contains(&entry_index(va, self.levels - 1))
+    }
+
     /// The tree in slot `slot`.
     pub fn tree(&self, slot: usize) -> Option<&Tree> {
         self.trees.get(slot).and_then(Option::as_ref)
@@ -371,7 +377,7 @@ impl ShadowCache {
             }
         };
         let gpa = t.gpa;
-        if self.host_slots.contains(&entry_index(va, self.levels - 1)) {
+        if self.in_host_slots(va) {
             return Ok(Fill::Window { gpa });
         }
         let Some(hpa) = ram.host_addr(gpa, 1) else { return Ok(Fill::NotRam { gpa }) };

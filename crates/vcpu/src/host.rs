@@ -55,6 +55,14 @@ pub trait Host {
         self.fetch_instruction(vcpu, pc).ok()
     }
 
+    /// Whether guest-virtual `va` lies in hypocaust's window, where every access of the
+    /// vCPU faults to hypocaust whatever the guest maps (see `window.rs`). Default: no
+    /// window.
+    fn in_window(&self, vcpu: &Vcpu, va: u64) -> bool {
+        let _ = (vcpu, va);
+        false
+    }
+
     /// Loads a doubleword from guest-virtual `va` with the vCPU's current translation and
     /// privilege, as firmware does for pointers passed to legacy SBI calls.
     fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault>;

@@ -3,6 +3,11 @@
 //! instructions but loads, stores, backward jumps, JALR, FENCE and SYSTEM), carried out on
 //! the vCPU's registers. hypocaust runs them only after an LR it emulated, up to the SC,
 //! which the hart could not complete without the reservation the LR would have made.
+//!
+//! [`step_any`] adds what else code run from hypocaust's window needs that touches
+//! neither memory nor privileged state: JALR (and C.JR/C.JALR), the M extension and
+//! FENCE/FENCE.I (nothing to do: hypocaust carries out every access of such code itself,
+//! in order, and reads its instructions afresh).
 
 use crate::vcpu::Regs;
 
@@ -129,6 +134,79 @@ pub fn step(regs: &mut Regs, pc: u64, raw: u32) -> Option<u64> {
         _ => return None,
     }
     Some(next)
+}
+
+/// Carries out `raw` at `pc` if it is a [`step`] instruction, JALR, C.JR, C.JALR, an M
+/// extension instruction or FENCE/FENCE.I: the next pc; `None` (nothing changed) else.
+pub fn step_any(regs: &mut Regs, pc: u64, raw: u32) -> Option<u64> {
+    if let Some(next) = step(regs, pc, raw) {
+        return Some(next);
+    }
+    if raw & 3 != 3 {
+        // C.JR / C.JALR: quadrant 2, funct4 100x, rs1 not 0, rs2 0.
+        let (funct4, rs1, rs2) = (bits(raw, 15, 12), bits(raw, 11, 7) as u8, bits(raw, 6, 2));
+        if raw & 3 != 2 || rs1 == 0 || rs2 != 0 || funct4 & !1 != 0b1000 {
+            return None;
+        }
+        let target = regs.get(rs1) & !1;
+        if funct4 == 0b1001 {
+            regs.set(1, pc.wrapping_add(2));
+        }
+        return Some(target);
+    }
+    let rd = bits(raw, 11, 7) as u8;
+    let a = regs.get(bits(raw, 19, 15) as u8);
+    let b = regs.get(bits(raw, 24, 20) as u8);
+    let funct3 = bits(raw, 14, 12) as u32;
+    let next = pc.wrapping_add(4);
+    match raw & 0x7f {
+        0x67 if funct3 == 0 => {
+            let target = a.wrapping_add(sext(bits(raw, 31, 20), 12)) & !1;
+            regs.set(rd, next);
+            return Some(target);
+        }
+        0x33 if bits(raw, 31, 25) == 1 => regs.set(rd, muldiv(funct3, a, b)),
+        0x3b if bits(raw, 31, 25) == 1 => regs.set(rd, muldiv_w(funct3, a, b)?),
+        // FENCE, FENCE.TSO, PAUSE, FENCE.I.
+        0x0f if funct3 <= 1 => {}
+        _ => return None,
+    }
+    Some(next)
+}
+
+/// An M extension operation by `funct3`, 64-bit (division by zero and overflow as the
+/// spec gives them: no trap).
+fn muldiv(funct3: u32, a: u64, b: u64) -> u64 {
+    let (sa, sb) = (a as i64, b as i64);
+    match funct3 {
+        0 => a.wrapping_mul(b),
+        1 => ((sa as i128 * sb as i128) >> 64) as u64,
+        2 => ((sa as i128 * b as i128) >> 64) as u64,
+        3 => ((a as u128 * b as u128) >> 64) as u64,
+        4 if b == 0 => u64::MAX,
+        4 => sa.wrapping_div(sb) as u64,
+        5 => a.checked_div(b).unwrap_or(u64::MAX),
+        6 if b == 0 => a,
+        6 => sa.wrapping_rem(sb) as u64,
+        _ => a.checked_rem(b).unwrap_or(a),
+    }
+}
+
+/// The 32-bit (`W`) M extension forms, sign-extended from 32 bits.
+fn muldiv_w(funct3: u32, a: u64, b: u64) -> Option<u64> {
+    let (a32, b32) = (a as u32, b as u32);
+    let (sa, sb) = (a32 as i32, b32 as i32);
+    let r = match funct3 {
+        0 => a32.wrapping_mul(b32),
+        4 if b32 == 0 => u32::MAX,
+        4 => sa.wrapping_div(sb) as u32,
+        5 => a32.checked_div(b32).unwrap_or(u32::MAX),
+        6 if b32 == 0 => a32,
+        6 => sa.wrapping_rem(sb) as u32,
+        7 => a32.checked_rem(b32).unwrap_or(a32),
+        _ => return None,
+    };
+    Some(r as i32 as i64 as u64)
 }
 
 fn step_compressed(regs: &mut Regs, pc: u64, raw: u16) -> Option<u64> {
@@ -277,5 +355,43 @@ mod tests {
         // c.ld, c.jr: not for here
         assert_eq!(run(0x6188, &[]).1, None);
         assert_eq!(run(0x8082, &[]).1, None);
+    }
+
+    #[test]
+    fn jumps_muldiv_and_fences_in_step_any() {
+        let any = |raw: u32, setup: &[(u8, u64)]| {
+            let mut r = Regs::default();
+            for &(reg, v) in setup {
+                r.set(reg, v);
+            }
+            let next = step_any(&mut r, 0x1000, raw);
+            (r, next)
+        };
+        // jalr ra, 5(a1): target's low bit cleared, ra = pc + 4
+        let (r, n) = any(0x0055_80e7, &[(11, 0x2000)]);
+        assert_eq!((r.get(1), n), (0x1004, Some(0x2004)));
+        // jalr a1, 0(a1): the target is read before a1 is written
+        let (r, n) = any(0x0005_85e7, &[(11, 0x3000)]);
+        assert_eq!((r.get(11), n), (0x1004, Some(0x3000)));
+        // c.jr a0; c.jalr a0
+        assert_eq!(any(0x8502, &[(10, 0x4000)]).1, Some(0x4000));
+        let (r, n) = any(0x9502, &[(10, 0x4000)]);
+        assert_eq!((r.get(1), n), (0x1002, Some(0x4000)));
+        // mul a0, a1, a2; mulh; mulhu; div by zero; rem overflow
+        assert_eq!(any(0x02c5_8533, &[(11, 6), (12, 7)]).0.get(10), 42);
+        assert_eq!(any(0x02c5_9533, &[(11, u64::MAX), (12, 2)]).0.get(10), u64::MAX);
+        assert_eq!(any(0x02c5_b533, &[(11, u64::MAX), (12, 2)]).0.get(10), 1);
+        assert_eq!(any(0x02c5_c533, &[(11, 5)]).0.get(10), u64::MAX);
+        assert_eq!(any(0x02c5_e533, &[(11, 1 << 63), (12, u64::MAX)]).0.get(10), 0);
+        assert_eq!(any(0x02c5_c533, &[(11, 1 << 63), (12, u64::MAX)]).0.get(10), 1 << 63);
+        // divuw a0, a1, a2: sign-extended 32-bit result
+        assert_eq!(any(0x02c5_d53b, &[(11, 0xffff_fffe), (12, 1)]).0.get(10), u64::MAX - 1);
+        // fence rw, rw; fence.i
+        assert_eq!(any(0x0330_000f, &[]).1, Some(0x1004));
+        assert_eq!(any(0x0000_100f, &[]).1, Some(0x1004));
+        // loads, ecall and FP stay out
+        for raw in [0x0005_b503, 0x0000_0073, 0x02b5_7553] {
+            assert_eq!(any(raw, &[]).1, None, "{raw:#x}");
+        }
     }
 }

@@ -69,6 +69,9 @@ impl Host for FakeHost {
     fn load_u64(&mut self, _: &Vcpu, va: u64) -> Result<u64, Fault> {
         self.load.unwrap_or(Err((Exception::LoadAccessFault, va)))
     }
+    fn in_window(&self, _: &Vcpu, va: u64) -> bool {
+        va >= WINDOW
+    }
     fn translate(
         &mut self,
         _: &Vcpu,
@@ -911,6 +914,54 @@ mod window {
         let mut b = [0u8; 8];
         assert!(h.read_phys(GuestPhysAddr::new(at), &mut b[..n]));
         u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn code_runs_from_the_window_until_it_leaves() {
+        let mut h = host(true);
+        let mut v = vcpu();
+        let program = [
+            0x0015_0513, // addi a0, a0, 1
+            0x02a5_0533, // mul a0, a0, a0
+            0x00a5_b023, // sd a0, 0(a1)
+            0x0000_8067, // ret
+        ];
+        for (i, bits) in program.into_iter().enumerate() {
+            h.code.insert(WINDOW + 4 * i as u64, bits);
+        }
+        v.regs.pc = WINDOW;
+        v.regs.set(10, 5);
+        v.regs.set(11, WINDOW + 0x100);
+        v.regs.set(1, 0x8020_0000);
+        let action = v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
+        assert_eq!(action, Action::Resume);
+        assert_eq!((v.regs.get(10), v.regs.pc), (36, 0x8020_0000));
+        assert_eq!(ram(&mut h, 0x8000_1100, 8), 36);
+        assert_eq!(v.csrs.scause, 0, "no exception");
+    }
+
+    #[test]
+    fn window_code_it_cannot_run_faults_where_it_starts() {
+        let mut h = host(true);
+        let mut v = vcpu();
+        h.code.insert(WINDOW, 0x02b5_7553); // fadd.d fa0, fa0, fa1
+        v.regs.pc = WINDOW;
+        v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (12, WINDOW));
+        // After a run of others, the guest comes back to it (and faults then).
+        let mut h = host(true);
+        let mut v = vcpu();
+        h.code.insert(WINDOW, 0x0015_0513); // addi a0, a0, 1
+        h.code.insert(WINDOW + 4, 0x02b5_7553);
+        v.regs.pc = WINDOW;
+        v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
+        assert_eq!((v.csrs.scause, v.regs.pc, v.regs.get(10)), (0, WINDOW + 4, 1));
+        // A fetch the guest's translation refuses is the guest's fault.
+        let mut h = host(true);
+        let mut v = vcpu();
+        v.regs.pc = WINDOW + 0x2000;
+        v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW + 0x2000);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (1, WINDOW + 0x2000));
     }
 
     #[test]

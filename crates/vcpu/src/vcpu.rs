@@ -180,7 +180,7 @@ impl Vcpu {
     }
 
     /// The interrupt lines as the host sees them now.
-    fn lines(&self, host: &impl Host) -> Lines {
+    pub(crate) fn lines(&self, host: &impl Host) -> Lines {
         Lines { now: host.now(), external: host.external_irq(self.hart_id) }
     }
 

@@ -3,13 +3,18 @@
 //! every shadow table, mapped without U, so a guest access there faults to hypocaust
 //! however the guest maps those addresses. hypocaust then carries the access out itself,
 //! through the guest's own translation, exactly as the hart would have: loads, stores
-//! (integer and FP, any alignment), AMOs and LR/SC. The guest cannot tell.
+//! (integer and FP, any alignment), AMOs and LR/SC, and code run from there
+//! ([`Vcpu::run_window_code`]). The guest cannot tell.
 
 use rv::GuestPhysAddr;
 use rv::insn::{AmoOp, Decoded, Instruction, Width, decode};
 use rv::trap::Exception;
 
 use crate::host::{Fault, Host};
+use crate::vcpu::Action;
+
+/// Instructions run from window addresses in one exit at most.
+pub const WINDOW_RUN: usize = 64;
 use crate::mmio::{Direction, extend, nan_box};
 use crate::vcpu::Vcpu;
 
@@ -65,8 +70,25 @@ impl Vcpu {
             // Not an instruction that reaches memory (the guest rewrote it): the fault stands.
             return self.raise(cause, va);
         };
+        match self.memory_access(host, instruction) {
+            Some(Ok(())) => self.regs.pc = self.regs.pc.wrapping_add(length as u64),
+            Some(Err((e, tval))) => return self.raise(e, tval),
+            None => return self.raise(cause, va),
+        }
+        if matches!(instruction, Instruction::Amo { op: AmoOp::Lr, .. }) {
+            self.run_to_sc(host);
+        }
+    }
+
+    /// Carries out `instruction` if it reaches memory (loads, stores, FP loads and stores,
+    /// AMOs, LR/SC) through the guest's translation; `None` for any other instruction.
+    fn memory_access(
+        &mut self,
+        host: &mut impl Host,
+        instruction: Instruction,
+    ) -> Option<Result<(), Fault>> {
         let address = |rs1: u8, offset: i32| self.regs.get(rs1).wrapping_add(offset as i64 as u64);
-        let done = match instruction {
+        Some(match instruction {
             Instruction::Load { width, signed, rd, rs1, offset } => {
                 let at = address(rs1, offset);
                 read(self, host, at, width).map(|v| self.regs.set(rd, extend(v, width, signed)))
@@ -92,15 +114,80 @@ impl Vcpu {
                 let value = self.regs.get(rs2);
                 atomic(self, host, op, width, at, value).map(|old| self.regs.set(rd, old))
             }
-            _ => Err((cause, va)),
-        };
-        match done {
-            Ok(()) => self.regs.pc = self.regs.pc.wrapping_add(length as u64),
-            Err((e, tval)) => return self.raise(e, tval),
+            _ => return None,
+        })
+    }
+
+    /// The guest jumped to code at a window address (`va`, which faulted with `cause`, an
+    /// instruction page fault): no shadow entry can map it, so hypocaust runs that code
+    /// itself, an instruction at a time through the guest's translation (fetches checked
+    /// for execute permission as the hart's are), until the pc leaves the window or
+    /// [`WINDOW_RUN`] instructions have run (the guest then faults here again: interrupts
+    /// are taken in between, and a pending one also before every instruction here).
+    ///
+    /// Carried out: the integer instructions, M, FENCE/FENCE.I ([`crate::interp`]), every
+    /// memory access (as [`Vcpu::emulate_window`]), and the instructions that trap in
+    /// U-mode (privileged ones, `ecall`, `ebreak`) as their trap. Not: FP computation and
+    /// accesses to unprivileged CSRs (counters, `fcsr`), which the hart would run in
+    /// U-mode without trapping: the guest gets the instruction page fault.
+    pub fn run_window_code(&mut self, host: &mut impl Host, cause: Exception, va: u64) -> Action {
+        for i in 0..WINDOW_RUN {
+            let pc = self.regs.pc;
+            if i > 0 {
+                if !host.in_window(self, pc) {
+                    return Action::Resume;
+                }
+                let lines = self.lines(host);
+                if self.take_interrupt(lines).is_some() {
+                    return Action::Resume;
+                }
+            }
+            let bits = match host.fetch_instruction(self, pc) {
+                Ok(bits) => bits,
+                Err((e, tval)) => {
+                    self.raise(e, tval);
+                    return Action::Resume;
+                }
+            };
+            if let Some(Decoded { instruction, length }) = decode(bits) {
+                let next = pc.wrapping_add(length as u64);
+                if let Some(done) = self.memory_access(host, instruction) {
+                    match done {
+                        Ok(()) => self.regs.pc = next,
+                        Err((e, tval)) => {
+                            self.raise(e, tval);
+                            return Action::Resume;
+                        }
+                    }
+                    continue;
+                }
+                // What traps in U-mode traps here, with what the hart would report.
+                let (trap, tval) = match instruction {
+                    Instruction::Ecall => (Exception::EcallFromU, 0),
+                    Instruction::Ebreak => (Exception::Breakpoint, pc),
+                    Instruction::Csr { csr, .. } if csr >> 8 & 3 == 0 => {
+                        return self.window_unsupported(i, cause, va);
+                    }
+                    _ => (Exception::IllegalInstruction, u64::from(bits)),
+                };
+                return self.handle_exception(trap, tval, host);
+            }
+            match crate::interp::step_any(&mut self.regs, pc, bits) {
+                Some(next) => self.regs.pc = next,
+                None => return self.window_unsupported(i, cause, va),
+            }
         }
-        if matches!(instruction, Instruction::Amo { op: AmoOp::Lr, .. }) {
-            self.run_to_sc(host);
+        Action::Resume
+    }
+
+    /// An instruction at a window address that hypocaust does not carry out: the first of
+    /// a run gets the guest the fault the hart took; later, the guest returns to it (and
+    /// faults again, first).
+    fn window_unsupported(&mut self, i: usize, cause: Exception, va: u64) -> Action {
+        if i == 0 {
+            self.raise(cause, va);
         }
+        Action::Resume
     }
 
     /// After an emulated LR: the hart holds no reservation, so it would fail the SC that

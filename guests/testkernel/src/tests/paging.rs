@@ -69,6 +69,7 @@ pub const TESTS: &[Test] = &[
     test!("paging/pte-to-unassigned-gigabyte", pte_to_unassigned_gigabyte),
     test!("paging/pte-to-top-of-physical-space", pte_to_top_of_physical_space),
     test!("paging/high-sv39-addresses", high_sv39_addresses),
+    test!("paging/code-at-high-sv39-addresses", code_at_high_sv39_addresses),
 ];
 
 static MARKER: u64 = 0x5EED_CAFE_F00D_0001;
@@ -802,6 +803,98 @@ fn high_sv39_addresses() -> TestResult {
         check_eq!(ok(load(va + 0x1000))?, 7);
         expect_fault(store(va + 0x1000, 1), 15, va + 0x1000)?;
         expect_fault(load(va + 0x2000), 13, va + 0x2000)?;
+    }
+    Ok(())
+}
+
+// Position-independent code for `code_at_high_sv39_addresses`, copied to window addresses:
+// `a0 = n`, `a1` = a data page. Sums the squares 1..=n (M extension, a backward branch),
+// stores the sum, adds 3 to the word at 8 (0) with an AMO and 10 with an LR/SC, stores the
+// SC's result, reads `sscratch` (a privileged instruction in the middle of the code) and
+// returns the sum divided by 3 (compressed instructions where the assembler picks them).
+core::arch::global_asm!(
+    r#"
+    .section .text
+    .balign 4
+    .globl window_routine, window_routine_end
+    .option push
+    .option arch, +m, +a, +c
+window_routine:
+    li      t0, 0
+    li      t1, 1
+1:  mul     t2, t1, t1
+    add     t0, t0, t2
+    addi    t1, t1, 1
+    bge     a0, t1, 1b
+    sd      t0, 0(a1)
+    addi    a2, a1, 8
+    li      t3, 3
+    amoadd.d t4, t3, (a2)
+2:  lr.d    t5, (a2)
+    addi    t5, t5, 10
+    sc.d    t6, t5, (a2)
+    bnez    t6, 2b
+    sw      t6, 16(a1)
+    csrr    t0, sscratch
+    sd      t0, 24(a1)
+    ld      a0, 0(a1)
+    divu    a0, a0, t3
+    ret
+    .balign 4
+window_routine_end:
+    .option pop
+"#
+);
+
+unsafe extern "C" {
+    static window_routine: u8;
+    static window_routine_end: u8;
+}
+
+/// Code the guest runs at the addresses where hypocaust keeps its window on an Sv39 host
+/// (see [`high_sv39_addresses`]): it must run as anywhere else, loads, stores, AMOs and a
+/// CSR access included, and fault as the hart faults (no execute permission, no page).
+fn code_at_high_sv39_addresses() -> TestResult {
+    const HIGH: [u64; 3] = [0xffff_fff7_8020_0000, 0xffff_fffe_8000_0000, 0xffff_fffe_0000_0000];
+    // The two symbols bound the routine above, in the kernel's text.
+    let (start, end) = (&raw const window_routine as u64, &raw const window_routine_end as u64);
+    let words: alloc::vec::Vec<u32> = (start..end)
+        .step_by(4)
+        // SAFETY: `start..end` is the routine's code, readable.
+        .map(|a| unsafe { (a as *const u32).read_volatile() })
+        .collect();
+    let s = sv39()?;
+    let code = PteFlags::R | PteFlags::X | PteFlags::A;
+    let data = PteFlags::R | PteFlags::W | PteFlags::A | PteFlags::D;
+    let saved = csr_read!("sscratch");
+    for &va in &HIGH {
+        let page = alloc_page();
+        write_code(page, &words);
+        s.map(va, page, 0, code);
+        s.map(va + 0x1000, page_with(0), 0, data);
+        // The same code without execute permission.
+        let noexec = alloc_page();
+        write_code(noexec, &words);
+        s.map(va + 0x2000, noexec, 0, PteFlags::R | PteFlags::A);
+        sfence(None, None);
+        csr_write!("sscratch", va ^ 0x5a5a);
+        // SAFETY: `va` holds the routine (C ABI: a0, a1 in, a0 out); `catch` takes a fault.
+        let f: extern "C" fn(u64, u64) -> u64 = unsafe { core::mem::transmute(va as usize) };
+        let d = va + 0x1000;
+        let result = catch(|| f(10, d));
+        csr_write!("sscratch", saved);
+        check_eq!(ok(result)?, 385 / 3);
+        check_eq!(ok(load(d))?, 385);
+        check_eq!(ok(load(d + 8))?, 13);
+        check_eq!(ok(load(d + 16))? as u32, 0);
+        check_eq!(ok(load(d + 24))?, va ^ 0x5a5a);
+        // SAFETY: as above; the page is not executable: the call faults.
+        let g: extern "C" fn(u64, u64) -> u64 =
+            unsafe { core::mem::transmute((va + 0x2000) as usize) };
+        let t = catch(|| g(10, d)).expect_err("no execute permission");
+        check_eq!((t.scause, t.stval), (12, va + 0x2000));
+        let t = call(va + 0x3000).expect_err("nothing mapped");
+        check_eq!((t.scause, t.stval), (12, va + 0x3000));
     }
     Ok(())
 }
