@@ -133,6 +133,16 @@ pub const STACK_SIZE: u64 = 256 * 1024;
 /// Virtual span reserved per hart in the stack region (stack plus guard).
 pub const STACK_SLOT: u64 = 1 << 21;
 
+/// Where the per-hart pages for instructions run out of line start, from the stack region's
+/// base (past the stacks of the most harts hypocaust serves).
+const EXEC_OFFSET: u64 = 0x3000_0000;
+
+/// The page (mapped read-execute) where the hart with index `index` runs a guest's
+/// instruction out of line (`arch::exec`).
+pub fn exec_page(index: usize) -> u64 {
+    mode().stack_region() + EXEC_OFFSET + index as u64 * rv::PAGE_SIZE
+}
+
 /// The direct-map address of a host-physical address.
 pub fn phys_to_virt(pa: HostPhysAddr) -> HostVirtAddr {
     HostVirtAddr::new(pa.raw().wrapping_add(mode().virt_offset()))

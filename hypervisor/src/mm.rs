@@ -45,6 +45,20 @@ const FRAME_RESERVE: u64 = 16 << 20;
 /// `satp` of hypocaust's own page table, once built.
 static KERNEL_SATP: AtomicU64 = AtomicU64::new(0);
 
+/// Per hart: the frame behind its out-of-line page ([`layout::exec_page`]), written
+/// through the direct map.
+static EXEC_FRAMES: spin::Once<Vec<HostPhysAddr>> = spin::Once::new();
+
+/// How many harts have an out-of-line page.
+pub fn exec_frames() -> usize {
+    EXEC_FRAMES.get().map_or(0, Vec::len)
+}
+
+/// The frame of the out-of-line page of the hart with index `index`.
+pub fn exec_frame(index: usize) -> Option<HostPhysAddr> {
+    EXEC_FRAMES.get()?.get(index).copied()
+}
+
 /// RAM below this is refused: hypocaust needs room for itself and at least one guest.
 pub const MIN_RAM: u64 = 64 << 20;
 
@@ -324,6 +338,14 @@ pub fn build_kernel_page_table(platform: &Platform, stacks: usize) -> Result<u64
             Err(e) => return Err(MemoryError::Map(e)),
         }
     }
+    let mut exec = Vec::new();
+    for index in 0..stacks {
+        let frame = alloc_frames(1).ok_or(MemoryError::Map(MapError::OutOfMemory))?;
+        m.map_range(layout::exec_page(index), frame.raw(), PAGE_SIZE, KERNEL_TEXT, 0)
+            .map_err(MemoryError::Map)?;
+        exec.push(frame);
+    }
+    EXEC_FRAMES.call_once(|| exec);
     for index in 0..stacks {
         let pages = (layout::STACK_SIZE / PAGE_SIZE) as usize;
         let pa = alloc_frames(pages).ok_or(MemoryError::Map(MapError::OutOfMemory))?;

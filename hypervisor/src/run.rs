@@ -22,7 +22,7 @@ use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, Rese
 use crate::arch::trap::enter_guest;
 use crate::guest::{Guest, VcpuCell, VcpuInner};
 use crate::paging::{PageFault, VcpuMmu, access_for};
-use crate::{arch, console, hart, hypervisor, irq, timer};
+use crate::{arch, console, hart, hypervisor, irq, layout, mm, timer};
 
 /// Why a vCPU left the hart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +190,12 @@ impl Host for GuestHost<'_> {
 
     fn in_window(&self, v: &Vcpu, va: u64) -> bool {
         self.mmu.in_window(v, va)
+    }
+
+    fn run_out_of_line(&mut self, insn: u32, a: u64, b: u64) -> Option<u64> {
+        let index = hart::current_index();
+        let frame = mm::exec_frame(index)?;
+        arch::exec::run(layout::exec_page(index), layout::phys_to_virt(frame), insn, a, b)
     }
 
     fn translate(&mut self, v: &Vcpu, va: u64, dir: Direction) -> Result<GuestPhysAddr, Fault> {

@@ -8,7 +8,11 @@ use crate::arch::trap::HostTrapFrame;
 /// hypocaust expects to fault, so an exception here is a bug: report it fully and stop.
 pub extern "C" fn host_trap(frame: &mut HostTrapFrame) {
     let cause = Cause::from_scause(frame.scause);
-    if let Some(resume) = crate::arch::trap::fixup(frame.sepc) {
+    let out_of_line = || {
+        let harts = crate::mm::exec_frames();
+        crate::arch::exec::fixup(frame.sepc, crate::layout::exec_page(0), harts)
+    };
+    if let Some(resume) = crate::arch::trap::fixup(frame.sepc).or_else(out_of_line) {
         frame.sepc = resume;
         return;
     }

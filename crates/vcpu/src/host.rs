@@ -63,6 +63,16 @@ pub trait Host {
         false
     }
 
+    /// Runs the 32-bit instruction `insn` on the hart, in S-mode, with the guest's FP
+    /// registers and `fcsr` live and `t0 = a`, `t1 = b`: the value of `t2` afterwards, or
+    /// `None` if it trapped (the hart does not have it). The caller renamed its integer
+    /// registers to `t0`, `t1`, `t2` and allows only instructions without memory accesses
+    /// or privileged effects (`window.rs`). Default: the host cannot.
+    fn run_out_of_line(&mut self, insn: u32, a: u64, b: u64) -> Option<u64> {
+        let _ = (insn, a, b);
+        None
+    }
+
     /// Loads a doubleword from guest-virtual `va` with the vCPU's current translation and
     /// privilege, as firmware does for pointers passed to legacy SBI calls.
     fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault>;

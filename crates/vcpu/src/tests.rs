@@ -40,6 +40,9 @@ struct FakeHost {
     fregs: [u64; 32],
     /// Window pages the fake guest maps: virtual page -> (physical page, writable).
     pages: std::collections::BTreeMap<u64, (u64, bool)>,
+    /// Instructions run out of line, with their `t0` and `t1`; each gives `t0 ^ t1`, or
+    /// traps if its word is all ones in the funct7 field.
+    out_of_line: Vec<(u32, u64, u64)>,
 }
 
 /// Where the fake guest's window starts: addresses from here are unmapped but for `pages`.
@@ -71,6 +74,10 @@ impl Host for FakeHost {
     }
     fn in_window(&self, _: &Vcpu, va: u64) -> bool {
         va >= WINDOW
+    }
+    fn run_out_of_line(&mut self, insn: u32, a: u64, b: u64) -> Option<u64> {
+        self.out_of_line.push((insn, a, b));
+        (insn >> 25 != 0x7f).then_some(a ^ b)
     }
     fn translate(
         &mut self,
@@ -941,10 +948,62 @@ mod window {
     }
 
     #[test]
+    fn window_code_runs_fp_zb_and_user_csrs_out_of_line() {
+        let mut h = host(true);
+        let mut v = vcpu();
+        let program = [
+            0x0ab5_1533, // clmul a0, a0, a1 (OP, funct7 5): its registers renamed
+            0xe200_0553, // fmv.x.d a0, ft0: integer rd renamed to t2
+            0x02b5_7553, // fadd.d fa0, fa0, fa1: FP only
+            0xc010_25f3, // rdtime a1 (csrrs a1, time, x0)
+            0x0000_8067, // ret
+        ];
+        for (i, bits) in program.into_iter().enumerate() {
+            h.code.insert(WINDOW + 4 * i as u64, bits);
+        }
+        v.csrs.sstatus |= 1 << 13; // FS Initial
+        v.regs.pc = WINDOW;
+        v.regs.set(10, 6);
+        v.regs.set(11, 3);
+        v.regs.set(1, 0x8020_0000);
+        v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
+        assert_eq!(v.regs.pc, 0x8020_0000, "ran to the ret");
+        assert_eq!(
+            h.out_of_line,
+            [
+                (0x0a62_93b3, 6, 3), // clmul t2, t0, t1
+                (0xe200_0053 | 7 << 7, 0, 0),
+                (0x02b5_7553, 0, 0),
+                (0xc010_23f3, 0, 0),
+            ]
+        );
+        assert_eq!(v.regs.get(11), 0, "rdtime's t2 (0 ^ 0)");
+        assert_eq!(v.csrs.fs(), rv::csr::ExtState::Dirty);
+        // With FS Off, FP is illegal; virtual U-mode may not read a counter scounteren hides.
+        let mut h = host(true);
+        let mut v = vcpu();
+        h.code.insert(WINDOW, 0x02b5_7553);
+        v.csrs.sstatus &= !(3 << 13);
+        v.regs.pc = WINDOW;
+        v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (2, 0x02b5_7553));
+        assert!(h.out_of_line.is_empty());
+        let mut h = host(true);
+        let mut v = vcpu();
+        h.code.insert(WINDOW, 0xc010_25f3); // rdtime a1
+        v.privilege = Privilege::User;
+        v.csrs.scounteren = 0b101; // CY and IR, not TM
+        v.regs.pc = WINDOW;
+        v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
+        assert_eq!((v.csrs.scause, v.csrs.stval), (2, 0xc010_25f3));
+        assert!(h.out_of_line.is_empty());
+    }
+
+    #[test]
     fn window_code_it_cannot_run_faults_where_it_starts() {
         let mut h = host(true);
         let mut v = vcpu();
-        h.code.insert(WINDOW, 0x02b5_7553); // fadd.d fa0, fa0, fa1
+        h.code.insert(WINDOW, 0x0200_8057); // vadd.vv v0, v0, v1
         v.regs.pc = WINDOW;
         v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
         assert_eq!((v.csrs.scause, v.csrs.stval), (12, WINDOW));
@@ -952,7 +1011,7 @@ mod window {
         let mut h = host(true);
         let mut v = vcpu();
         h.code.insert(WINDOW, 0x0015_0513); // addi a0, a0, 1
-        h.code.insert(WINDOW + 4, 0x02b5_7553);
+        h.code.insert(WINDOW + 4, 0x0200_8057);
         v.regs.pc = WINDOW;
         v.run_window_code(&mut h, Exception::InstructionPageFault, WINDOW);
         assert_eq!((v.csrs.scause, v.regs.pc, v.regs.get(10)), (0, WINDOW + 4, 1));

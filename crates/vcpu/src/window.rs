@@ -7,11 +7,12 @@
 //! ([`Vcpu::run_window_code`]). The guest cannot tell.
 
 use rv::GuestPhysAddr;
+use rv::csr::ExtState;
 use rv::insn::{AmoOp, Decoded, Instruction, Width, decode};
 use rv::trap::Exception;
 
 use crate::host::{Fault, Host};
-use crate::vcpu::Action;
+use crate::vcpu::{Action, Privilege};
 
 /// Instructions run from window addresses in one exit at most.
 pub const WINDOW_RUN: usize = 64;
@@ -125,11 +126,12 @@ impl Vcpu {
     /// [`WINDOW_RUN`] instructions have run (the guest then faults here again: interrupts
     /// are taken in between, and a pending one also before every instruction here).
     ///
-    /// Carried out: the integer instructions, M, FENCE/FENCE.I ([`crate::interp`]), every
-    /// memory access (as [`Vcpu::emulate_window`]), and the instructions that trap in
-    /// U-mode (privileged ones, `ecall`, `ebreak`) as their trap. Not: FP computation and
-    /// accesses to unprivileged CSRs (counters, `fcsr`), which the hart would run in
-    /// U-mode without trapping: the guest gets the instruction page fault.
+    /// Carried out: the base integer instructions, M, FENCE/FENCE.I ([`crate::interp`]),
+    /// every memory access (as [`Vcpu::emulate_window`]), the instructions that trap in
+    /// U-mode (privileged ones, `ecall`, `ebreak`) as their trap, and, run on the hart out
+    /// of line, FP computation, the other register-to-register integer instructions and
+    /// unprivileged CSR accesses. Anything else (vector instructions, say) gets the guest
+    /// the instruction page fault the hart took.
     pub fn run_window_code(&mut self, host: &mut impl Host, cause: Exception, va: u64) -> Action {
         for i in 0..WINDOW_RUN {
             let pc = self.regs.pc;
@@ -165,19 +167,72 @@ impl Vcpu {
                 let (trap, tval) = match instruction {
                     Instruction::Ecall => (Exception::EcallFromU, 0),
                     Instruction::Ebreak => (Exception::Breakpoint, pc),
+                    // An unprivileged CSR (fcsr, the counters): the hart runs it in U-mode.
                     Instruction::Csr { csr, .. } if csr >> 8 & 3 == 0 => {
-                        return self.window_unsupported(i, cause, va);
+                        if self.run_out_of_line(host, bits, next).is_none() {
+                            return self.window_unsupported(i, cause, va);
+                        }
+                        if self.regs.pc != next {
+                            return Action::Resume; // it trapped
+                        }
+                        continue;
                     }
                     _ => (Exception::IllegalInstruction, u64::from(bits)),
                 };
                 return self.handle_exception(trap, tval, host);
             }
-            match crate::interp::step_any(&mut self.regs, pc, bits) {
-                Some(next) => self.regs.pc = next,
-                None => return self.window_unsupported(i, cause, va),
+            if let Some(next) = crate::interp::step_any(&mut self.regs, pc, bits) {
+                self.regs.pc = next;
+                continue;
+            }
+            let next = pc.wrapping_add(4);
+            if self.run_out_of_line(host, bits, next).is_none() {
+                return self.window_unsupported(i, cause, va);
+            }
+            if self.regs.pc != next {
+                // It trapped (the exception is raised): the guest's handler runs next.
+                return Action::Resume;
             }
         }
         Action::Resume
+    }
+
+    /// Runs `bits`, an instruction of window code the hart would run in U-mode without
+    /// trapping and [`crate::interp`] does not carry out (FP computation, Zb* and other
+    /// register-to-register integer instructions, unprivileged CSRs), on the hart itself
+    /// with its integer registers renamed ([`Host::run_out_of_line`]): on success the
+    /// result is written back and the pc moves to `next`; an instruction the hart refuses
+    /// (or the guest's FS Off, or a counter its `scounteren` hides from virtual U-mode)
+    /// raises illegal instruction. `None`: not such an instruction.
+    fn run_out_of_line(&mut self, host: &mut impl Host, bits: u32, next: u64) -> Option<()> {
+        let op = OutOfLine::of(bits)?;
+        let illegal = |v: &mut Self| v.raise(Exception::IllegalInstruction, u64::from(bits));
+        if op.fp && self.csrs.fs() == ExtState::Off {
+            illegal(self);
+            return Some(());
+        }
+        if let Some(counter) = op.counter
+            && self.privilege == Privilege::User
+            && self.csrs.scounteren & 1 << counter == 0
+        {
+            illegal(self);
+            return Some(());
+        }
+        let a = op.rs1.map_or(0, |r| self.regs.get(r));
+        let b = op.rs2.map_or(0, |r| self.regs.get(r));
+        match host.run_out_of_line(op.insn, a, b) {
+            Some(result) => {
+                if let Some(rd) = op.rd {
+                    self.regs.set(rd, result);
+                }
+                if op.dirties_fp {
+                    self.csrs.set_fs_dirty();
+                }
+                self.regs.pc = next;
+            }
+            None => illegal(self),
+        }
+        Some(())
     }
 
     /// An instruction at a window address that hypocaust does not carry out: the first of
@@ -219,6 +274,99 @@ impl Vcpu {
                 None => return,
             }
         }
+    }
+}
+
+/// An instruction to run out of line: its word with the integer registers renamed (rs1 to
+/// `t0`, rs2 to `t1`, rd to `t2`) and which guest registers those were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct OutOfLine {
+    insn: u32,
+    rs1: Option<u8>,
+    rs2: Option<u8>,
+    rd: Option<u8>,
+    /// It needs `sstatus.FS` on.
+    fp: bool,
+    /// It may change FP state (the guest's FS becomes Dirty).
+    dirties_fp: bool,
+    /// It reads counter N (`cycle` + N), which virtual U-mode may only with `scounteren`.
+    counter: Option<u32>,
+}
+
+const T0: u32 = 5;
+const T1: u32 = 6;
+const T2: u32 = 7;
+
+impl OutOfLine {
+    /// The 32-bit instructions that may run out of line: OP-IMM, OP, OP-IMM-32, OP-32
+    /// (what `interp` leaves: Zba/Zbb/Zbs/Zicond...), OP-FP and the FP multiply-adds, and
+    /// CSR accesses to unprivileged CSRs. None of them reaches memory or privileged state.
+    fn of(raw: u32) -> Option<Self> {
+        let field = |lo: u32| ((raw >> lo) & 31) as u8;
+        let (rd, rs1, rs2) = (field(7), field(15), field(20));
+        let rename = |raw: u32, lo: u32, to: u32| raw & !(31 << lo) | to << lo;
+        let int = |raw: u32, rd: bool, rs1: bool, rs2: bool| {
+            let mut w = raw;
+            if rd {
+                w = rename(w, 7, T2);
+            }
+            if rs1 {
+                w = rename(w, 15, T0);
+            }
+            if rs2 {
+                w = rename(w, 20, T1);
+            }
+            w
+        };
+        let plain = |insn: u32, rd_: bool, rs1_: bool, rs2_: bool| Self {
+            insn,
+            rs1: rs1_.then_some(rs1),
+            rs2: rs2_.then_some(rs2),
+            rd: rd_.then_some(rd),
+            fp: false,
+            dirties_fp: false,
+            counter: None,
+        };
+        if raw & 3 != 3 {
+            return None;
+        }
+        Some(match raw & 0x7f {
+            0x13 | 0x1b => plain(int(raw, true, true, false), true, true, false),
+            0x33 | 0x3b => plain(int(raw, true, true, true), true, true, true),
+            0x53 => {
+                let funct5 = raw >> 27;
+                let (int_rd, int_rs1) = match funct5 {
+                    0b11010 | 0b11110 => (false, true),
+                    0b11000 | 0b10100 | 0b11100 => (true, false),
+                    _ => (false, false),
+                };
+                Self {
+                    fp: true,
+                    dirties_fp: funct5 != 0b11100,
+                    ..plain(int(raw, int_rd, int_rs1, false), int_rd, int_rs1, false)
+                }
+            }
+            0x43 | 0x47 | 0x4b | 0x4f => {
+                Self { fp: true, dirties_fp: true, ..plain(raw, false, false, false) }
+            }
+            0x73 => {
+                let funct3 = (raw >> 12) & 7;
+                let csr = raw >> 20;
+                if funct3 == 0 || funct3 == 4 || csr >> 8 & 3 != 0 {
+                    return None;
+                }
+                let reads_rs1 = funct3 < 4 && rs1 != 0;
+                let writes = funct3 & 3 == 1 || rs1 != 0;
+                let fp = (1..=3).contains(&csr);
+                Self {
+                    fp,
+                    dirties_fp: fp && writes,
+                    counter: (0xc00..=0xc1f).contains(&csr).then_some(csr - 0xc00),
+                    ..plain(int(raw, rd != 0, reads_rs1, false), rd != 0, reads_rs1, false)
+                }
+            }
+            _ => return None,
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use core::arch::{asm, global_asm};
 use crate::layout::{self, HostMode, LINK_BASE};
 
 pub mod csr;
+pub mod exec;
 pub mod fp;
 pub mod trap;
 

@@ -810,15 +810,16 @@ fn high_sv39_addresses() -> TestResult {
 // Position-independent code for `code_at_high_sv39_addresses`, copied to window addresses:
 // `a0 = n`, `a1` = a data page. Sums the squares 1..=n (M extension, a backward branch),
 // stores the sum, adds 3 to the word at 8 (0) with an AMO and 10 with an LR/SC, stores the
-// SC's result, reads `sscratch` (a privileged instruction in the middle of the code) and
-// returns the sum divided by 3 (compressed instructions where the assembler picks them).
+// SC's result, reads `sscratch` (a privileged instruction in the middle of the code),
+// doubles n in FP (2n, its bits and fflags stored), reads `time` (stored) and returns the
+// sum divided by 3 (compressed instructions where the assembler picks them).
 core::arch::global_asm!(
     r#"
     .section .text
     .balign 4
     .globl window_routine, window_routine_end
     .option push
-    .option arch, +m, +a, +c
+    .option arch, +m, +a, +c, +f, +d
 window_routine:
     li      t0, 0
     li      t1, 1
@@ -837,6 +838,16 @@ window_routine:
     sw      t6, 16(a1)
     csrr    t0, sscratch
     sd      t0, 24(a1)
+    fcvt.d.l ft1, a0
+    fadd.d  ft2, ft1, ft1
+    fcvt.l.d t4, ft2
+    sd      t4, 32(a1)
+    fmv.x.d t4, ft2
+    sd      t4, 40(a1)
+    csrr    t5, fflags
+    sd      t5, 48(a1)
+    csrr    t6, time
+    sd      t6, 56(a1)
     ld      a0, 0(a1)
     divu    a0, a0, t3
     ret
@@ -855,6 +866,8 @@ unsafe extern "C" {
 /// (see [`high_sv39_addresses`]): it must run as anywhere else, loads, stores, AMOs and a
 /// CSR access included, and fault as the hart faults (no execute permission, no page).
 fn code_at_high_sv39_addresses() -> TestResult {
+    const FS_MASK: u64 = 3 << 13;
+    const FS_INITIAL: u64 = 1 << 13;
     const HIGH: [u64; 3] = [0xffff_fff7_8020_0000, 0xffff_fffe_8000_0000, 0xffff_fffe_0000_0000];
     // The two symbols bound the routine above, in the kernel's text.
     let (start, end) = (&raw const window_routine as u64, &raw const window_routine_end as u64);
@@ -881,13 +894,25 @@ fn code_at_high_sv39_addresses() -> TestResult {
         // SAFETY: `va` holds the routine (C ABI: a0, a1 in, a0 out); `catch` takes a fault.
         let f: extern "C" fn(u64, u64) -> u64 = unsafe { core::mem::transmute(va as usize) };
         let d = va + 0x1000;
+        let before = crate::timer::now();
+        // FP on (Initial) for the routine's FP instructions; fflags clear.
+        let sstatus = csr_read!("sstatus");
+        csr_write!("sstatus", sstatus & !FS_MASK | FS_INITIAL);
+        csr_write!("fflags", 0);
         let result = catch(|| f(10, d));
+        let fs_after = csr_read!("sstatus") & FS_MASK;
+        csr_write!("sstatus", sstatus);
         csr_write!("sscratch", saved);
         check_eq!(ok(result)?, 385 / 3);
         check_eq!(ok(load(d))?, 385);
         check_eq!(ok(load(d + 8))?, 13);
         check_eq!(ok(load(d + 16))? as u32, 0);
         check_eq!(ok(load(d + 24))?, va ^ 0x5a5a);
+        check_eq!(ok(load(d + 32))?, 20);
+        check_eq!(ok(load(d + 40))?, 20f64.to_bits());
+        check_eq!(ok(load(d + 48))?, 0);
+        check!(ok(load(d + 56))? >= before, "time read in the routine is before the call");
+        check!(fs_after == FS_MASK, "FS is {fs_after:#x} after FP instructions, not Dirty");
         // SAFETY: as above; the page is not executable: the call faults.
         let g: extern "C" fn(u64, u64) -> u64 =
             unsafe { core::mem::transmute((va + 0x2000) as usize) };
