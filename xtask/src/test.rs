@@ -914,10 +914,17 @@ fn linux_sv39_tests() -> Result<Group> {
 }
 
 /// The Linux guest on QEMU's `sifive_u` (HiFive Unleashed: U54 harts, SiFive UART, no
-/// virtio), natively and under hypocaust (on OpenSBI: hypocaust's firmware does not run
-/// there): one boot each from the initramfs, with checks that need no disk or network.
+/// virtio) under hypocaust (on OpenSBI: hypocaust's firmware does not run there): one boot
+/// from the initramfs, with checks that need no disk or network.
+///
+/// Not natively: QEMU 10.0's SiFive UART reports `ip.txwm` whatever its 8-byte transmit
+/// FIFO holds, so Linux's interrupt-driven output overruns the FIFO and loses bytes (the
+/// check markers with them) whenever QEMU's drain timer runs late, idle machine or not.
+/// Under hypocaust the guest's UART is hypocaust's model, which sends at once, and
+/// hypocaust's own driver waits for room: nothing is lost. The same checks run natively
+/// on `virt` (group `linux (native)`).
 fn linux_sifive_u_tests() -> Result<Group> {
-    println!("== Linux guest on QEMU sifive_u, natively and under hypocaust (OpenSBI)");
+    println!("== Linux guest on QEMU sifive_u under hypocaust (OpenSBI)");
     let mut group = Group::new("linux (sifive_u)");
     let Some(images) = linux_images(&mut group) else {
         return Ok(group);
@@ -933,73 +940,70 @@ fn linux_sifive_u_tests() -> Result<Group> {
          seq 1 20000 | sort -rn | head -1\n\
          check exit-status\necho bye\nexit 7"
     );
-    for native in [true, false] {
-        let side = if native { "native" } else { "hypocaust" };
-        let label = |test: &str| format!("sifive_u/{side}/{test}");
-        let mut boot = Boot::new(&format!("linux-sifive_u-{side}"), native);
-        boot.board = qemu::Board::SifiveU;
-        boot.firmware = Firmware::Opensbi;
-        boot.cmd = Some(script.clone());
-        let run = match linux::run::run_cmd(&images, &boot, boot.timeout(), false) {
-            Ok(r) => r,
-            Err(e) => {
-                linux_verdict(&mut group, &label("checks"), Err(format!("{e:#}")));
-                continue;
-            }
-        };
-        let output = run.output.clone().unwrap_or_default();
-        let parts = sections(&output);
-        let part = |name: &str| {
-            parts
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.as_str())
-                .ok_or(format!("no section {name} in the output {output:?}"))
-        };
-        let checks: Vec<(&str, Check)> = vec![
-            (
-                "cpuinfo",
-                Box::new(|out: &str| {
-                    if field(out, "mmu") != Some("sv39") {
-                        return Err(format!("expected mmu sv39 (U54 harts) in {out:?}"));
-                    }
-                    lines_in_order(out, &["1".into()])
-                }),
-            ),
-            (
-                // Linux found the SiFive UART (QEMU's, or hypocaust's model of it) and made it
-                // its console.
-                "console",
-                Box::new(|out: &str| {
-                    if out.contains("ttySIF0") {
-                        Ok(())
-                    } else {
-                        Err(format!("ttySIF0 is not a console: {out:?}"))
-                    }
-                }),
-            ),
-            (
-                // The console's interrupts come through the PLIC.
-                "uart-interrupts",
-                Box::new(|out: &str| lines_in_order(out, &["uart interrupts counted".into()])),
-            ),
-            (
-                "busybox-workload",
-                Box::new(|out: &str| lines_in_order(out, &["forks 100".into(), "20000".into()])),
-            ),
-            ("exit-status", Box::new(|out: &str| lines_in_order(out, &["bye".into()]))),
-        ];
-        let problem = run.problem();
-        for (test, check) in checks {
-            let result = match (&problem, test) {
-                (Some(p), _) => Err(p.clone()),
-                (None, "exit-status") if run.status != Some(7) => {
-                    Err(format!("exit status {:?}, expected 7", run.status))
-                }
-                _ => part(test).and_then(&check),
-            };
-            linux_verdict(&mut group, &label(test), result);
+    let label = |test: &str| format!("sifive_u/{test}");
+    let mut boot = Boot::new("linux-sifive_u-hypocaust", false);
+    boot.board = qemu::Board::SifiveU;
+    boot.firmware = Firmware::Opensbi;
+    boot.cmd = Some(script);
+    let run = match linux::run::run_cmd(&images, &boot, boot.timeout(), false) {
+        Ok(r) => r,
+        Err(e) => {
+            linux_verdict(&mut group, &label("checks"), Err(format!("{e:#}")));
+            return Ok(group);
         }
+    };
+    let output = run.output.clone().unwrap_or_default();
+    let parts = sections(&output);
+    let part = |name: &str| {
+        parts
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_str())
+            .ok_or(format!("no section {name} in the output {output:?}"))
+    };
+    let checks: Vec<(&str, Check)> = vec![
+        (
+            "cpuinfo",
+            Box::new(|out: &str| {
+                if field(out, "mmu") != Some("sv39") {
+                    return Err(format!("expected mmu sv39 (U54 harts) in {out:?}"));
+                }
+                lines_in_order(out, &["1".into()])
+            }),
+        ),
+        (
+            // Linux found the SiFive UART (QEMU's, or hypocaust's model of it) and made it
+            // its console.
+            "console",
+            Box::new(|out: &str| {
+                if out.contains("ttySIF0") {
+                    Ok(())
+                } else {
+                    Err(format!("ttySIF0 is not a console: {out:?}"))
+                }
+            }),
+        ),
+        (
+            // The console's interrupts come through the PLIC.
+            "uart-interrupts",
+            Box::new(|out: &str| lines_in_order(out, &["uart interrupts counted".into()])),
+        ),
+        (
+            "busybox-workload",
+            Box::new(|out: &str| lines_in_order(out, &["forks 100".into(), "20000".into()])),
+        ),
+        ("exit-status", Box::new(|out: &str| lines_in_order(out, &["bye".into()]))),
+    ];
+    let problem = run.problem();
+    for (test, check) in checks {
+        let result = match (&problem, test) {
+            (Some(p), _) => Err(p.clone()),
+            (None, "exit-status") if run.status != Some(7) => {
+                Err(format!("exit status {:?}, expected 7", run.status))
+            }
+            _ => part(test).and_then(&check),
+        };
+        linux_verdict(&mut group, &label(test), result);
     }
     Ok(group)
 }
