@@ -64,6 +64,11 @@ impl GuestMemory {
         self.translate(gpa, len as u64).map(|hpa| layout::phys_to_virt(hpa).raw() as *mut u8)
     }
 
+    /// The direct-map address of the page at `gpa_page` (page-aligned), if it is guest RAM.
+    pub fn page_ptr(&self, gpa_page: GuestPhysAddr) -> Option<*const u8> {
+        self.ptr(gpa_page, rv::PAGE_SIZE as usize).map(|p| p as *const u8)
+    }
+
     /// Copies guest RAM at `gpa` into `buf`; `false` (nothing copied) if not all RAM.
     pub fn read(&self, gpa: GuestPhysAddr, buf: &mut [u8]) -> bool {
         let Some(src) = self.ptr(gpa, buf.len()) else {

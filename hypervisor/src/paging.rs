@@ -162,6 +162,8 @@ struct CodePage {
     user: bool,
     va_page: u64,
     gpa_page: GuestPhysAddr,
+    /// The direct-map address of that page if it is the guest's RAM, else 0.
+    host: usize,
 }
 
 /// The shadow frame pool cannot hold even the tables of one translation (the guest is
@@ -381,24 +383,83 @@ impl VcpuMmu {
         v: &Vcpu,
         pc: u64,
     ) -> Option<GuestPhysAddr> {
-        let satp = v.csrs.satp;
-        if !is_paged(satp) {
-            return Some(GuestPhysAddr::new(pc));
+        self.code_page(memory, v, pc)?.0.checked_add(pc & 0xfff)
+    }
+
+    /// The instruction at guest-virtual `pc` (its 16 bits if compressed; with `word`, the
+    /// 32 bits there whatever they hold) if its code page is remembered or found and is
+    /// RAM, and the bits do not straddle the page's end: hypocaust's fast fetch, read
+    /// straight from the guest's page. `None`: take the slow path (which faults as the hart
+    /// would).
+    pub fn code_bits(
+        &mut self,
+        memory: &GuestMemory,
+        v: &Vcpu,
+        pc: u64,
+        word: bool,
+    ) -> Option<u32> {
+        let (_, host) = self.code_page(memory, v, pc)?;
+        if host == 0 {
+            return None;
         }
-        let user = v.privilege == Privilege::User;
-        let va_page = pc & !0xfff;
-        let entry = &mut self.code[(pc >> 12) as usize % CODE_PAGES];
-        if let Some(c) = entry
-            && c.va_page == va_page
-            && c.satp == satp
-            && c.user == user
+        let offset = (pc & 0xfff) as usize;
+        let at = (host + offset) as *const u16;
+        // SAFETY: `host` is the direct-map address of a page of the guest's RAM (never
+        // hypocaust's own memory), `offset` lies in it and is even (a pc is); the guest may
+        // change its code meanwhile: an aligned halfword read does not tear.
+        let low = unsafe { at.read_volatile() };
+        if !word && rv::insn::length(low) == 2 {
+            return Some(u32::from(low));
+        }
+        if offset > 0xffc {
+            return None;
+        }
+        // SAFETY: as above; the next halfword is in the same page.
+        let high = unsafe { at.add(1).read_volatile() };
+        Some(u32::from(low) | u32::from(high) << 16)
+    }
+
+    /// The remembered code page of `pc` for the vCPU's `satp` and privilege (its
+    /// guest-physical address and [`CodePage::host`]), or the one a walk finds (then
+    /// remembered); `None` where a fetch would fault.
+    #[inline(always)]
+    fn code_page(
+        &mut self,
+        memory: &GuestMemory,
+        v: &Vcpu,
+        pc: u64,
+    ) -> Option<(GuestPhysAddr, usize)> {
+        let slot = (pc >> 12) as usize % CODE_PAGES;
+        if let Some(c) = &self.code[slot]
+            && c.va_page == pc & !0xfff
+            && c.satp == v.csrs.satp
+            && c.user == (v.privilege == Privilege::User)
         {
-            return c.gpa_page.checked_add(pc & 0xfff);
+            return Some((c.gpa_page, c.host));
         }
-        let gpa = self.translate(memory, v, pc, access_for(v, AccessType::Execute)).ok()?;
-        self.code[(pc >> 12) as usize % CODE_PAGES] =
-            Some(CodePage { satp, user, va_page, gpa_page: gpa.align_down(rv::PAGE_SIZE) });
-        Some(gpa)
+        self.code_page_miss(memory, v, pc, slot)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn code_page_miss(
+        &mut self,
+        memory: &GuestMemory,
+        v: &Vcpu,
+        pc: u64,
+        slot: usize,
+    ) -> Option<(GuestPhysAddr, usize)> {
+        let satp = v.csrs.satp;
+        let gpa = if is_paged(satp) {
+            self.translate(memory, v, pc, access_for(v, AccessType::Execute)).ok()?
+        } else {
+            GuestPhysAddr::new(pc)
+        };
+        let gpa_page = gpa.align_down(rv::PAGE_SIZE);
+        let host = memory.page_ptr(gpa_page).map_or(0, |p| p as usize);
+        let user = v.privilege == Privilege::User;
+        self.code[slot] = Some(CodePage { satp, user, va_page: pc & !0xfff, gpa_page, host });
+        Some((gpa_page, host))
     }
 }
 

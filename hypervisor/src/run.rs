@@ -163,6 +163,9 @@ impl Host for GuestHost<'_> {
     }
 
     fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault> {
+        if let Some(bits) = self.mmu.code_bits(&self.guest.memory, vcpu, pc, false) {
+            return Ok(bits);
+        }
         // Halves: a 32-bit instruction may straddle a page boundary.
         let low = self.fetch_half(vcpu, pc)?;
         if rv::insn::length(low) == 2 {
@@ -174,12 +177,7 @@ impl Host for GuestHost<'_> {
 
     fn fetch_next(&mut self, vcpu: &Vcpu, pc: u64) -> Option<u32> {
         // A word that straddles a page boundary is left to the hart.
-        if pc & 0xfff > 0xffc {
-            return None;
-        }
-        let gpa = self.mmu.code_address(&self.guest.memory, vcpu, pc)?;
-        let mut bits = [0u8; 4];
-        self.guest.memory.read(gpa, &mut bits).then(|| u32::from_le_bytes(bits))
+        self.mmu.code_bits(&self.guest.memory, vcpu, pc, true)
     }
 
     fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault> {
