@@ -151,19 +151,38 @@ pub enum PageFault {
 }
 
 /// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]),
-/// direct-mapped by page number.
-const CODE_PAGES: usize = 16;
+/// direct-mapped by page number (the trap vector's fast path reads them too:
+/// `arch::trap`).
+pub const CODE_PAGES: usize = 16;
 
 /// A guest-virtual code page and the guest-physical page it translated to, for an
-/// instruction fetch with guest `satp` at the vCPU's privilege.
+/// instruction fetch with guest `satp` at the vCPU's privilege. `repr(C)` and plain words:
+/// the trap vector's fast path looks entries up (`arch::trap`, which checks this layout).
+#[repr(C)]
 #[derive(Clone, Copy, Debug)]
-struct CodePage {
-    satp: u64,
-    user: bool,
-    va_page: u64,
-    gpa_page: GuestPhysAddr,
+pub struct CodePage {
+    /// The page's guest-virtual address; [`CodePage::EMPTY`]'s is not page-aligned.
+    pub va_page: u64,
+    pub satp: u64,
+    /// 1 for a fetch in virtual U-mode, 0 in S-mode.
+    pub user: u64,
+    pub gpa_page: GuestPhysAddr,
     /// The direct-map address of that page if it is the guest's RAM, else 0.
-    host: usize,
+    pub host: u64,
+    /// To 64 bytes: the fast path indexes by shifting.
+    _pad: [u64; 3],
+}
+
+impl CodePage {
+    /// No page: its `va_page` matches no pc's page.
+    pub const EMPTY: Self = Self {
+        va_page: u64::MAX,
+        satp: 0,
+        user: 0,
+        gpa_page: GuestPhysAddr::new(0),
+        host: 0,
+        _pad: [0; 3],
+    };
 }
 
 /// The shadow frame pool cannot hold even the tables of one translation (the guest is
@@ -188,7 +207,7 @@ pub struct VcpuMmu {
     last_guest_satp: u64,
     /// Recent code-page translations (a small TLB for hypocaust's own fetches, which
     /// fences empty as they do the hart's).
-    code: [Option<CodePage>; CODE_PAGES],
+    code: [CodePage; CODE_PAGES],
 }
 
 impl VcpuMmu {
@@ -209,7 +228,7 @@ impl VcpuMmu {
             current: None,
             loaded: mm::kernel_satp(),
             last_guest_satp: 0,
-            code: [None; CODE_PAGES],
+            code: [CodePage::EMPTY; CODE_PAGES],
         }
     }
 
@@ -297,8 +316,8 @@ impl VcpuMmu {
         // address space); a fence of everything drops all.
         let fenced = start & !0xfff..start.saturating_add(size);
         for entry in &mut self.code {
-            if entry.is_some_and(|c| size == u64::MAX || fenced.contains(&c.va_page)) {
-                *entry = None;
+            if size == u64::MAX || fenced.contains(&entry.va_page) {
+                *entry = CodePage::EMPTY;
             }
         }
         self.leave_tree();
@@ -310,7 +329,7 @@ impl VcpuMmu {
 
     /// Drops everything (the guest restarts).
     pub fn reset(&mut self) {
-        self.code = [None; CODE_PAGES];
+        self.code = [CodePage::EMPTY; CODE_PAGES];
         self.leave_tree();
         self.cache.flush_all(&mut self.pool);
         self.current = None;
@@ -419,6 +438,12 @@ impl VcpuMmu {
         Some(u32::from(low) | u32::from(high) << 16)
     }
 
+    /// The code pages, for the trap vector's fast path (valid while this `VcpuMmu` is not
+    /// moved: it lives in its vCPU's cell).
+    pub fn code_pages(&self) -> u64 {
+        self.code.as_ptr() as u64
+    }
+
     /// The remembered code page of `pc` for the vCPU's `satp` and privilege (its
     /// guest-physical address and [`CodePage::host`]), or the one a walk finds (then
     /// remembered); `None` where a fetch would fault.
@@ -430,12 +455,12 @@ impl VcpuMmu {
         pc: u64,
     ) -> Option<(GuestPhysAddr, usize)> {
         let slot = (pc >> 12) as usize % CODE_PAGES;
-        if let Some(c) = &self.code[slot]
-            && c.va_page == pc & !0xfff
+        let c = &self.code[slot];
+        if c.va_page == pc & !0xfff
             && c.satp == v.csrs.satp
-            && c.user == (v.privilege == Privilege::User)
+            && c.user == u64::from(v.privilege == Privilege::User)
         {
-            return Some((c.gpa_page, c.host));
+            return Some((c.gpa_page, c.host as usize));
         }
         self.code_page_miss(memory, v, pc, slot)
     }
@@ -456,10 +481,11 @@ impl VcpuMmu {
             GuestPhysAddr::new(pc)
         };
         let gpa_page = gpa.align_down(rv::PAGE_SIZE);
-        let host = memory.page_ptr(gpa_page).map_or(0, |p| p as usize);
-        let user = v.privilege == Privilege::User;
-        self.code[slot] = Some(CodePage { satp, user, va_page: pc & !0xfff, gpa_page, host });
-        Some((gpa_page, host))
+        let host = memory.page_ptr(gpa_page).map_or(0, |p| p as u64);
+        let user = u64::from(v.privilege == Privilege::User);
+        self.code[slot] =
+            CodePage { satp, user, va_page: pc & !0xfff, gpa_page, host, _pad: [0; 3] };
+        Some((gpa_page, host as usize))
     }
 }
 

@@ -55,8 +55,13 @@ impl Default for ExitCounters {
 impl ExitCounters {
     /// Counts an exit with `scause`.
     fn count(&self, scause: u64) {
+        self.add(scause, 1);
+    }
+
+    /// Counts `n` exits with `scause`.
+    fn add(&self, scause: u64, n: u64) {
         let slot = (scause & 63) as usize + if scause >> 63 != 0 { 64 } else { 0 };
-        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+        self.counts[slot].fetch_add(n, Ordering::Relaxed);
     }
 
     /// All exits.
@@ -446,6 +451,8 @@ fn device_access(
 pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline: u64) -> Leave {
     let hart = hart::current_index();
     let mut real = RealCsrs { status: u64::MAX, scounteren: u64::MAX, timer: 0 };
+    // The trap vector's fast path looks instructions up in the vCPU's code pages.
+    inner.ctx.code_pages = inner.mmu.code_pages();
     loop {
         serve_mailbox(cell, inner);
         if hart::attention(hart) || guest.needs_attention() {
@@ -474,6 +481,10 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
         unsafe { enter_guest(&mut inner.ctx) };
 
         let (scause, stval) = arch::csr::trap_cause();
+        let fast = core::mem::take(&mut inner.ctx.fast_exits);
+        if fast != 0 {
+            cell.exits.add(Exception::IllegalInstruction as u64, fast);
+        }
         let v = &mut inner.ctx.vcpu;
         if real.status & Sstatus::FS.bits() != 0 && real_fs() == ExtState::Dirty as u64 {
             v.csrs.set_fs_dirty();

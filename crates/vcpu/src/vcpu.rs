@@ -44,13 +44,15 @@ impl Regs {
     }
 }
 
-/// The guest's virtual privilege level.
+/// The guest's virtual privilege level (one byte with these values: the trap vector's
+/// fast path reads it).
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Privilege {
     /// Virtual U-mode: the guest's programs.
-    User,
+    User = 0,
     /// Virtual S-mode: the guest's kernel.
-    Supervisor,
+    Supervisor = 1,
 }
 
 /// SBI HSM state of a vCPU.

@@ -10,7 +10,9 @@
 use core::arch::global_asm;
 use core::mem::offset_of;
 
-use vcpu::Vcpu;
+use vcpu::{Csrs, Vcpu};
+
+use crate::paging::{CODE_PAGES, CodePage};
 
 /// Registers of an interrupted hypocaust context, in the order the vector saves them.
 #[repr(C)]
@@ -40,13 +42,19 @@ pub struct HostRegs {
 #[repr(C)]
 pub struct GuestContext {
     host: HostRegs,
+    /// The address of the vCPU's code pages (`paging::VcpuMmu::code_pages`), for the
+    /// fast path; 0: no fast path.
+    pub code_pages: u64,
+    /// Exits the fast path handled since hypocaust last took them (as illegal-instruction
+    /// exits) into its counts.
+    pub fast_exits: u64,
     pub vcpu: Vcpu,
 }
 
 impl GuestContext {
     /// A context for `vcpu`.
     pub fn new(vcpu: Vcpu) -> Self {
-        Self { host: HostRegs::default(), vcpu }
+        Self { host: HostRegs::default(), vcpu, code_pages: 0, fast_exits: 0 }
     }
 }
 
@@ -54,6 +62,31 @@ const FRAME_SIZE: usize = core::mem::size_of::<HostTrapFrame>();
 /// Where the guest's x0 lives in a `GuestContext` (the `Regs` are the first field of `Vcpu`).
 const GUEST_REGS: usize = offset_of!(GuestContext, vcpu) + offset_of!(Vcpu, regs);
 const _: () = assert!(offset_of!(Vcpu, regs) == 0 && offset_of!(vcpu::Regs, pc) == 32 * 8);
+
+// What the fast path reads and writes, by offset in the `GuestContext`.
+const VCPU: usize = offset_of!(GuestContext, vcpu);
+const PRIVILEGE: usize = VCPU + offset_of!(Vcpu, privilege);
+const CSRS: usize = VCPU + offset_of!(Vcpu, csrs);
+const SSTATUS: usize = CSRS + offset_of!(Csrs, sstatus);
+const SATP: usize = CSRS + offset_of!(Csrs, satp);
+const SSCRATCH: usize = CSRS + offset_of!(Csrs, sscratch);
+const SEPC: usize = CSRS + offset_of!(Csrs, sepc);
+const SCAUSE: usize = CSRS + offset_of!(Csrs, scause);
+const STVAL: usize = CSRS + offset_of!(Csrs, stval);
+const CODE_PAGES_PTR: usize = offset_of!(GuestContext, code_pages);
+const FAST_EXITS: usize = offset_of!(GuestContext, fast_exits);
+const PAGE_VA: usize = offset_of!(CodePage, va_page);
+const PAGE_SATP: usize = offset_of!(CodePage, satp);
+const PAGE_USER: usize = offset_of!(CodePage, user);
+const PAGE_HOST: usize = offset_of!(CodePage, host);
+const PAGE_SHIFT: usize = 6;
+const _: () = assert!(core::mem::size_of::<CodePage>() == 1 << PAGE_SHIFT);
+const _: () = assert!(CODE_PAGES == 16 && vcpu::Privilege::Supervisor as u8 == 1);
+const _: () = assert!(core::mem::size_of::<vcpu::Privilege>() == 1);
+// Every offset fits a load's 12-bit immediate.
+const _: () = assert!(STVAL < 2048 && SATP < 2048 && SSTATUS < 2048 && PRIVILEGE < 2048);
+const _: () = assert!(SSCRATCH < 2048 && SEPC < 2048 && SCAUSE < 2048);
+const _: () = assert!(GUEST_REGS + 32 * 8 < 2048);
 
 global_asm!(
     r#"
@@ -72,6 +105,115 @@ trap_vector:
     sd      t0, ({GUEST_REGS} + 2*8)(sp)
     csrr    t0, sepc
     sd      t0, ({GUEST_REGS} + 32*8)(sp)
+
+    # The fast path: a Zicsr instruction on sscratch, sepc, scause or stval of virtual
+    # S-mode with sstatus.SIE clear (no interrupt can be deliverable: nothing to check),
+    # whose bits in stval are the ones in guest memory at the pc (QEMU may leave stale bits
+    # there for some instructions), read through the vCPU's code pages. Emulated here with
+    # the WARL rules of vcpu::Csrs, then straight back into the guest; anything else goes
+    # to hypocaust's run loop. (docs/trap-path.md, "The fast path".)
+    csrr    t0, scause
+    li      t1, 2
+    bne     t0, t1, .Lslow
+    lbu     t0, {PRIVILEGE}(sp)
+    li      t1, 1
+    bne     t0, t1, .Lslow
+    ld      t0, {SSTATUS}(sp)
+    andi    t0, t0, 2
+    bnez    t0, .Lslow
+    csrr    t2, stval
+    andi    t0, t2, 0x7f
+    li      t1, 0x73
+    bne     t0, t1, .Lslow
+    srli    t3, t2, 12
+    andi    t3, t3, 7               # funct3: 1-3 register, 5-7 immediate forms
+    andi    t0, t3, 3
+    beqz    t0, .Lslow
+    srli    t4, t2, 20              # the CSR
+    addi    t4, t4, -0x140
+    li      t1, 4
+    bgeu    t4, t1, .Lslow          # sscratch 0x140, sepc, scause, stval 0x143
+    ld      t0, {CODE_PAGES_PTR}(sp)
+    beqz    t0, .Lslow
+    ld      t5, ({GUEST_REGS} + 32*8)(sp)   # the pc
+    srli    t1, t5, 12
+    andi    t1, t1, 15
+    slli    t1, t1, {PAGE_SHIFT}
+    add     t0, t0, t1              # its code page entry
+    srli    t1, t5, 12
+    slli    t1, t1, 12
+    ld      t6, {PAGE_VA}(t0)
+    bne     t6, t1, .Lslow
+    ld      t6, {PAGE_SATP}(t0)
+    ld      t1, {SATP}(sp)
+    bne     t6, t1, .Lslow
+    ld      t6, {PAGE_USER}(t0)
+    bnez    t6, .Lslow
+    ld      t6, {PAGE_HOST}(t0)
+    beqz    t6, .Lslow
+    slli    t1, t5, 52
+    srli    t1, t1, 52              # the offset in the page
+    li      t0, 0xffc
+    bgtu    t1, t0, .Lslow
+    add     t6, t6, t1
+    lhu     t0, 0(t6)
+    lhu     t1, 2(t6)
+    slli    t1, t1, 16
+    or      t0, t0, t1
+    bne     t0, t2, .Lslow
+    # Operands: t6 = the source (rs1's value, or the 5-bit immediate), t1 = its field.
+    srli    t1, t2, 15
+    andi    t1, t1, 31
+    mv      t6, t1
+    andi    t0, t3, 4
+    bnez    t0, 1f
+    li      t6, 0
+    beqz    t1, 1f
+    slli    t0, t1, 3
+    add     t0, t0, sp
+    ld      t6, {GUEST_REGS}(t0)
+1:  # t0 = the CSR's address in the context, t5 = its old value.
+    addi    t0, sp, {SSCRATCH}
+    beqz    t4, 2f
+    addi    t0, sp, {SEPC}
+    li      a0, 1
+    beq     t4, a0, 2f
+    addi    t0, sp, {SCAUSE}
+    li      a0, 2
+    beq     t4, a0, 2f
+    addi    t0, sp, {STVAL}
+2:  ld      a1, 0(t0)               # old
+    andi    a0, t3, 3
+    li      a2, 1
+    beq     a0, a2, 3f              # csrrw(i): always writes
+    beqz    t1, 4f                  # csrrs/csrrc with x0 or 0: no write
+    or      a2, a1, t6
+    li      a3, 2
+    beq     a0, a3, 5f
+    not     a2, t6
+    and     a2, a1, a2
+    j       5f
+3:  mv      a2, t6
+5:  li      a3, 1
+    bne     t4, a3, 6f
+    andi    a2, a2, -2              # sepc: bit 0 is always zero
+6:  sd      a2, 0(t0)
+4:  srli    t0, t2, 7               # rd gets the old value
+    andi    t0, t0, 31
+    beqz    t0, 7f
+    slli    t0, t0, 3
+    add     t0, t0, sp
+    sd      a1, {GUEST_REGS}(t0)
+7:  ld      t0, ({GUEST_REGS} + 32*8)(sp)
+    addi    t0, t0, 4
+    sd      t0, ({GUEST_REGS} + 32*8)(sp)
+    ld      t0, {FAST_EXITS}(sp)
+    addi    t0, t0, 1
+    sd      t0, {FAST_EXITS}(sp)
+    mv      a0, sp
+    j       .Lenter
+
+.Lslow:
     csrw    sscratch, zero
     ld      ra, 0(sp)
     ld      gp, 16(sp)
@@ -120,6 +262,7 @@ enter_guest:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11
     sd      s\n, (32 + \n*8)(a0)
     .endr
+.Lenter:
     ld      t0, ({GUEST_REGS} + 32*8)(a0)
     csrw    sepc, t0
     csrw    sscratch, a0
@@ -153,6 +296,20 @@ try_read_senvcfg_resume:
 "#,
     FRAME_SIZE = const FRAME_SIZE,
     GUEST_REGS = const GUEST_REGS,
+    PRIVILEGE = const PRIVILEGE,
+    SSTATUS = const SSTATUS,
+    SATP = const SATP,
+    SSCRATCH = const SSCRATCH,
+    SEPC = const SEPC,
+    SCAUSE = const SCAUSE,
+    STVAL = const STVAL,
+    CODE_PAGES_PTR = const CODE_PAGES_PTR,
+    FAST_EXITS = const FAST_EXITS,
+    PAGE_VA = const PAGE_VA,
+    PAGE_SATP = const PAGE_SATP,
+    PAGE_USER = const PAGE_USER,
+    PAGE_HOST = const PAGE_HOST,
+    PAGE_SHIFT = const PAGE_SHIFT,
     host_trap = sym crate::trap::host_trap,
 );
 
