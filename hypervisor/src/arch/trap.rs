@@ -69,6 +69,14 @@ const PRIVILEGE: usize = VCPU + offset_of!(Vcpu, privilege);
 const CSRS: usize = VCPU + offset_of!(Vcpu, csrs);
 const SSTATUS: usize = CSRS + offset_of!(Csrs, sstatus);
 const SATP: usize = CSRS + offset_of!(Csrs, satp);
+const SIE: usize = CSRS + offset_of!(Csrs, sie);
+const FS_MASK: u64 = rv::csr::Sstatus::FS.bits();
+const UXL_64: u64 = 2 << rv::csr::SSTATUS_UXL_SHIFT;
+const SSTATUS_WRITABLE: u64 = vcpu::csr::SSTATUS_WRITABLE.bits();
+const WATCHED: u64 =
+    rv::csr::Sstatus::SUM.bits() | rv::csr::Sstatus::MXR.bits() | rv::csr::Sstatus::FS.bits();
+const S_INTERRUPTS: u64 = vcpu::csr::SUPERVISOR_INTERRUPTS.bits();
+const _: () = assert!(S_INTERRUPTS < 2048 && SIE < 2048);
 const SSCRATCH: usize = CSRS + offset_of!(Csrs, sscratch);
 const SEPC: usize = CSRS + offset_of!(Csrs, sepc);
 const SCAUSE: usize = CSRS + offset_of!(Csrs, scause);
@@ -106,12 +114,13 @@ trap_vector:
     csrr    t0, sepc
     sd      t0, ({GUEST_REGS} + 32*8)(sp)
 
-    # The fast path: a Zicsr instruction on sscratch, sepc, scause or stval of virtual
-    # S-mode with sstatus.SIE clear (no interrupt can be deliverable: nothing to check),
-    # whose bits in stval are the ones in guest memory at the pc (QEMU may leave stale bits
-    # there for some instructions), read through the vCPU's code pages. Emulated here with
-    # the WARL rules of vcpu::Csrs, then straight back into the guest; anything else goes
-    # to hypocaust's run loop. (docs/trap-path.md, "The fast path".)
+    # The fast path: a Zicsr instruction on sscratch, sepc, scause, stval, sstatus or sie
+    # of virtual S-mode with sstatus.SIE clear (no interrupt can be deliverable: nothing
+    # to check) that leaves SIE clear and SUM, MXR and FS as they are, whose bits in stval
+    # are the ones in guest memory at the pc (QEMU may leave stale bits there for some
+    # instructions), read through the vCPU's code pages. Emulated here with the WARL
+    # rules of vcpu::Csrs, then straight back into the guest; anything else goes to
+    # hypocaust's run loop. (docs/trap-path.md, "The fast path".)
     csrr    t0, scause
     li      t1, 2
     bne     t0, t1, .Lslow
@@ -130,10 +139,14 @@ trap_vector:
     andi    t0, t3, 3
     beqz    t0, .Lslow
     srli    t4, t2, 20              # the CSR
-    addi    t4, t4, -0x140
+    li      t0, 0x100
+    beq     t4, t0, 8f              # sstatus
+    li      t0, 0x104
+    beq     t4, t0, 8f              # sie
+    addi    t0, t4, -0x140
     li      t1, 4
-    bgeu    t4, t1, .Lslow          # sscratch 0x140, sepc, scause, stval 0x143
-    ld      t0, {CODE_PAGES_PTR}(sp)
+    bgeu    t0, t1, .Lslow          # sscratch 0x140, sepc, scause, stval 0x143
+8:  ld      t0, {CODE_PAGES_PTR}(sp)
     beqz    t0, .Lslow
     ld      t5, ({GUEST_REGS} + 32*8)(sp)   # the pc
     srli    t1, t5, 12
@@ -172,17 +185,51 @@ trap_vector:
     slli    t0, t1, 3
     add     t0, t0, sp
     ld      t6, {GUEST_REGS}(t0)
-1:  # t0 = the CSR's address in the context, t5 = its old value.
+1:  # a1 = the value the instruction reads, t0 = where the CSR lives in the context.
+    li      a0, 0x100
+    beq     t4, a0, 10f
+    li      a0, 0x104
+    beq     t4, a0, 11f
     addi    t0, sp, {SSCRATCH}
-    beqz    t4, 2f
+    li      a0, 0x140
+    beq     t4, a0, 2f
     addi    t0, sp, {SEPC}
-    li      a0, 1
+    li      a0, 0x141
     beq     t4, a0, 2f
     addi    t0, sp, {SCAUSE}
-    li      a0, 2
+    li      a0, 0x142
     beq     t4, a0, 2f
     addi    t0, sp, {STVAL}
-2:  ld      a1, 0(t0)               # old
+2:  ld      a1, 0(t0)
+    j       12f
+10: # sstatus: FS first becomes Dirty if the hart's is (the guest wrote FP state), as the
+    # run loop does; then the value read has UXL = 64-bit and SD.
+    addi    t0, sp, {SSTATUS}
+    ld      a1, 0(t0)
+    csrr    a0, sstatus
+    srli    a0, a0, 13
+    andi    a0, a0, 3
+    li      a2, 3
+    bne     a0, a2, 13f
+    li      a2, {FS_MASK}
+    and     a0, a1, a2
+    beqz    a0, 13f                 # FS Off: the hart's cannot be Dirty either
+    or      a1, a1, a2
+    sd      a1, 0(t0)
+13: li      a2, {FS_MASK}
+    and     a0, a1, a2
+    bne     a0, a2, 14f             # SD: FS Dirty (VS and XS are zero)
+    li      a0, 1
+    slli    a0, a0, 63
+    or      a1, a1, a0
+14: li      a0, {UXL_64}
+    or      a1, a1, a0
+    j       12f
+11: # sie: the supervisor interrupts only.
+    addi    t0, sp, {SIE}
+    ld      a1, 0(t0)
+    andi    a1, a1, {S_INTERRUPTS}
+12: # a2 = the value written (old op source), if the instruction writes at all.
     andi    a0, t3, 3
     li      a2, 1
     beq     a0, a2, 3f              # csrrw(i): always writes
@@ -194,11 +241,36 @@ trap_vector:
     and     a2, a1, a2
     j       5f
 3:  mv      a2, t6
-5:  li      a3, 1
+5:  li      a3, 0x100
+    beq     t4, a3, 15f
+    li      a3, 0x104
+    beq     t4, a3, 16f
+    li      a3, 0x141
     bne     t4, a3, 6f
     andi    a2, a2, -2              # sepc: bit 0 is always zero
+    j       6f
+15: # sstatus: the writable bits; SIE must stay clear and SUM, MXR, FS unchanged, or the
+    # run loop takes the instruction (nothing is written here then).
+    ld      a3, 0(t0)
+    li      a4, {SSTATUS_WRITABLE}
+    and     a2, a2, a4
+    not     a4, a4
+    and     a4, a3, a4
+    or      a2, a2, a4
+    andi    a4, a2, 2
+    bnez    a4, .Lslow
+    xor     a4, a2, a3
+    li      a5, {WATCHED}
+    and     a4, a4, a5
+    bnez    a4, .Lslow
+    j       6f
+16: # sie: the supervisor interrupts only.
+    ld      a3, 0(t0)
+    andi    a2, a2, {S_INTERRUPTS}
+    andi    a3, a3, ~{S_INTERRUPTS}
+    or      a2, a2, a3
 6:  sd      a2, 0(t0)
-4:  srli    t0, t2, 7               # rd gets the old value
+4:  srli    t0, t2, 7               # rd gets the value read
     andi    t0, t0, 31
     beqz    t0, 7f
     slli    t0, t0, 3
@@ -299,6 +371,12 @@ try_read_senvcfg_resume:
     PRIVILEGE = const PRIVILEGE,
     SSTATUS = const SSTATUS,
     SATP = const SATP,
+    SIE = const SIE,
+    FS_MASK = const FS_MASK,
+    UXL_64 = const UXL_64,
+    SSTATUS_WRITABLE = const SSTATUS_WRITABLE,
+    WATCHED = const WATCHED,
+    S_INTERRUPTS = const S_INTERRUPTS,
     SSCRATCH = const SSCRATCH,
     SEPC = const SEPC,
     SCAUSE = const SCAUSE,

@@ -20,6 +20,7 @@ pub const TESTS: &[Test] = &[
     test!("csr/scause-rw", scause_rw),
     test!("csr/stval-rw", stval_rw),
     test!("csr/zicsr-forms", zicsr_forms),
+    test!("csr/zicsr-forms-sstatus-sie", zicsr_forms_sstatus_sie),
     test!("csr/sie-writable-bits", sie_writable_bits),
     test!("csr/sip-writable-bits", sip_writable_bits),
     test!("csr/scounteren-rw", scounteren_rw),
@@ -380,6 +381,44 @@ fn zicsr_forms() -> TestResult {
         let a0 = got.unwrap_or(u64::MAX) & if read_sepc { mask } else { u64::MAX };
         crate::harness::observe(&alloc::format!("{key}-a0"), a0);
         crate::harness::observe(&alloc::format!("{key}-csr"), after.unwrap_or(u64::MAX) & mask);
+    }
+    Ok(())
+}
+
+/// The Zicsr forms on `sstatus` and `sie` from S-mode with `sstatus.SIE` clear (under
+/// hypocaust the trap vector's fast path where the write keeps SIE clear and SUM, MXR and FS
+/// as they are; the full path otherwise): `sstatus` with SPP|SPIE set and cleared (a
+/// `csrrw` keeps SUM, MXR and FS; the immediate 10 sets SIE), `sie` with every supervisor
+/// interrupt (nothing can be taken: SIE is clear and restored before it is set again).
+fn zicsr_forms_sstatus_sie() -> TestResult {
+    let (sstatus, sie) = (csr_read!("sstatus"), csr_read!("sie"));
+    let keep = sstatus & (Sstatus::SUM | Sstatus::MXR | Sstatus::FS).bits();
+    let off = sstatus & !Sstatus::SIE.bits();
+    let mut seen = alloc::vec::Vec::new();
+    for (csr, value) in [(0x100u32, keep | 0x120), (0x104, 0x222)] {
+        for funct3 in [1u32, 2, 3, 5, 6, 7] {
+            if csr == 0x100 && funct3 == 5 {
+                continue; // csrrwi would turn FP off under the test kernel's feet
+            }
+            for (rd, rs1) in [(10u32, 10u32), (0, 10), (10, 0)] {
+                let insn = csr << 20 | rs1 << 15 | funct3 << 12 | rd << 7 | 0x73;
+                csr_write!("sstatus", off);
+                csr_write!("sie", 0);
+                let got = codebuf::exec(insn, value);
+                let after = (csr_read!("sstatus"), csr_read!("sie"));
+                csr_write!("sstatus", off);
+                csr_write!("sie", 0);
+                seen.push((csr, funct3, rd, rs1, got.ok(), after));
+            }
+        }
+    }
+    csr_write!("sie", sie);
+    csr_write!("sstatus", sstatus);
+    for (csr, funct3, rd, rs1, got, (after_status, after_sie)) in seen {
+        let key = alloc::format!("{csr:x}-f{funct3}-rd{rd}-rs{rs1}");
+        crate::harness::observe(&alloc::format!("{key}-a0"), got.unwrap_or(u64::MAX));
+        crate::harness::observe(&alloc::format!("{key}-sstatus"), after_status);
+        crate::harness::observe(&alloc::format!("{key}-sie"), after_sie);
     }
     Ok(())
 }
