@@ -174,7 +174,28 @@ trap_vector:
     slli    t1, t1, 16
     or      t0, t0, t1
     bne     t0, t2, .Lslow
-    # Operands: t6 = the source (rs1's value, or the 5-bit immediate), t1 = its field.
+    mv      a6, t6                  # where the instruction is
+    li      a7, 0                   # instructions emulated in this exit
+    j       17f
+9:  # The next instruction (bits t2, at a6): another one of the fast path's joins this exit
+    # (a cluster such as Linux's trap entry), anything else ends it.
+    andi    t0, t2, 0x7f
+    li      t1, 0x73
+    bne     t0, t1, .Ldone
+    srli    t3, t2, 12
+    andi    t3, t3, 7
+    andi    t0, t3, 3
+    beqz    t0, .Ldone
+    slli    t4, t2, 32
+    srli    t4, t4, 52              # the CSR
+    li      t0, 0x100
+    beq     t4, t0, 17f
+    li      t0, 0x104
+    beq     t4, t0, 17f
+    addi    t0, t4, -0x140
+    li      t1, 4
+    bgeu    t0, t1, .Ldone
+17: # Operands: t6 = the source (rs1's value, or the 5-bit immediate), t1 = its field.
     srli    t1, t2, 15
     andi    t1, t1, 31
     mv      t6, t1
@@ -279,6 +300,20 @@ trap_vector:
 7:  ld      t0, ({GUEST_REGS} + 32*8)(sp)
     addi    t0, t0, 4
     sd      t0, ({GUEST_REGS} + 32*8)(sp)
+    addi    a7, a7, 1
+    addi    a6, a6, 4               # the next instruction, if in the same page
+    slli    t0, a6, 52
+    srli    t0, t0, 52
+    li      t1, 0xffc
+    bgtu    t0, t1, .Ldone
+    li      t1, 16
+    bgeu    a7, t1, .Ldone
+    lhu     t2, 0(a6)
+    lhu     t1, 2(a6)
+    slli    t1, t1, 16
+    or      t2, t2, t1
+    j       9b
+.Ldone:
     ld      t0, {FAST_EXITS}(sp)
     addi    t0, t0, 1
     sd      t0, {FAST_EXITS}(sp)
