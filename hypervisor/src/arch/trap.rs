@@ -131,22 +131,26 @@ trap_vector:
     andi    t0, t0, 2
     bnez    t0, .Lslow
     csrr    t2, stval
+    li      a7, 0                   # instructions emulated in this exit
+9:  # Is the instruction (bits t2) one of the fast path's? A Zicsr form on one of its CSRs.
     andi    t0, t2, 0x7f
     li      t1, 0x73
-    bne     t0, t1, .Lslow
+    bne     t0, t1, .Lnot_ours
     srli    t3, t2, 12
     andi    t3, t3, 7               # funct3: 1-3 register, 5-7 immediate forms
     andi    t0, t3, 3
-    beqz    t0, .Lslow
-    srli    t4, t2, 20              # the CSR
+    beqz    t0, .Lnot_ours
+    slli    t4, t2, 32
+    srli    t4, t4, 52              # the CSR
     li      t0, 0x100
     beq     t4, t0, 8f              # sstatus
     li      t0, 0x104
     beq     t4, t0, 8f              # sie
     addi    t0, t4, -0x140
     li      t1, 4
-    bgeu    t0, t1, .Lslow          # sscratch 0x140, sepc, scause, stval 0x143
-8:  ld      t0, {CODE_PAGES_PTR}(sp)
+    bgeu    t0, t1, .Lnot_ours      # sscratch 0x140, sepc, scause, stval 0x143
+8:  bnez    a7, 17f                 # a later one of a cluster: read from memory already
+    ld      t0, {CODE_PAGES_PTR}(sp)
     beqz    t0, .Lslow
     ld      t5, ({GUEST_REGS} + 32*8)(sp)   # the pc
     srli    t1, t5, 12
@@ -175,26 +179,6 @@ trap_vector:
     or      t0, t0, t1
     bne     t0, t2, .Lslow
     mv      a6, t6                  # where the instruction is
-    li      a7, 0                   # instructions emulated in this exit
-    j       17f
-9:  # The next instruction (bits t2, at a6): another one of the fast path's joins this exit
-    # (a cluster such as Linux's trap entry), anything else ends it.
-    andi    t0, t2, 0x7f
-    li      t1, 0x73
-    bne     t0, t1, .Ldone
-    srli    t3, t2, 12
-    andi    t3, t3, 7
-    andi    t0, t3, 3
-    beqz    t0, .Ldone
-    slli    t4, t2, 32
-    srli    t4, t4, 52              # the CSR
-    li      t0, 0x100
-    beq     t4, t0, 17f
-    li      t0, 0x104
-    beq     t4, t0, 17f
-    addi    t0, t4, -0x140
-    li      t1, 4
-    bgeu    t0, t1, .Ldone
 17: # Operands: t6 = the source (rs1's value, or the 5-bit immediate), t1 = its field.
     srli    t1, t2, 15
     andi    t1, t1, 31
@@ -308,11 +292,13 @@ trap_vector:
     bgtu    t0, t1, .Ldone
     li      t1, 16
     bgeu    a7, t1, .Ldone
-    lhu     t2, 0(a6)
-    lhu     t1, 2(a6)
-    slli    t1, t1, 16
+    lhu     t2, 0(a6)               # the next instruction: another of the fast path's
+    lhu     t1, 2(a6)               # joins this exit (a cluster such as Linux's trap
+    slli    t1, t1, 16              # entry), anything else ends it
     or      t2, t2, t1
     j       9b
+.Lnot_ours:
+    beqz    a7, .Lslow              # the trapping instruction itself: the run loop's
 .Ldone:
     ld      t0, {FAST_EXITS}(sp)
     addi    t0, t0, 1
