@@ -345,6 +345,12 @@ impl Guest {
         self.external.get(vcpu).is_some_and(|l| l.load(Ordering::Acquire))
     }
 
+    /// The address of vCPU `vcpu`'s external interrupt line (an `AtomicBool`), for the trap
+    /// vector's fast path, which reads it.
+    pub fn external_line(&self, vcpu: usize) -> u64 {
+        self.external.get(vcpu).map_or(0, |l| l.as_ptr() as u64)
+    }
+
     /// When the guest's RTC alarm fires (`time`), if it is armed.
     pub fn alarm_at(&self) -> u64 {
         self.alarm_at.load(Ordering::Relaxed)

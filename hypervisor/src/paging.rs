@@ -150,10 +150,12 @@ pub enum PageFault {
     Exhausted,
 }
 
-/// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]),
-/// direct-mapped by page number (the trap vector's fast path reads them too:
-/// `arch::trap`).
-pub const CODE_PAGES: usize = 16;
+/// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]):
+/// [`CODE_SETS`] sets picked by page number, of two entries each, the most recently filled
+/// first (the trap vector's fast path reads them too: `arch::trap`).
+pub const CODE_PAGES: usize = 2 * CODE_SETS;
+/// Sets of the code pages.
+pub const CODE_SETS: usize = 16;
 
 /// A guest-virtual code page and the guest-physical page it translated to, for an
 /// instruction fetch with guest `satp` at the vCPU's privilege. `repr(C)` and plain words:
@@ -169,8 +171,11 @@ pub struct CodePage {
     pub gpa_page: GuestPhysAddr,
     /// The direct-map address of that page if it is the guest's RAM, else 0.
     pub host: u64,
+    /// 1 if the guest's leaf entry is global (G): like a TLB entry of a global mapping, it
+    /// serves every `satp` of the same mode.
+    pub global: u64,
     /// To 64 bytes: the fast path indexes by shifting.
-    _pad: [u64; 3],
+    _pad: [u64; 2],
 }
 
 impl CodePage {
@@ -181,9 +186,22 @@ impl CodePage {
         user: 0,
         gpa_page: GuestPhysAddr::new(0),
         host: 0,
-        _pad: [0; 3],
+        global: 0,
+        _pad: [0; 2],
     };
+
+    /// Whether this entry translates `pc`'s page for a fetch with `satp` at privilege
+    /// `user` (1: U-mode).
+    #[inline(always)]
+    fn serves(&self, pc: u64, satp: u64, user: u64) -> bool {
+        self.va_page == pc & !0xfff
+            && self.user == user
+            && (self.satp == satp || (self.global != 0 && (self.satp ^ satp) >> 60 == 0))
+    }
 }
+
+/// Lookups of other views' trees remembered (a process's two views, and a few more).
+const OTHER_VIEWS: usize = 4;
 
 /// The shadow frame pool cannot hold even the tables of one translation (the guest is
 /// failed, never hypocaust).
@@ -208,6 +226,10 @@ pub struct VcpuMmu {
     /// Recent code-page translations (a small TLB for hypocaust's own fetches, which
     /// fences empty as they do the hart's).
     code: [CodePage; CODE_PAGES],
+    /// Trees last looked for by [`VcpuMmu::other_view_satp`] and their slots (None: there
+    /// was none; all forgotten when a tree is made), replaced in turn.
+    other_views: [Option<(Key, Option<usize>)>; OTHER_VIEWS],
+    next_other_view: usize,
 }
 
 impl VcpuMmu {
@@ -229,6 +251,8 @@ impl VcpuMmu {
             loaded: mm::kernel_satp(),
             last_guest_satp: 0,
             code: [CodePage::EMPTY; CODE_PAGES],
+            other_views: [None; OTHER_VIEWS],
+            next_other_view: 0,
         }
     }
 
@@ -298,16 +322,79 @@ impl VcpuMmu {
         }
         // A miss may evict a tree, perhaps the one loaded now.
         self.leave_tree();
-        let (slot, _) = self.cache.select(key, &mut self.pool).map_err(|_| PoolExhausted)?;
-        let root = self.cache.tree(slot).ok_or(PoolExhausted)?.root;
-        let real = Satp::new(
-            layout::mode().satp_mode(),
-            real_asid(self.owner, Some(slot)),
-            root.page_number(),
-        )
-        .0;
+        let (slot, fresh) = self.cache.select(key, &mut self.pool).map_err(|_| PoolExhausted)?;
+        if fresh {
+            self.other_views = [None; OTHER_VIEWS];
+        }
+        let real = self.real_satp(slot).ok_or(PoolExhausted)?;
         self.current = Some((key, slot, real));
         Ok(real)
+    }
+
+    /// The real `satp` of the tree in `slot`, if there is one.
+    fn real_satp(&self, slot: usize) -> Option<u64> {
+        let root = self.cache.tree(slot)?.root;
+        let asid = real_asid(self.owner, Some(slot));
+        Some(Satp::new(layout::mode().satp_mode(), asid, root.page_number()).0)
+    }
+
+    /// The tree of `key` if the cache has one: its slot and real `satp`.
+    fn cached_tree(&mut self, key: Key) -> Option<(usize, u64)> {
+        let valid =
+            |cache: &ShadowCache, slot: usize| cache.tree(slot).is_some_and(|t| t.key == key);
+        let remembered = self.other_views.iter().position(|m| m.is_some_and(|(k, _)| k == key));
+        let slot = match remembered.and_then(|i| self.other_views[i]) {
+            Some((_, None)) => None,
+            Some((_, Some(slot))) if valid(&self.cache, slot) => Some(slot),
+            _ => {
+                let slot = self.cache.find(key);
+                let i = remembered.unwrap_or_else(|| {
+                    self.next_other_view = (self.next_other_view + 1) % OTHER_VIEWS;
+                    self.next_other_view
+                });
+                self.other_views[i] = Some((key, slot));
+                slot
+            }
+        }?;
+        Some((slot, self.real_satp(slot)?))
+    }
+
+    /// The key of the vCPU's tree after its next change of privilege (a trap from U-mode,
+    /// an `sret` to U-mode); None while Bare (one view for both).
+    fn other_view_key(v: &Vcpu) -> Option<Key> {
+        let satp = v.csrs.satp;
+        let to_user = v.privilege == Privilege::Supervisor;
+        is_paged(satp).then(|| Key { satp, view: View::of(to_user, v.csrs.status(Sstatus::SUM)) })
+    }
+
+    /// For the trap vector's fast path: the real `satp` the vCPU's next change of privilege
+    /// switches to — the cached tree of the other view of its address space —, or 0 when
+    /// there is none (or the harts have no ASIDs, where a switch must flush): the run loop
+    /// then takes that `sret` or trap. 0 also while Bare, where no switch is needed.
+    pub fn other_view_satp(&mut self, v: &Vcpu) -> u64 {
+        let Some(key) = Self::other_view_key(v) else { return 0 };
+        self.cached_tree(key).map_or(0, |(_, real)| if Satp(real).asid() == 0 { 0 } else { real })
+    }
+
+    /// The fast path changed the vCPU's privilege and, if paged, put the hart on
+    /// [`VcpuMmu::other_view_satp`]'s tree: the vCPU (at its new privilege) runs on it now.
+    pub fn entered_other_view(&mut self, v: &Vcpu) {
+        if !is_paged(v.csrs.satp) {
+            return;
+        }
+        let view = View::of(v.privilege == Privilege::User, v.csrs.status(Sstatus::SUM));
+        let key = Key { satp: v.csrs.satp, view };
+        let Some((slot, real)) = self.cached_tree(key) else {
+            // Not reached: the fast path switches only to the tree other_view_satp named,
+            // and nothing changed the cache since. Back to a consistent state all the same.
+            self.leave_tree();
+            self.current = None;
+            return;
+        };
+        self.cache.touch(slot);
+        self.current = Some((key, slot, real));
+        self.loaded = real;
+        self.last_guest_satp = real;
     }
 
     /// Drops shadow translations as `sfence.vma` asks.
@@ -454,15 +541,14 @@ impl VcpuMmu {
         v: &Vcpu,
         pc: u64,
     ) -> Option<(GuestPhysAddr, usize)> {
-        let slot = (pc >> 12) as usize % CODE_PAGES;
-        let c = &self.code[slot];
-        if c.va_page == pc & !0xfff
-            && c.satp == v.csrs.satp
-            && c.user == u64::from(v.privilege == Privilege::User)
-        {
-            return Some((c.gpa_page, c.host as usize));
+        let set = 2 * ((pc >> 12) as usize % CODE_SETS);
+        let (satp, user) = (v.csrs.satp, u64::from(v.privilege == Privilege::User));
+        for c in &self.code[set..set + 2] {
+            if c.serves(pc, satp, user) {
+                return Some((c.gpa_page, c.host as usize));
+            }
         }
-        self.code_page_miss(memory, v, pc, slot)
+        self.code_page_miss(memory, v, pc, set)
     }
 
     #[cold]
@@ -472,19 +558,37 @@ impl VcpuMmu {
         memory: &GuestMemory,
         v: &Vcpu,
         pc: u64,
-        slot: usize,
+        set: usize,
     ) -> Option<(GuestPhysAddr, usize)> {
         let satp = v.csrs.satp;
-        let gpa = if is_paged(satp) {
-            self.translate(memory, v, pc, access_for(v, AccessType::Execute)).ok()?
+        let (gpa, global) = if is_paged(satp) {
+            let access = access_for(v, AccessType::Execute);
+            let t = mmu::walk::translate(
+                memory,
+                Satp(satp),
+                rv::GuestVirtAddr::new(pc),
+                access,
+                FEATURES,
+            )
+            .ok()?;
+            (t.gpa, t.pte.flags().contains(rv::pte::PteFlags::G))
         } else {
-            GuestPhysAddr::new(pc)
+            (GuestPhysAddr::new(pc), false)
         };
         let gpa_page = gpa.align_down(rv::PAGE_SIZE);
         let host = memory.page_ptr(gpa_page).map_or(0, |p| p as u64);
         let user = u64::from(v.privilege == Privilege::User);
-        self.code[slot] =
-            CodePage { satp, user, va_page: pc & !0xfff, gpa_page, host, _pad: [0; 3] };
+        // The set's older entry goes; the new one comes first.
+        self.code[set + 1] = self.code[set];
+        self.code[set] = CodePage {
+            satp,
+            user,
+            va_page: pc & !0xfff,
+            gpa_page,
+            host,
+            global: u64::from(global),
+            _pad: [0; 2],
+        };
         Some((gpa_page, host as usize))
     }
 }

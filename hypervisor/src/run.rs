@@ -19,7 +19,7 @@ use vcpu::mmio::Direction;
 use vcpu::window::Atomic;
 use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
 
-use crate::arch::trap::enter_guest;
+use crate::arch::trap::{Switched, enter_guest};
 use crate::guest::{Guest, VcpuCell, VcpuInner};
 use crate::paging::{PageFault, VcpuMmu, access_for};
 use crate::{arch, console, hart, hypervisor, irq, layout, mm, timer};
@@ -451,8 +451,10 @@ fn device_access(
 pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline: u64) -> Leave {
     let hart = hart::current_index();
     let mut real = RealCsrs { status: u64::MAX, scounteren: u64::MAX, timer: 0 };
-    // The trap vector's fast path looks instructions up in the vCPU's code pages.
+    // The trap vector's fast path looks instructions up in the vCPU's code pages and
+    // reads its external interrupt line.
     inner.ctx.code_pages = inner.mmu.code_pages();
+    inner.ctx.external = guest.external_line(cell.index);
     loop {
         serve_mailbox(cell, inner);
         if hart::attention(hart) || guest.needs_attention() {
@@ -475,17 +477,33 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
             return Leave::Exhausted;
         }
         prepare(&mut real, v);
+        inner.ctx.other_view_satp = inner.mmu.other_view_satp(v);
 
         // SAFETY: `load` and `prepare` set up satp, sstatus and scounteren for this vCPU,
         // and the scheduler enabled the host interrupts that must end its run.
         unsafe { enter_guest(&mut inner.ctx) };
 
         let (scause, stval) = arch::csr::trap_cause();
-        let fast = core::mem::take(&mut inner.ctx.fast_exits);
-        if fast != 0 {
-            cell.exits.add(Exception::IllegalInstruction as u64, fast);
+        for (cause, fast) in [
+            (Exception::IllegalInstruction, core::mem::take(&mut inner.ctx.fast_exits)),
+            (Exception::EcallFromU, core::mem::take(&mut inner.ctx.fast_ecalls)),
+        ] {
+            if fast != 0 {
+                cell.exits.add(cause as u64, fast);
+            }
         }
+        let switched = core::mem::take(&mut inner.ctx.switched);
         let v = &mut inner.ctx.vcpu;
+        if switched != 0 {
+            // The fast path changed real CSRs behind `real`'s back (arch::trap).
+            if switched & Switched::PRIVILEGE != 0 {
+                real.scounteren = u64::MAX;
+                inner.mmu.entered_other_view(v);
+            }
+            if switched & Switched::STATUS != 0 {
+                real.status = u64::MAX;
+            }
+        }
         if real.status & Sstatus::FS.bits() != 0 && real_fs() == ExtState::Dirty as u64 {
             v.csrs.set_fs_dirty();
             real.status |= Sstatus::FS.bits();

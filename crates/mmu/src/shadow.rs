@@ -181,6 +181,19 @@ impl ShadowCache {
         self.trees.iter().flatten().map(|t| t.frames).sum()
     }
 
+    /// The slot of the tree for `key`, if there is one (nothing changes).
+    pub fn find(&self, key: Key) -> Option<usize> {
+        self.trees.iter().position(|t| t.as_ref().is_some_and(|t| t.key == key))
+    }
+
+    /// Marks tree `slot` used now (the least recently used tree is evicted first).
+    pub fn touch(&mut self, slot: usize) {
+        self.clock += 1;
+        if let Some(t) = self.trees.get_mut(slot).and_then(Option::as_mut) {
+            t.last_used = self.clock;
+        }
+    }
+
     /// The slot of the tree for `key`, made (empty) if there is none; may evict the least
     /// recently used tree. Returns `(slot, fresh)`; a fresh tree's real TLB entries have
     /// been flushed.

@@ -26,6 +26,7 @@ pub const TESTS: &[Test] = &[
     test!("irq/ssip-masked-by-sie", ssip_masked_by_sie),
     test!("irq/ssip-masked-by-sstatus-sie", ssip_masked_by_sstatus_sie),
     test!("irq/sret-unmasks-pending", sret_unmasks_pending),
+    test!("irq/unmask-takes-pending-at-once", unmask_takes_pending_at_once),
     test!("irq/sbi-ipi-to-self", sbi_ipi_to_self),
     test!("irq/legacy-ipi-and-clear", legacy_ipi_and_clear),
     test!("irq/priority-ssi-before-sti", priority_ssi_before_sti),
@@ -182,6 +183,10 @@ sret_landing:
     nop
     ret
 
+    .globl user_ecall_at_once
+user_ecall_at_once:
+    ecall
+
     .globl user_wait_for_timer, user_wait_for_timer_end
 user_wait_for_timer:
     # a0 = &UserWait: spins until the counter differs from the count taken before the
@@ -209,6 +214,7 @@ unsafe extern "C" {
     pub(super) fn set_sstatus_sie_then_nop_after();
     fn sret_to_landing();
     fn sret_landing();
+    fn user_ecall_at_once(arg: u64) -> !;
     fn user_wait_for_timer(args: u64) -> !;
     fn user_wait_for_timer_end();
 }
@@ -264,6 +270,68 @@ fn sret_unmasks_pending() -> TestResult {
     unsafe { sret_to_landing() };
     check_eq!(interrupt_count(Interrupt::SupervisorSoft), before + 1);
     check_eq!(LAST_IRQ_SEPC.load(Ordering::SeqCst), addr(sret_landing));
+    Ok(())
+}
+
+/// Every way of unmasking a pending interrupt — `sstatus.SIE` set, its `sie` bit set with
+/// SIE on, `sret` to S-mode with SPIE, `sret` to U-mode — with each source pending that a
+/// test can raise alone (software, timer): the hart takes it before the next instruction.
+/// (Under hypocaust these are the trap vector's fast path, docs/trap-path.md.)
+fn unmask_takes_pending_at_once() -> TestResult {
+    for (source, irq) in [
+        (Interrupts::SSI, Interrupt::SupervisorSoft),
+        (Interrupts::STI, Interrupt::SupervisorTimer),
+    ] {
+        let raise = || {
+            if source == Interrupts::SSI {
+                csr_write!("sip", 2);
+            } else {
+                timer::arm(0);
+            }
+        };
+        for way in ["sstatus.SIE", "sie", "sret to S", "sret to U"] {
+            let before = interrupt_count(irq);
+            let expected = match way {
+                "sstatus.SIE" => {
+                    enable_in_sie(source);
+                    raise();
+                    // SAFETY: the interrupt is counted and acknowledged by the handler.
+                    unsafe { set_sstatus_sie_then_nop() };
+                    addr(set_sstatus_sie_then_nop_after)
+                }
+                "sie" => {
+                    raise();
+                    // SAFETY: as above; SIE on, the source's sie bit still clear.
+                    unsafe { core::arch::asm!("csrsi sstatus, 2") };
+                    check_eq!((way, interrupt_count(irq)), (way, before));
+                    // SAFETY: as above.
+                    unsafe { set_sie_then_nop(source.bits()) };
+                    addr(set_sie_then_nop_after)
+                }
+                "sret to S" => {
+                    enable_in_sie(source);
+                    raise();
+                    // SAFETY: as in sret_unmasks_pending.
+                    unsafe { sret_to_landing() };
+                    addr(sret_landing)
+                }
+                _ => {
+                    enable_in_sie(source);
+                    raise();
+                    // The interrupt comes at the first U-mode instruction, an ecall.
+                    let trap = run_user(user_ecall_at_once, 0);
+                    check_eq!((way, trap.scause), (way, 8));
+                    let spp = LAST_IRQ_SSTATUS.load(Ordering::SeqCst) & Sstatus::SPP.bits();
+                    check_eq!((way, spp), (way, 0));
+                    user_ecall_at_once as *const () as u64
+                }
+            };
+            // SAFETY: masks what the test enabled.
+            unsafe { core::arch::asm!("csrci sstatus, 2", "csrc sie, {0}", in(reg) source.bits()) };
+            check_eq!((way, interrupt_count(irq)), (way, before + 1));
+            check_eq!((way, LAST_IRQ_SEPC.load(Ordering::SeqCst)), (way, expected));
+        }
+    }
     Ok(())
 }
 

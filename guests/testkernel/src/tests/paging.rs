@@ -2,11 +2,13 @@
 //! permissions, A/D updates, superpages, `sfence.vma` in all its forms, ASIDs, address-space
 //! switches, and non-canonical addresses.
 
+use core::sync::atomic::Ordering;
+
 use rv::csr::{SatpMode, Sstatus};
 use rv::pte::{Pte, PteFlags};
 
 use crate::harness::{Outcome, Test, TestResult};
-use crate::trap::{Trap, catch, run_user_at};
+use crate::trap::{LAST_IRQ_SEPC, LAST_IRQ_SSTATUS, Trap, catch, interrupt_count, run_user_at};
 use crate::vm::{Space, alloc_page, pte, rwx, set_pte, sfence, write_code};
 use crate::{check, check_eq, observe, skip, test};
 
@@ -45,6 +47,7 @@ pub const TESTS: &[Test] = &[
     test!("paging/sum-takes-effect-at-once", sum_takes_effect_at_once),
     test!("paging/u-load-s-page", u_load_s_page),
     test!("paging/u-access-u-page", u_access_u_page),
+    test!("paging/sret-to-u-takes-pending-at-once", sret_to_u_takes_pending),
     test!("paging/u-exec-u-page", u_exec_u_page),
     test!("paging/u-exec-s-page", u_exec_s_page),
     test!("paging/a-set-on-load", a_set_on_load),
@@ -479,6 +482,32 @@ fn u_access_u_page() -> TestResult {
     check_eq!(t.scause, 8);
     // SAFETY: the arena page at its physical address.
     check_eq!(unsafe { ((p + 16) as *const u64).read_volatile() }, 0x5a);
+    Ok(())
+}
+
+/// `sret` to U-mode in a paged space, again and again (under hypocaust the first makes the
+/// U-mode view's shadow tree, the later ones find it: the trap vector's fast path), the
+/// last with a software interrupt pending and enabled: taken at the first U instruction.
+fn sret_to_u_takes_pending() -> TestResult {
+    let s = sv39()?;
+    let entry = user_code(&s, &[ECALL]);
+    let soft = rv::trap::Interrupt::SupervisorSoft;
+    for round in 0..4 {
+        let pending = round == 3;
+        let before = interrupt_count(soft);
+        if pending {
+            csr_write!("sie", 2);
+            csr_write!("sip", 2);
+        }
+        let t = run_user_at(entry, 0, 0);
+        csr_write!("sie", 0);
+        check_eq!((round, t.scause, t.sepc), (round, 8, entry));
+        check_eq!((round, interrupt_count(soft)), (round, before + usize::from(pending)));
+        if pending {
+            check_eq!(LAST_IRQ_SEPC.load(Ordering::SeqCst), entry);
+            check_eq!(LAST_IRQ_SSTATUS.load(Ordering::SeqCst) & Sstatus::SPP.bits(), 0);
+        }
+    }
     Ok(())
 }
 
