@@ -231,6 +231,9 @@ extern "C" fn boot_main(state: usize) -> ! {
     println!("timer     {}", timer::init());
     let guest_mode = layout::mode().guest_mode().name();
     println!("asids     {} (guests: {guest_mode} on shadow tables)", paging::probe_asids());
+    let svvptc =
+        !platform.harts.is_empty() && platform.harts.iter().all(|h| h.isa.has_extension("svvptc"));
+    paging::set_svvptc(svvptc);
     let epoch = clock::init(platform);
     println!("clock     {epoch} s since the epoch (guests' RTCs run from it)");
     println!("schedule  {slice_ms} ms slices where vCPUs share a hart");

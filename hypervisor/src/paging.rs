@@ -6,7 +6,7 @@
 //! nothing else (crates/mmu/src/shadow.rs then evicts and flushes).
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 
 use mmu::map::Frames;
 use mmu::shadow::{Fill, GuestRam, Key, ShadowCache, ShadowFrames, View, access_of, is_paged};
@@ -28,6 +28,14 @@ const ASIDS_PER_VCPU: u16 = MAX_TREES as u16 + 1;
 
 /// Highest real ASID the harts implement (probed at boot); 0 means none.
 static MAX_ASID: AtomicU16 = AtomicU16::new(0);
+
+/// Every hart has Svvptc: an entry made valid needs no fence (docs/shadow-paging.md).
+static SVVPTC: AtomicBool = AtomicBool::new(false);
+
+/// Notes whether every hart has Svvptc (from the device tree).
+pub fn set_svvptc(all_harts: bool) {
+    SVVPTC.store(all_harts, Ordering::Relaxed);
+}
 
 /// Finds how many ASID bits `satp` keeps; returns the largest ASID.
 pub fn probe_asids() -> u16 {
@@ -102,12 +110,21 @@ impl ShadowFrames for FramePool {
         // A vCPU runs on one hart only, so its translations are in this hart's TLB alone.
         arch::csr::sfence_vma(va, real_asid(self.owner, Some(tree)));
     }
+
+    fn fence_new_entries(&self) -> bool {
+        !SVVPTC.load(Ordering::Relaxed)
+    }
 }
 
 impl mmu::walk::GuestMemory for GuestMemory {
     fn read_u64(&self, gpa: GuestPhysAddr) -> Option<u64> {
         let mut b = [0u8; 8];
         (gpa.is_aligned(8) && self.read(gpa, &mut b)).then(|| u64::from_le_bytes(b))
+    }
+
+    fn read_u64s(&self, gpa: GuestPhysAddr, words: &mut [u64]) -> bool {
+        // One range check and copy for all of them (a prefill's group of PTEs).
+        gpa.is_aligned(8) && self.read(gpa, bytemuck_words(words))
     }
 
     fn compare_exchange_u64(&self, gpa: GuestPhysAddr, old: u64, new: u64) -> Option<u64> {
@@ -128,6 +145,13 @@ impl GuestRam for GuestMemory {
     fn host_addr(&self, gpa: GuestPhysAddr, len: u64) -> Option<HostPhysAddr> {
         self.translate(gpa, len)
     }
+}
+
+/// `words` as the bytes they are made of (little-endian, as the guest's memory is).
+fn bytemuck_words(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u64 has no padding and any byte pattern is a valid u64; the slice covers
+    // exactly the words' memory, borrowed mutably for as long as the result.
+    unsafe { core::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 /// What a guest's PTEs may contain (no Svpbmt, no Svnapot offered).

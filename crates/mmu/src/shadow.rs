@@ -73,6 +73,13 @@ pub trait ShadowFrames: Frames {
 
     /// Drops real TLB entries of tree slot `tree` (for `va`, or all of them).
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>);
+
+    /// Whether an entry made valid where there was none needs a fence before the hart
+    /// surely sees it: yes, unless the harts have Svvptc (then a hart sees it without
+    /// one; a fault it takes meanwhile finds the entry there, and that fill fences).
+    fn fence_new_entries(&self) -> bool {
+        true
+    }
 }
 
 /// One shadow tree.
@@ -89,6 +96,8 @@ pub struct Tree {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub fills: u64,
+    /// Neighbours installed with a fill ([`ShadowCache::fill`]).
+    pub prefills: u64,
     pub guest_faults: u64,
     pub tree_hits: u64,
     pub tree_misses: u64,
@@ -278,6 +287,11 @@ impl ShadowCache {
     /// Empties tree `slot` (a full flush of its translations), keeping its root.
     pub fn flush_tree(&mut self, slot: usize, frames: &mut impl ShadowFrames) {
         let Some(root) = self.tree(slot).map(|t| t.root) else { return };
+        if self.tree(slot).is_some_and(|t| t.frames == 1) {
+            // Nothing below the root (shadow leaves are never in it): nothing to drop, and
+            // nothing of it in any TLB since its last flush.
+            return;
+        }
         let freed = self.free_guest_part(root, frames);
         if let Some(t) = self.trees[slot].as_mut() {
             t.frames -= freed;
@@ -313,11 +327,10 @@ impl ShadowCache {
                 continue;
             }
             if pages > PAGE_BY_PAGE {
-                if asid.is_none() && size == u64::MAX {
-                    self.evict(slot, frames);
-                } else {
-                    self.flush_tree(slot, frames);
-                }
+                // Emptied, not evicted: the tree keeps its root, slot and ASID, so the
+                // address space's next use needs no new tree (and the trap vector's fast
+                // path finds the other view's tree still cached).
+                self.flush_tree(slot, frames);
                 continue;
             }
             let root = tree.root;
@@ -344,11 +357,13 @@ impl ShadowCache {
         loop {
             let Some(root) = self.tree(slot).map(|t| t.root) else { return Err(OutOfFrames) };
             match install_leaf(root, self.levels, va, pa, level, flags, frames) {
-                Ok(delta) => {
+                Ok((delta, replaced)) => {
                     if let Some(t) = self.trees[slot].as_mut() {
                         t.frames = (t.frames as isize + delta) as usize;
                     }
-                    frames.flush_tlb(slot, Some(va));
+                    if replaced || frames.fence_new_entries() {
+                        frames.flush_tlb(slot, Some(va));
+                    }
                     return Ok(());
                 }
                 Err(partial) => {
@@ -410,9 +425,74 @@ impl ShadowCache {
         let hpa_leaf = hpa.align_down(size);
         self.install(slot, va & !(size - 1), hpa_leaf.raw(), level, flags, frames)?;
         self.stats.fills += 1;
+        if t.level == 0 {
+            self.prefill(slot, mem, ram, va, t.pte_addr, view, features, frames);
+        }
         Ok(Fill::Installed { gpa, level })
     }
+
+    /// After a fill of a 4 KiB page: the neighbours of `va` in its group of [`PREFILL`]
+    /// entries of the guest's last-level table (at `pte_addr`'s table) that a TLB could
+    /// hold as they are (accessed, of the view's pages, RAM) get shadow leaves too, so
+    /// code and data used page after page cost one fault per group instead of one per
+    /// page. They need no table the fill did not make; a neighbour that would is left.
+    #[allow(clippy::too_many_arguments)]
+    fn prefill(
+        &mut self,
+        slot: usize,
+        mem: &impl GuestMemory,
+        ram: &impl GuestRam,
+        va: u64,
+        pte_addr: GuestPhysAddr,
+        view: View,
+        features: WalkFeatures,
+        frames: &mut impl ShadowFrames,
+    ) {
+        let Some(root) = self.tree(slot).map(|t| t.root) else { return };
+        let (user, sum) = match view {
+            View::User => (true, false),
+            View::Supervisor => (false, false),
+            View::SupervisorSum => (false, true),
+        };
+        // The shadow's last-level table of `va` (the fill just made its path).
+        let mut table = root;
+        for level in (1..self.levels).rev() {
+            let pte = frames.read_pte(table, entry_index(va, level));
+            if !pte.is_valid() || pte.is_leaf() {
+                return;
+            }
+            table = HostPhysAddr::new(pte.phys_addr());
+        }
+        let index = entry_index(va, 0) as u64;
+        let first = index & !(PREFILL - 1);
+        let mut group = [0u64; PREFILL as usize];
+        let guest_table = pte_addr.raw() & !0xfff;
+        if !mem.read_u64s(GuestPhysAddr::new(guest_table + 8 * first), &mut group) {
+            return;
+        }
+        for (i, raw) in (first..).zip(group) {
+            let pte = Pte(raw);
+            if i == index || !walk::cachable_leaf(pte, features, user, sum) {
+                continue;
+            }
+            if frames.read_pte(table, i as usize).is_valid() {
+                continue;
+            }
+            let gpa = GuestPhysAddr::new(pte.phys_addr());
+            let Some(hpa) = ram.host_addr(gpa, rv::PAGE_SIZE) else { continue };
+            let flags = shadow_flags(pte.flags(), view);
+            frames.write_pte(table, i as usize, Pte::new(hpa.raw() >> 12, flags));
+            if frames.fence_new_entries() {
+                frames.flush_tlb(slot, Some((va & !0x1f_ffff) | i << 12));
+            }
+            self.stats.prefills += 1;
+        }
+    }
 }
+
+/// Entries of a guest's last-level table looked at around each 4 KiB fill (an aligned
+/// group, 64 KiB of address space).
+pub const PREFILL: u64 = 16;
 
 /// The flags of a shadow leaf for a guest leaf with `guest` flags, seen in `view`: the
 /// hardware must allow no more than the guest's translation allows that view.
@@ -470,8 +550,9 @@ fn remove_leaf(root: HostPhysAddr, levels: u32, va: u64, frames: &mut impl Shado
     false
 }
 
-/// Installs a leaf; returns the change in frames used, or (on allocation failure) the
-/// change made before it failed.
+/// Installs a leaf; returns the change in frames used and whether an entry that was valid
+/// was replaced (a hart may hold it in its TLB), or (on allocation failure) the change made
+/// before it failed.
 fn install_leaf(
     root: HostPhysAddr,
     levels: u32,
@@ -480,8 +561,9 @@ fn install_leaf(
     level: u32,
     flags: PteFlags,
     frames: &mut impl ShadowFrames,
-) -> Result<isize, isize> {
+) -> Result<(isize, bool), isize> {
     let mut delta = 0isize;
+    let mut replaced = false;
     let mut table = root;
     for l in (level + 1..levels).rev() {
         let i = entry_index(va, l);
@@ -492,6 +574,7 @@ fn install_leaf(
             // Empty, or a larger leaf in the way (it goes: a TLB may drop anything).
             let Some(next) = frames.alloc_zeroed() else { return Err(delta) };
             delta += 1;
+            replaced |= pte.is_valid();
             frames.write_pte(table, i, Pte::new(next.page_number(), PteFlags::V));
             next
         };
@@ -501,8 +584,9 @@ fn install_leaf(
     if old.is_valid() && !old.is_leaf() && level > 0 {
         delta -= free_subtree(HostPhysAddr::new(old.phys_addr()), level - 1, frames) as isize;
     }
+    replaced |= old.is_valid();
     frames.write_pte(table, i, Pte::new(pa >> 12, flags));
-    Ok(delta)
+    Ok((delta, replaced))
 }
 
 /// The access a real page fault with `cause` (12, 13 or 15) stands for.

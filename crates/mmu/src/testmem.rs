@@ -78,6 +78,8 @@ pub struct TestFrames {
     pub limit: usize,
     /// Real-TLB flushes asked for: (tree slot, address).
     pub tlb_flushes: std::vec::Vec<(usize, Option<u64>)>,
+    /// The harts have Svvptc (`ShadowFrames::fence_new_entries` is false).
+    pub svvptc: bool,
 }
 
 impl TestFrames {
@@ -89,6 +91,7 @@ impl TestFrames {
             allocated: 0,
             limit,
             tlb_flushes: std::vec::Vec::new(),
+            svvptc: false,
         }
     }
 }
@@ -127,5 +130,9 @@ impl crate::shadow::ShadowFrames for TestFrames {
 
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {
         self.tlb_flushes.push((tree, va));
+    }
+
+    fn fence_new_entries(&self) -> bool {
+        !self.svvptc
     }
 }

@@ -67,6 +67,17 @@ pub trait GuestMemory {
     /// Reads the aligned 64-bit word at `gpa`; `None` if it is not RAM.
     fn read_u64(&self, gpa: GuestPhysAddr) -> Option<u64>;
 
+    /// Reads `words.len()` aligned 64-bit words from `gpa` on; `false` if any is not RAM.
+    fn read_u64s(&self, gpa: GuestPhysAddr, words: &mut [u64]) -> bool {
+        for (i, w) in words.iter_mut().enumerate() {
+            match gpa.checked_add(8 * i as u64).and_then(|a| self.read_u64(a)) {
+                Some(v) => *w = v,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// Atomically replaces the word at `gpa` with `new` if it still holds `old`. Returns the
     /// value found (equal to `old` on success); `None` if it is not RAM.
     fn compare_exchange_u64(&self, gpa: GuestPhysAddr, old: u64, new: u64) -> Option<u64>;
@@ -193,6 +204,23 @@ fn check_reserved_bits(pte: Pte, features: WalkFeatures) -> Result<(), ()> {
         return Err(());
     }
     if pte.0 & reserved != 0 { Err(()) } else { Ok(()) }
+}
+
+/// Whether `pte`, a guest's entry in a last-level table, is a leaf a TLB may hold for
+/// accesses at privilege `user` (with `sum`) without any change to it: valid, well-formed,
+/// already accessed (A), and of the privilege's pages. (Which accesses it then allows is
+/// for the caller: W only with D, as a first store must set D.)
+pub fn cachable_leaf(pte: Pte, features: WalkFeatures, user: bool, sum: bool) -> bool {
+    let flags = pte.flags();
+    if !pte.is_valid() || !pte.is_leaf() || !flags.contains(PteFlags::A) {
+        return false;
+    }
+    if check_reserved_bits(pte, features).is_err()
+        || (flags.contains(PteFlags::W) && !flags.contains(PteFlags::R))
+    {
+        return false;
+    }
+    if flags.contains(PteFlags::U) { user || sum } else { !user }
 }
 
 fn check_leaf(pte: Pte, level: u32, access: Access) -> Result<(), ()> {

@@ -314,12 +314,15 @@ fn invalidation_follows_sfence_vma() {
     cache.invalidate(0, u64::MAX, Some(2), &mut frames);
     assert!(hw(&frames, rb, 0x1000, AccessType::Read, false).is_none());
     assert!(hw(&frames, ra, 0x1000, AccessType::Read, false).is_some());
-    // Everything.
+    // Everything: every tree emptied (its translations gone, its frames but the root
+    // freed), none evicted.
     let used = frames.allocated;
     cache.invalidate(0, u64::MAX, None, &mut frames);
-    assert!(cache.is_empty());
-    assert_eq!(frames.allocated, 1, "only hypocaust's root is left (was {used})");
-    assert!(frames.tlb_flushes.contains(&(a, None)));
+    assert_eq!(cache.len(), 2);
+    assert!(hw(&frames, ra, 0x3000, AccessType::Read, false).is_none());
+    assert!(hw(&frames, rb, 0x3000, AccessType::Read, false).is_none());
+    assert_eq!(frames.allocated, 3, "hypocaust's root and the two trees' (was {used})");
+    assert!(frames.tlb_flushes.contains(&(a, None)) && frames.tlb_flushes.contains(&(b, None)));
 }
 
 #[test]
@@ -585,5 +588,91 @@ fn the_window_is_never_filled() {
     assert_eq!(fill(&mut cache, 0x1008), Ok(Fill::Installed { gpa, level: 0 }));
     for slot in 504..508 {
         assert_eq!(frames.read_pte(root, slot), hypocaust, "slot {slot} is still hypocaust's");
+    }
+}
+
+/// A fill brings in the neighbours of its page a TLB could hold as they are — accessed, of
+/// the view's pages, RAM, in the same group of the guest's last-level table — with the
+/// permissions a fill would give them, and nothing else.
+#[test]
+fn a_fill_prefills_its_cachable_neighbours() {
+    let mem = SparseMemory::default();
+    let mut next = GUEST_ROOT;
+    let page = |i: u64| 0x40_0000 + i * 0x1000;
+    let gpa = |i: u64| 0x8020_0000 + i * 0x1000;
+    let clean = PteFlags::R | PteFlags::W | PteFlags::A;
+    let kinds = [
+        (1, rwx()),                     // yes
+        (2, rwx() - PteFlags::A),       // not accessed: no
+        (3, rwx() | PteFlags::U),       // a U page in the S view: no
+        (4, clean),                     // yes, read-only until its first store
+        (5, PteFlags::W | PteFlags::A), // W without R is reserved: no
+        (6, PteFlags::R | PteFlags::A), // yes
+        (17, rwx()),                    // another group: no
+    ];
+    guest_map(&mem, &mut next, page(0), gpa(0), 0, rwx());
+    for (i, flags) in kinds {
+        guest_map(&mem, &mut next, page(i), gpa(i), 0, flags);
+    }
+    // Not RAM.
+    guest_map(&mem, &mut next, page(7), 0x9000_0000, 0, rwx());
+    let mut frames = TestFrames::new(100);
+    let host = host_root(&mut frames);
+    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
+    let (slot, _) =
+        cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
+    let root = cache.tree(slot).unwrap().root;
+    let f = cache
+        .fill(
+            slot,
+            &mem,
+            &Ram,
+            sv39(0),
+            page(0),
+            access(AccessType::Read, false, false),
+            WalkFeatures::default(),
+            &mut frames,
+        )
+        .unwrap();
+    assert!(matches!(f, Fill::Installed { level: 0, .. }));
+    let at = |i: u64, kind| hw(&frames, root, page(i), kind, false);
+    let host = |i: u64| Some(gpa(i) - RAM.start + HPA_BASE);
+    assert_eq!(at(1, AccessType::Write), host(1));
+    assert_eq!(at(1, AccessType::Execute), host(1));
+    assert_eq!(at(2, AccessType::Read), None);
+    assert_eq!(at(3, AccessType::Read), None);
+    assert_eq!((at(4, AccessType::Read), at(4, AccessType::Write)), (host(4), None));
+    assert_eq!(at(5, AccessType::Write), None);
+    assert_eq!((at(6, AccessType::Read), at(6, AccessType::Write)), (host(6), None));
+    assert_eq!(at(7, AccessType::Read), None);
+    assert_eq!(at(17, AccessType::Read), None);
+    assert_eq!(cache.stats.prefills, 3);
+    assert_eq!(cache.stats.fills, 1);
+}
+
+/// Without Svvptc every entry made valid is fenced; with it only a replaced one is (the
+/// second fill of the same page, as after a spurious fault, fences).
+#[test]
+fn new_entries_are_fenced_unless_the_harts_have_svvptc() {
+    for svvptc in [false, true] {
+        let mem = SparseMemory::default();
+        let mut next = GUEST_ROOT;
+        guest_map(&mem, &mut next, 0x1000, 0x8010_0000, 0, rwx());
+        let mut frames = TestFrames::new(100);
+        frames.svvptc = svvptc;
+        let host = host_root(&mut frames);
+        let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
+        let (slot, _) =
+            cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
+        let fill = |cache: &mut ShadowCache, frames: &mut TestFrames| {
+            let acc = access(AccessType::Read, false, false);
+            cache.fill(slot, &mem, &Ram, sv39(0), 0x1000, acc, WalkFeatures::default(), frames)
+        };
+        frames.tlb_flushes.clear();
+        fill(&mut cache, &mut frames).unwrap();
+        assert_eq!(frames.tlb_flushes.contains(&(slot, Some(0x1000))), !svvptc);
+        frames.tlb_flushes.clear();
+        fill(&mut cache, &mut frames).unwrap();
+        assert!(frames.tlb_flushes.contains(&(slot, Some(0x1000))), "svvptc {svvptc}");
     }
 }
