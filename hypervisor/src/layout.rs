@@ -5,7 +5,7 @@
 //! guest runs on, so a trap never needs a `satp` switch.
 
 use core::ops::Range;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use rv::csr::SatpMode;
 use rv::{HostPhysAddr, HostVirtAddr};
@@ -108,6 +108,10 @@ impl HostMode {
 /// The mode the entry assembly chose (a [`HostMode`] as `u8`).
 static MODE: AtomicU8 = AtomicU8::new(HostMode::Sv48 as u8);
 
+/// Its [`HostMode::virt_offset`], kept apart: the direct map is on every path that touches
+/// a page table.
+static VIRT_OFFSET: AtomicU64 = AtomicU64::new(HostMode::Sv48.virt_offset());
+
 /// hypocaust's paging mode.
 pub fn mode() -> HostMode {
     match MODE.load(Ordering::Relaxed) {
@@ -125,6 +129,7 @@ pub fn set_mode(satp_mode: u64) {
         _ => HostMode::Sv48,
     };
     MODE.store(mode as u8, Ordering::Relaxed);
+    VIRT_OFFSET.store(mode.virt_offset(), Ordering::Relaxed);
 }
 
 /// Bytes of stack per hart.
@@ -145,13 +150,13 @@ pub fn exec_page(index: usize) -> u64 {
 
 /// The direct-map address of a host-physical address.
 pub fn phys_to_virt(pa: HostPhysAddr) -> HostVirtAddr {
-    HostVirtAddr::new(pa.raw().wrapping_add(mode().virt_offset()))
+    HostVirtAddr::new(pa.raw().wrapping_add(VIRT_OFFSET.load(Ordering::Relaxed)))
 }
 
 /// The host-physical address behind a direct-map address. Only meaningful for direct-map
 /// addresses (which include the image).
 pub fn virt_to_phys(va: HostVirtAddr) -> HostPhysAddr {
-    HostPhysAddr::new(va.raw().wrapping_sub(mode().virt_offset()))
+    HostPhysAddr::new(va.raw().wrapping_sub(VIRT_OFFSET.load(Ordering::Relaxed)))
 }
 
 /// Top of the stack of the hart with index `index` (0 = boot hart).

@@ -56,6 +56,8 @@ fn real_asid(owner: usize, slot: Option<usize>) -> u16 {
 /// Frames reserved for one vCPU's shadow tables.
 pub struct FramePool {
     free: Vec<u64>,
+    /// Free frames known to be all zero (tables emptied as they were freed).
+    zeroed: Vec<u64>,
     /// The vCPU's number, for its ASIDs.
     owner: usize,
 }
@@ -66,7 +68,7 @@ impl FramePool {
     pub fn new(owner: usize, frames: usize) -> Option<Self> {
         let base = mm::alloc_block(frames as u64 * rv::PAGE_SIZE, rv::PAGE_SIZE)?;
         let free = (0..frames as u64).rev().map(|i| base.raw() + i * rv::PAGE_SIZE).collect();
-        Some(Self { free, owner })
+        Some(Self { free, zeroed: Vec::with_capacity(frames), owner })
     }
 
     fn entry(table: HostPhysAddr, index: usize) -> *mut u64 {
@@ -77,6 +79,9 @@ impl FramePool {
 
 impl Frames for FramePool {
     fn alloc_zeroed(&mut self) -> Option<HostPhysAddr> {
+        if let Some(pa) = self.zeroed.pop() {
+            return Some(HostPhysAddr::new(pa));
+        }
         let pa = HostPhysAddr::new(self.free.pop()?);
         // SAFETY: the frame came off this pool's free list, so only this pool owns it; the
         // direct map covers it.
@@ -104,6 +109,10 @@ impl Frames for FramePool {
 impl ShadowFrames for FramePool {
     fn free(&mut self, frame: HostPhysAddr) {
         self.free.push(frame.raw());
+    }
+
+    fn free_zeroed(&mut self, frame: HostPhysAddr) {
+        self.zeroed.push(frame.raw());
     }
 
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {

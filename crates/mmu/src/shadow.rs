@@ -71,6 +71,12 @@ pub trait ShadowFrames: Frames {
     /// Gives a frame from [`Frames::alloc_zeroed`] back.
     fn free(&mut self, frame: HostPhysAddr);
 
+    /// Gives back a frame whose every entry is zero (a table emptied as it was freed): the
+    /// next [`Frames::alloc_zeroed`] may hand it out without clearing it.
+    fn free_zeroed(&mut self, frame: HostPhysAddr) {
+        self.free(frame);
+    }
+
     /// Drops real TLB entries of tree slot `tree` (for `va`, or all of them).
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>);
 
@@ -520,15 +526,18 @@ fn entry_index(va: u64, level: u32) -> usize {
 /// Frees the table at `table` (of `level`) and everything below; returns the frames freed.
 fn free_subtree(table: HostPhysAddr, level: u32, frames: &mut impl ShadowFrames) -> usize {
     let mut freed = 1;
-    if level > 0 {
-        for i in 0..ENTRIES_PER_TABLE {
-            let pte = frames.read_pte(table, i);
-            if pte.is_valid() && !pte.is_leaf() {
-                freed += free_subtree(HostPhysAddr::new(pte.phys_addr()), level - 1, frames);
-            }
+    for i in 0..ENTRIES_PER_TABLE {
+        let pte = frames.read_pte(table, i);
+        if pte.0 == 0 {
+            continue;
         }
+        if level > 0 && pte.is_valid() && !pte.is_leaf() {
+            freed += free_subtree(HostPhysAddr::new(pte.phys_addr()), level - 1, frames);
+        }
+        // Cleared on the way, so the frame goes back zeroed.
+        frames.write_pte(table, i, Pte::INVALID);
     }
-    frames.free(table);
+    frames.free_zeroed(table);
     freed
 }
 

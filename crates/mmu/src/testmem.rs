@@ -128,6 +128,13 @@ impl crate::shadow::ShadowFrames for TestFrames {
         self.free.push(frame.raw());
     }
 
+    fn free_zeroed(&mut self, frame: HostPhysAddr) {
+        for i in 0..512 {
+            assert_eq!(self.mem.read(frame.raw() + 8 * i), 0, "frame {frame:?} freed as zeroed");
+        }
+        self.free(frame);
+    }
+
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {
         self.tlb_flushes.push((tree, va));
     }
