@@ -23,6 +23,12 @@ pub fn exec16(insn: u16, a0: u64) -> Result<u64, Trap> {
     run([insn as u32 | 0x8082 << 16, 0, 0, 0], a0)
 }
 
+/// Runs up to three 32-bit instructions in a row (the rest of `words` padded with `ret`
+/// by the caller), in S-mode, with `a0` set.
+pub fn exec_words(words: [u32; 4], a0: u64) -> Result<u64, Trap> {
+    run(words, a0)
+}
+
 fn run(words: [u32; 4], a0: u64) -> Result<u64, Trap> {
     let buf = &raw mut BUFFER;
     // SAFETY: the buffer is only used here, by one hart; `fence.i` makes the new words
