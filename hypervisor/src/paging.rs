@@ -409,17 +409,30 @@ impl VcpuMmu {
         self.cached_tree(key).map_or(0, |(_, real)| if Satp(real).asid() == 0 { 0 } else { real })
     }
 
-    /// The fast path changed the vCPU's privilege and, if paged, put the hart on
-    /// [`VcpuMmu::other_view_satp`]'s tree: the vCPU (at its new privilege) runs on it now.
-    pub fn entered_other_view(&mut self, v: &Vcpu) {
+    /// For the trap vector's fast path while the vCPU is in virtual S-mode: the real `satp`
+    /// of the cached tree of its other S-mode view (SUM flipped), or 0 (none, no ASIDs,
+    /// Bare, or U-mode).
+    pub fn sum_view_satp(&mut self, v: &Vcpu) -> u64 {
+        let satp = v.csrs.satp;
+        if !is_paged(satp) || v.privilege != Privilege::Supervisor {
+            return 0;
+        }
+        let key = Key { satp, view: View::of(false, !v.csrs.status(Sstatus::SUM)) };
+        self.cached_tree(key).map_or(0, |(_, real)| if Satp(real).asid() == 0 { 0 } else { real })
+    }
+
+    /// The fast path changed the vCPU's privilege or SUM and, if paged, put the hart on
+    /// the tree [`VcpuMmu::other_view_satp`] or [`VcpuMmu::sum_view_satp`] named: the vCPU
+    /// (at its privilege and SUM now) runs on it.
+    pub fn entered_view(&mut self, v: &Vcpu) {
         if !is_paged(v.csrs.satp) {
             return;
         }
         let view = View::of(v.privilege == Privilege::User, v.csrs.status(Sstatus::SUM));
         let key = Key { satp: v.csrs.satp, view };
         let Some((slot, real)) = self.cached_tree(key) else {
-            // Not reached: the fast path switches only to the tree other_view_satp named,
-            // and nothing changed the cache since. Back to a consistent state all the same.
+            // Not reached: the fast path switches only to trees the run loop named, and
+            // nothing changed the cache since. Back to a consistent state all the same.
             self.leave_tree();
             self.current = None;
             return;

@@ -478,6 +478,7 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
         }
         prepare(&mut real, v);
         inner.ctx.other_view_satp = inner.mmu.other_view_satp(v);
+        inner.ctx.sum_view_satp = inner.mmu.sum_view_satp(v);
 
         // SAFETY: `load` and `prepare` set up satp, sstatus and scounteren for this vCPU,
         // and the scheduler enabled the host interrupts that must end its run.
@@ -498,7 +499,9 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
             // The fast path changed real CSRs behind `real`'s back (arch::trap).
             if switched & Switched::PRIVILEGE != 0 {
                 real.scounteren = u64::MAX;
-                inner.mmu.entered_other_view(v);
+            }
+            if switched & (Switched::PRIVILEGE | Switched::VIEW) != 0 {
+                inner.mmu.entered_view(v);
             }
             if switched & Switched::STATUS != 0 {
                 real.status = u64::MAX;

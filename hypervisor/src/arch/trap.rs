@@ -58,6 +58,9 @@ pub struct GuestContext {
     /// other view of its address space: `paging::VcpuMmu::other_view_satp`), for the fast
     /// path's `sret` to U-mode and forwarded `ecall`; 0: none cached, or Bare.
     pub other_view_satp: u64,
+    /// Likewise the tree of the other S-mode view (SUM flipped) while in virtual S-mode,
+    /// for the fast path's `sstatus` writes that change SUM; 0: none cached, or Bare.
+    pub sum_view_satp: u64,
     /// What the fast path changed that the run loop keeps track of ([`Switched`]); the run
     /// loop clears it.
     pub switched: u64,
@@ -74,6 +77,9 @@ impl Switched {
     pub const PRIVILEGE: u64 = 1;
     /// The real `sstatus.FS`/`MXR` changed with the guest's.
     pub const STATUS: u64 = 2;
+    /// SUM changed and, the guest being paged, the real `satp` (to
+    /// [`GuestContext::sum_view_satp`]).
+    pub const VIEW: u64 = 4;
 }
 
 impl GuestContext {
@@ -87,6 +93,7 @@ impl GuestContext {
             fast_ecalls: 0,
             external: 0,
             other_view_satp: 0,
+            sum_view_satp: 0,
             switched: 0,
         }
     }
@@ -124,6 +131,7 @@ const FAST_EXITS: usize = offset_of!(GuestContext, fast_exits);
 const FAST_ECALLS: usize = offset_of!(GuestContext, fast_ecalls);
 const EXTERNAL: usize = offset_of!(GuestContext, external);
 const OTHER_VIEW_SATP: usize = offset_of!(GuestContext, other_view_satp);
+const SUM_VIEW_SATP: usize = offset_of!(GuestContext, sum_view_satp);
 const SWITCHED: usize = offset_of!(GuestContext, switched);
 const PAGE_VA: usize = offset_of!(CodePage, va_page);
 const PAGE_SATP: usize = offset_of!(CodePage, satp);
@@ -326,10 +334,10 @@ trap_vector:
     bne     t4, a3, 6f
     andi    a2, a2, -2              # sepc: bit 0 is always zero
     j       6f
-15: # sstatus: the writable bits. A change of SUM switches the shadow view: the run loop
-    # takes that instruction (nothing is written here then). FS and MXR go into the
-    # hart's sstatus as the run loop mirrors them; SIE set may make an interrupt
-    # deliverable (looked at before entering).
+15: # sstatus: the writable bits. A change of SUM switches the shadow view (to the tree
+    # the run loop found cached, else the run loop takes the instruction, nothing written).
+    # FS and MXR go into the hart's sstatus as the run loop mirrors them; SIE set may make
+    # an interrupt deliverable (looked at before entering).
     ld      a3, 0(t0)
     li      a4, {SSTATUS_WRITABLE}
     and     a2, a2, a4
@@ -339,8 +347,23 @@ trap_vector:
     xor     a4, a2, a3
     li      a5, {SUM}
     and     a5, a4, a5
-    bnez    a5, .Lslow
-    li      a5, {MIRRORED}
+    beqz    a5, 29f
+    ld      a3, {SATP}(sp)          # SUM changes: onto the tree of the other S-mode view
+    srli    a3, a3, 60              # (Bare: one view for all)
+    beqz    a3, 29f
+    ld      a3, {SUM_VIEW_SATP}(sp)
+    beqz    a3, .Lslow              # none cached: the run loop makes it
+    csrr    a5, satp
+    csrw    satp, a3
+    srli    a3, a5, 44              # the tree left is the way back, if it has an ASID
+    slli    a3, a3, 48
+    bnez    a3, 30f
+    li      a5, 0
+30: sd      a5, {SUM_VIEW_SATP}(sp)
+    ld      a5, {SWITCHED}(sp)
+    ori     a5, a5, {SWITCHED_VIEW}
+    sd      a5, {SWITCHED}(sp)
+29: li      a5, {MIRRORED}
     and     a5, a4, a5
     beqz    a5, 19f
     li      a5, {MIRRORED}
@@ -605,9 +628,11 @@ try_read_senvcfg_resume:
     STVEC = const STVEC,
     EXTERNAL = const EXTERNAL,
     OTHER_VIEW_SATP = const OTHER_VIEW_SATP,
+    SUM_VIEW_SATP = const SUM_VIEW_SATP,
     SWITCHED = const SWITCHED,
     SWITCHED_STATUS = const Switched::STATUS,
     SWITCHED_PRIVILEGE = const Switched::PRIVILEGE,
+    SWITCHED_VIEW = const Switched::VIEW,
     S_INTERRUPTS = const S_INTERRUPTS,
     SSCRATCH = const SSCRATCH,
     SEPC = const SEPC,
