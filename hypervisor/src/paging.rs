@@ -115,6 +115,18 @@ impl ShadowFrames for FramePool {
         self.zeroed.push(frame.raw());
     }
 
+    fn zero_table(&mut self, table: HostPhysAddr) {
+        // SAFETY: `table` is a table frame this pool handed out, in the direct map; no hart
+        // runs on it (`VcpuMmu` leaves a tree before changing it in ways that free frames).
+        unsafe {
+            core::ptr::write_bytes(
+                layout::phys_to_virt(table).raw() as *mut u8,
+                0,
+                rv::PAGE_SIZE as usize,
+            )
+        };
+    }
+
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>) {
         // A vCPU runs on one hart only, so its translations are in this hart's TLB alone.
         arch::csr::sfence_vma(va, real_asid(self.owner, Some(tree)));

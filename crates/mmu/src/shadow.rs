@@ -77,6 +77,13 @@ pub trait ShadowFrames: Frames {
         self.free(frame);
     }
 
+    /// Clears every entry of `table`.
+    fn zero_table(&mut self, table: HostPhysAddr) {
+        for i in 0..ENTRIES_PER_TABLE {
+            self.write_pte(table, i, Pte::INVALID);
+        }
+    }
+
     /// Drops real TLB entries of tree slot `tree` (for `va`, or all of them).
     fn flush_tlb(&mut self, tree: usize, va: Option<u64>);
 
@@ -525,13 +532,19 @@ fn entry_index(va: u64, level: u32) -> usize {
 
 /// Frees the table at `table` (of `level`) and everything below; returns the frames freed.
 fn free_subtree(table: HostPhysAddr, level: u32, frames: &mut impl ShadowFrames) -> usize {
+    if level == 0 {
+        // Leaves only: cleared whole, without looking at each entry.
+        frames.zero_table(table);
+        frames.free_zeroed(table);
+        return 1;
+    }
     let mut freed = 1;
     for i in 0..ENTRIES_PER_TABLE {
         let pte = frames.read_pte(table, i);
         if pte.0 == 0 {
             continue;
         }
-        if level > 0 && pte.is_valid() && !pte.is_leaf() {
+        if pte.is_valid() && !pte.is_leaf() {
             freed += free_subtree(HostPhysAddr::new(pte.phys_addr()), level - 1, frames);
         }
         // Cleared on the way, so the frame goes back zeroed.
