@@ -418,6 +418,12 @@ impl VcpuMmu {
     /// then takes that `sret` or trap. 0 also while Bare, where no switch is needed.
     pub fn other_view_satp(&mut self, v: &Vcpu) -> u64 {
         let Some(key) = Self::other_view_key(v) else { return 0 };
+        self.switch_target(key)
+    }
+
+    /// The real `satp` of `key`'s cached tree if the fast path may switch to it without a
+    /// fence (it has a real ASID), else 0.
+    fn switch_target(&mut self, key: Key) -> u64 {
         self.cached_tree(key).map_or(0, |(_, real)| if Satp(real).asid() == 0 { 0 } else { real })
     }
 
@@ -429,8 +435,7 @@ impl VcpuMmu {
         if !is_paged(satp) || v.privilege != Privilege::Supervisor {
             return 0;
         }
-        let key = Key { satp, view: View::of(false, !v.csrs.status(Sstatus::SUM)) };
-        self.cached_tree(key).map_or(0, |(_, real)| if Satp(real).asid() == 0 { 0 } else { real })
+        self.switch_target(Key { satp, view: View::of(false, !v.csrs.status(Sstatus::SUM)) })
     }
 
     /// The fast path changed the vCPU's privilege or SUM and, if paged, put the hart on

@@ -49,6 +49,16 @@ impl View {
             (false, true) => Self::SupervisorSum,
         }
     }
+
+    /// The privilege (`user`, else S) and `sum` of a vCPU in this view: [`View::of`]'s
+    /// inverse (U-mode's SUM plays no part).
+    pub fn privilege(self) -> (bool, bool) {
+        match self {
+            Self::User => (true, false),
+            Self::Supervisor => (false, false),
+            Self::SupervisorSum => (false, true),
+        }
+    }
 }
 
 /// The guest address space a tree shadows.
@@ -225,8 +235,7 @@ impl ShadowCache {
         frames: &mut impl ShadowFrames,
     ) -> Result<(usize, bool), OutOfFrames> {
         self.clock += 1;
-        if let Some(slot) = self.trees.iter().position(|t| t.as_ref().is_some_and(|t| t.key == key))
-        {
+        if let Some(slot) = self.find(key) {
             let tree = self.trees[slot].as_mut().expect("found above");
             tree.last_used = self.clock;
             self.stats.tree_hits += 1;
@@ -299,12 +308,11 @@ impl ShadowCache {
 
     /// Empties tree `slot` (a full flush of its translations), keeping its root.
     pub fn flush_tree(&mut self, slot: usize, frames: &mut impl ShadowFrames) {
-        let Some(root) = self.tree(slot).map(|t| t.root) else { return };
-        if self.tree(slot).is_some_and(|t| t.frames == 1) {
-            // Nothing below the root (shadow leaves are never in it): nothing to drop, and
-            // nothing of it in any TLB since its last flush.
+        // A tree of its root alone has nothing to drop (shadow leaves are never in the
+        // root), and nothing in any TLB since its last flush.
+        let Some(root) = self.tree(slot).filter(|t| t.frames > 1).map(|t| t.root) else {
             return;
-        }
+        };
         let freed = self.free_guest_part(root, frames);
         if let Some(t) = self.trees[slot].as_mut() {
             t.frames -= freed;
@@ -462,11 +470,7 @@ impl ShadowCache {
         frames: &mut impl ShadowFrames,
     ) {
         let Some(root) = self.tree(slot).map(|t| t.root) else { return };
-        let (user, sum) = match view {
-            View::User => (true, false),
-            View::Supervisor => (false, false),
-            View::SupervisorSum => (false, true),
-        };
+        let (user, sum) = view.privilege();
         // The shadow's last-level table of `va` (the fill just made its path).
         let mut table = root;
         for level in (1..self.levels).rev() {

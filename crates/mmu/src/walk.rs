@@ -215,18 +215,20 @@ pub fn cachable_leaf(pte: Pte, features: WalkFeatures, user: bool, sum: bool) ->
     if !pte.is_valid() || !pte.is_leaf() || !flags.contains(PteFlags::A) {
         return false;
     }
-    if check_reserved_bits(pte, features).is_err()
-        || (flags.contains(PteFlags::W) && !flags.contains(PteFlags::R))
-    {
+    if check_reserved_bits(pte, features).is_err() || write_without_read(flags) {
         return false;
     }
     if flags.contains(PteFlags::U) { user || sum } else { !user }
 }
 
+/// W without R is reserved (W alone, W+X).
+fn write_without_read(flags: PteFlags) -> bool {
+    flags.contains(PteFlags::W) && !flags.contains(PteFlags::R)
+}
+
 fn check_leaf(pte: Pte, level: u32, access: Access) -> Result<(), ()> {
     let flags = pte.flags();
-    // W without R is reserved (W alone, W+X).
-    if flags.contains(PteFlags::W) && !flags.contains(PteFlags::R) {
+    if write_without_read(flags) {
         return Err(());
     }
     if flags.contains(PteFlags::U) {

@@ -348,18 +348,13 @@ trap_vector:
     li      a5, {SUM}
     and     a5, a4, a5
     beqz    a5, 29f
-    ld      a3, {SATP}(sp)          # SUM changes: onto the tree of the other S-mode view
-    srli    a3, a3, 60              # (Bare: one view for all)
-    beqz    a3, 29f
-    ld      a3, {SUM_VIEW_SATP}(sp)
-    beqz    a3, .Lslow              # none cached: the run loop makes it
-    csrr    a5, satp
-    csrw    satp, a3
-    srli    a3, a5, 44              # the tree left is the way back, if it has an ASID
-    slli    a3, a3, 48
-    bnez    a3, 30f
-    li      a5, 0
-30: sd      a5, {SUM_VIEW_SATP}(sp)
+    ld      t3, {SATP}(sp)          # SUM changes: onto the tree of the other S-mode view
+    srli    t3, t3, 60              # (Bare: one view for all)
+    beqz    t3, 29f
+    ld      t3, {SUM_VIEW_SATP}(sp)
+    beqz    t3, .Lslow              # none cached: the run loop makes it
+    addi    t6, sp, {SUM_VIEW_SATP}
+    jal     s3, .Lswitch_view
     ld      a5, {SWITCHED}(sp)
     ori     a5, a5, {SWITCHED_VIEW}
     sd      a5, {SWITCHED}(sp)
@@ -418,6 +413,7 @@ trap_vector:
     beqz    t3, 22f                 # Bare: one view for both
     ld      t3, {OTHER_VIEW_SATP}(sp)
     beqz    t3, .Lnot_ours
+    addi    t6, sp, {OTHER_VIEW_SATP}
     jal     s3, .Lswitch_view
 22: ld      t3, {SCOUNTEREN}(sp)
     slli    t3, t3, 32
@@ -453,6 +449,7 @@ trap_vector:
     beqz    t3, 1f
     ld      t3, {OTHER_VIEW_SATP}(sp)
     beqz    t3, .Lslow
+    addi    t6, sp, {OTHER_VIEW_SATP}
     jal     s3, .Lswitch_view
 1:  li      t3, -1
     srli    t3, t3, 32
@@ -503,15 +500,16 @@ trap_vector:
     mv      a0, sp
     j       .Lenter
 
-.Lswitch_view: # The hart onto the tree in t3; the one it leaves is the other view now (the
-    # way back, SUM being unchanged) unless it has no ASID (a switch to it must flush).
+.Lswitch_view: # The hart onto the tree in t3; the one it leaves is kept at t6 as the way
+    # back (the other view is then that one) unless it has no ASID (a switch to it must
+    # flush).
     csrr    t4, satp
     csrw    satp, t3
     srli    t5, t4, 44
     slli    t5, t5, 48
     bnez    t5, 1f
     li      t4, 0
-1:  sd      t4, {OTHER_VIEW_SATP}(sp)
+1:  sd      t4, 0(t6)
     jr      s3
 
 .Lpending: # a0 = the vCPU's interrupts pending and enabled in sie now, as Csrs::sip
