@@ -102,6 +102,18 @@ fn rwx() -> PteFlags {
     PteFlags::R | PteFlags::W | PteFlags::X | PteFlags::A | PteFlags::D
 }
 
+/// A fill in tree `slot` for an access `acc` at `va` of the Sv39 guest in `mem` (ASID 0).
+fn fill_sv39(
+    cache: &mut ShadowCache,
+    frames: &mut TestFrames,
+    mem: &SparseMemory,
+    slot: usize,
+    va: u64,
+    acc: Access,
+) -> Fill {
+    cache.fill(slot, mem, &Ram, sv39(0), va, acc, WalkFeatures::default(), frames).unwrap()
+}
+
 #[test]
 fn views_limit_what_the_hardware_allows() {
     let u = PteFlags::U | rwx();
@@ -139,35 +151,27 @@ fn fill_installs_and_hardware_then_translates() {
         "hypocaust's slot is shared"
     );
     assert_eq!(hw(&frames, root, 0x1008, AccessType::Read, false), None);
-    let f = cache
-        .fill(
-            slot,
-            &mem,
-            &Ram,
-            sv39(0),
-            0x1008,
-            access(AccessType::Read, false, false),
-            WalkFeatures::default(),
-            &mut frames,
-        )
-        .unwrap();
+    let f = fill_sv39(
+        &mut cache,
+        &mut frames,
+        &mem,
+        slot,
+        0x1008,
+        access(AccessType::Read, false, false),
+    );
     assert_eq!(f, Fill::Installed { gpa: GuestPhysAddr::new(0x8010_0008), level: 0 });
     assert_eq!(hw(&frames, root, 0x1008, AccessType::Read, false), Some(HPA_BASE + 0x10_0008));
     assert_eq!(hw(&frames, root, 0x1008, AccessType::Write, false), Some(HPA_BASE + 0x10_0008));
     // In the user view the S page is not there at all.
     let (uslot, _) = cache.select(Key { satp: sv39(0), view: View::User }, &mut frames).unwrap();
-    let f = cache
-        .fill(
-            uslot,
-            &mem,
-            &Ram,
-            sv39(0),
-            0x1008,
-            access(AccessType::Read, true, false),
-            WalkFeatures::default(),
-            &mut frames,
-        )
-        .unwrap();
+    let f = fill_sv39(
+        &mut cache,
+        &mut frames,
+        &mem,
+        uslot,
+        0x1008,
+        access(AccessType::Read, true, false),
+    );
     assert_eq!(f, Fill::GuestFault(Exception::LoadPageFault));
     // Back to the first tree: a hit.
     assert_eq!(cache.select(key, &mut frames).unwrap(), (slot, false));
@@ -186,36 +190,14 @@ fn clean_pages_fault_on_first_store_then_get_dirty() {
         cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
     let root = cache.tree(slot).unwrap().root;
     let wf = WalkFeatures::default();
-    cache
-        .fill(
-            slot,
-            &mem,
-            &Ram,
-            sv39(0),
-            0x2000,
-            access(AccessType::Read, false, false),
-            wf,
-            &mut frames,
-        )
-        .unwrap();
+    fill_sv39(&mut cache, &mut frames, &mem, slot, 0x2000, access(AccessType::Read, false, false));
     assert!(hw(&frames, root, 0x2000, AccessType::Read, false).is_some());
     assert_eq!(
         hw(&frames, root, 0x2000, AccessType::Write, false),
         None,
         "read-only until D is set"
     );
-    cache
-        .fill(
-            slot,
-            &mem,
-            &Ram,
-            sv39(0),
-            0x2000,
-            access(AccessType::Write, false, false),
-            wf,
-            &mut frames,
-        )
-        .unwrap();
+    fill_sv39(&mut cache, &mut frames, &mem, slot, 0x2000, access(AccessType::Write, false, false));
     assert!(hw(&frames, root, 0x2000, AccessType::Write, false).is_some());
     // The guest's PTE now has D.
     let leaf = crate::walk::translate(
@@ -622,18 +604,14 @@ fn a_fill_prefills_its_cachable_neighbours() {
     let (slot, _) =
         cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
     let root = cache.tree(slot).unwrap().root;
-    let f = cache
-        .fill(
-            slot,
-            &mem,
-            &Ram,
-            sv39(0),
-            page(0),
-            access(AccessType::Read, false, false),
-            WalkFeatures::default(),
-            &mut frames,
-        )
-        .unwrap();
+    let f = fill_sv39(
+        &mut cache,
+        &mut frames,
+        &mem,
+        slot,
+        page(0),
+        access(AccessType::Read, false, false),
+    );
     assert!(matches!(f, Fill::Installed { level: 0, .. }));
     let at = |i: u64, kind| hw(&frames, root, page(i), kind, false);
     let host = |i: u64| Some(gpa(i) - RAM.start + HPA_BASE);
@@ -664,15 +642,12 @@ fn new_entries_are_fenced_unless_the_harts_have_svvptc() {
         let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
         let (slot, _) =
             cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
-        let fill = |cache: &mut ShadowCache, frames: &mut TestFrames| {
-            let acc = access(AccessType::Read, false, false);
-            cache.fill(slot, &mem, &Ram, sv39(0), 0x1000, acc, WalkFeatures::default(), frames)
-        };
+        let acc = access(AccessType::Read, false, false);
         frames.tlb_flushes.clear();
-        fill(&mut cache, &mut frames).unwrap();
+        fill_sv39(&mut cache, &mut frames, &mem, slot, 0x1000, acc);
         assert_eq!(frames.tlb_flushes.contains(&(slot, Some(0x1000))), !svvptc);
         frames.tlb_flushes.clear();
-        fill(&mut cache, &mut frames).unwrap();
+        fill_sv39(&mut cache, &mut frames, &mem, slot, 0x1000, acc);
         assert!(frames.tlb_flushes.contains(&(slot, Some(0x1000))), "svvptc {svvptc}");
     }
 }
