@@ -20,6 +20,7 @@ mod console;
 mod arch;
 mod board;
 mod clock;
+mod fast;
 mod firmware;
 mod guest;
 mod hart;

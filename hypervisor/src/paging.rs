@@ -197,15 +197,13 @@ pub enum PageFault {
 
 /// Code pages remembered for instruction fetches by hypocaust ([`VcpuMmu::code_address`]):
 /// [`CODE_SETS`] sets picked by page number, of two entries each, the most recently filled
-/// first (the trap vector's fast path reads them too: `arch::trap`).
+/// first (the fast path reads them too: `fast.rs`).
 pub const CODE_PAGES: usize = 2 * CODE_SETS;
 /// Sets of the code pages.
 pub const CODE_SETS: usize = 16;
 
 /// A guest-virtual code page and the guest-physical page it translated to, for an
-/// instruction fetch with guest `satp` at the vCPU's privilege. `repr(C)` and plain words:
-/// the trap vector's fast path looks entries up (`arch::trap`, which checks this layout).
-#[repr(C)]
+/// instruction fetch with guest `satp` at the vCPU's privilege.
 #[derive(Clone, Copy, Debug)]
 pub struct CodePage {
     /// The page's guest-virtual address; [`CodePage::EMPTY`]'s is not page-aligned.
@@ -219,8 +217,6 @@ pub struct CodePage {
     /// 1 if the guest's leaf entry is global (G): like a TLB entry of a global mapping, it
     /// serves every `satp` of the same mode.
     pub global: u64,
-    /// To 64 bytes: the fast path indexes by shifting.
-    _pad: [u64; 2],
 }
 
 impl CodePage {
@@ -232,7 +228,6 @@ impl CodePage {
         gpa_page: GuestPhysAddr::new(0),
         host: 0,
         global: 0,
-        _pad: [0; 2],
     };
 
     /// Whether this entry translates `pc`'s page for a fetch with `satp` at privilege
@@ -568,24 +563,7 @@ impl VcpuMmu {
         word: bool,
     ) -> Option<u32> {
         let (_, host) = self.code_page(memory, v, pc)?;
-        if host == 0 {
-            return None;
-        }
-        let offset = (pc & 0xfff) as usize;
-        let at = (host + offset) as *const u16;
-        // SAFETY: `host` is the direct-map address of a page of the guest's RAM (never
-        // hypocaust's own memory), `offset` lies in it and is even (a pc is); the guest may
-        // change its code meanwhile: an aligned halfword read does not tear.
-        let low = unsafe { at.read_volatile() };
-        if !word && rv::insn::length(low) == 2 {
-            return Some(u32::from(low));
-        }
-        if offset > 0xffc {
-            return None;
-        }
-        // SAFETY: as above; the next halfword is in the same page.
-        let high = unsafe { at.add(1).read_volatile() };
-        Some(u32::from(low) | u32::from(high) << 16)
+        read_code(host as u64, pc, word)
     }
 
     /// The code pages, for the trap vector's fast path (valid while this `VcpuMmu` is not
@@ -604,14 +582,10 @@ impl VcpuMmu {
         v: &Vcpu,
         pc: u64,
     ) -> Option<(GuestPhysAddr, usize)> {
-        let set = 2 * ((pc >> 12) as usize % CODE_SETS);
-        let (satp, user) = (v.csrs.satp, u64::from(v.privilege == Privilege::User));
-        for c in &self.code[set..set + 2] {
-            if c.serves(pc, satp, user) {
-                return Some((c.gpa_page, c.host as usize));
-            }
+        match cached_code_page(&self.code, pc, v.csrs.satp, v.privilege == Privilege::User) {
+            Some(c) => Some((c.gpa_page, c.host as usize)),
+            None => self.code_page_miss(memory, v, pc, code_set(pc)),
         }
-        self.code_page_miss(memory, v, pc, set)
     }
 
     #[cold]
@@ -650,10 +624,52 @@ impl VcpuMmu {
             gpa_page,
             host,
             global: u64::from(global),
-            _pad: [0; 2],
         };
         Some((gpa_page, host as usize))
     }
+}
+
+/// The first of the two entries of `pc`'s set of code pages.
+fn code_set(pc: u64) -> usize {
+    2 * ((pc >> 12) as usize % CODE_SETS)
+}
+
+/// The entry of `code` that translates `pc`'s page for a fetch with `satp` in U-mode
+/// (`user`) or S-mode, if there is one.
+#[inline(always)]
+pub fn cached_code_page(
+    code: &[CodePage; CODE_PAGES],
+    pc: u64,
+    satp: u64,
+    user: bool,
+) -> Option<&CodePage> {
+    let set = code_set(pc);
+    code[set..set + 2].iter().find(|c| c.serves(pc, satp, u64::from(user)))
+}
+
+/// The instruction at `pc` in the code page at direct-map address `host` (0: not RAM):
+/// its 16 bits if compressed, or with `word` the 32 bits there whatever they hold; `None`
+/// if not RAM or the bits would straddle the page's end.
+#[inline(always)]
+pub fn read_code(host: u64, pc: u64, word: bool) -> Option<u32> {
+    if host == 0 {
+        return None;
+    }
+    let offset = pc & 0xfff;
+    let at = (host + offset) as *const u16;
+    // SAFETY: `host` is the direct-map address of a page of the guest's RAM (never
+    // hypocaust's own memory), `offset` lies in it and is even (a pc is); the guest may
+    // change its code meanwhile: an aligned halfword read does not tear.
+    let low = unsafe { at.read_volatile() };
+    if !word && rv::insn::length(low) == 2 {
+        return Some(u32::from(low));
+    }
+    if offset > 0xffc {
+        return None;
+    }
+    // SAFETY: as above; the next halfword is in the same page.
+    let high = unsafe { at.add(1).read_volatile() };
+    Some(u32::from(low) | u32::from(high) << 16)
 }
 
 /// The access the vCPU makes at its current privilege, SUM and MXR.

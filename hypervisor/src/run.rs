@@ -17,9 +17,11 @@ use sched::mailbox::Flush;
 use sched::state::VcpuState;
 use vcpu::mmio::Direction;
 use vcpu::window::Atomic;
-use vcpu::{Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Vcpu};
+use vcpu::{
+    Action, Entry, Fault, Fence, HartState, Host, Lines, MachineIds, ResetKind, Switched, Vcpu,
+};
 
-use crate::arch::trap::{Switched, enter_guest};
+use crate::arch::trap::{Exit, enter_guest};
 use crate::guest::{Guest, VcpuCell, VcpuInner};
 use crate::paging::{PageFault, VcpuMmu, access_for};
 use crate::{arch, console, hart, hypervisor, irq, layout, mm, timer};
@@ -370,8 +372,8 @@ fn prepare(real: &mut RealCsrs, v: &Vcpu) {
 
 /// The real timer deadline a vCPU needs: its own, unless already passed (its timer
 /// interrupt is then pending and visible without the hardware's help).
-pub fn wanted_timer(v: &Vcpu, now: u64) -> u64 {
-    if v.csrs.stimecmp > now { v.csrs.stimecmp } else { u64::MAX }
+pub fn wanted_timer(stimecmp: u64, now: u64) -> u64 {
+    if stimecmp > now { stimecmp } else { u64::MAX }
 }
 
 fn set_timer(real: &mut RealCsrs, deadline: u64) {
@@ -455,6 +457,7 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
     // reads its external interrupt line.
     inner.ctx.code_pages = inner.mmu.code_pages();
     inner.ctx.external = guest.external_line(cell.index);
+    inner.ctx.slice_end = deadline;
     loop {
         serve_mailbox(cell, inner);
         if hart::attention(hart) || guest.needs_attention() {
@@ -472,44 +475,50 @@ pub fn run_vcpu(guest: &Guest, cell: &VcpuCell, inner: &mut VcpuInner, deadline:
             Entry::Stopped => return Leave::Stopped,
             Entry::Wait => return Leave::Wait,
         }
-        set_timer(&mut real, wanted_timer(v, now).min(deadline));
+        set_timer(&mut real, wanted_timer(v.csrs.stimecmp, now).min(deadline));
         if inner.mmu.load(v).is_err() {
             return Leave::Exhausted;
         }
         prepare(&mut real, v);
-        inner.ctx.other_view_satp = inner.mmu.other_view_satp(v);
-        inner.ctx.sum_view_satp = inner.mmu.sum_view_satp(v);
+        inner.ctx.fast.other_view_satp = inner.mmu.other_view_satp(v);
+        inner.ctx.fast.sum_view_satp = inner.mmu.sum_view_satp(v);
 
         // SAFETY: `load` and `prepare` set up satp, sstatus and scounteren for this vCPU,
         // and the scheduler enabled the host interrupts that must end its run.
-        unsafe { enter_guest(&mut inner.ctx) };
+        let exit = unsafe { enter_guest(&mut inner.ctx) };
 
         let (scause, stval) = arch::csr::trap_cause();
-        for (cause, fast) in [
-            (Exception::IllegalInstruction, core::mem::take(&mut inner.ctx.fast_exits)),
-            (Exception::EcallFromU, core::mem::take(&mut inner.ctx.fast_ecalls)),
+        let fast = &mut inner.ctx.fast;
+        for (cause, n) in [
+            (Exception::IllegalInstruction, core::mem::take(&mut fast.exits)),
+            (Exception::EcallFromU, core::mem::take(&mut fast.ecalls)),
         ] {
-            if fast != 0 {
-                cell.exits.add(cause as u64, fast);
+            if n != 0 {
+                cell.exits.add(cause as u64, n);
             }
         }
-        let switched = core::mem::take(&mut inner.ctx.switched);
+        let switched = core::mem::take(&mut fast.switched);
         let v = &mut inner.ctx.vcpu;
-        if switched != 0 {
-            // The fast path changed real CSRs behind `real`'s back (arch::trap).
-            if switched & Switched::PRIVILEGE != 0 {
-                real.scounteren = u64::MAX;
-            }
-            if switched & (Switched::PRIVILEGE | Switched::VIEW) != 0 {
-                inner.mmu.entered_view(v);
-            }
-            if switched & Switched::STATUS != 0 {
-                real.status = u64::MAX;
-            }
+        // The fast path changed real CSRs behind `real`'s back.
+        if switched.contains(Switched::PRIVILEGE) {
+            real.scounteren = u64::MAX;
+        }
+        if switched.intersects(Switched::PRIVILEGE | Switched::VIEW) {
+            inner.mmu.entered_view(v);
+        }
+        if switched.contains(Switched::STATUS) {
+            real.status = u64::MAX;
+        }
+        if switched.contains(Switched::TIMER) {
+            real.timer = 0;
         }
         if real.status & Sstatus::FS.bits() != 0 && real_fs() == ExtState::Dirty as u64 {
             v.csrs.set_fs_dirty();
             real.status |= Sstatus::FS.bits();
+        }
+        if exit == Exit::Deliver {
+            // Handled on the fast path; the next pass delivers the interrupt.
+            continue;
         }
         cell.exits.count(scause);
         match Cause::from_scause(scause) {

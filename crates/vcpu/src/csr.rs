@@ -184,6 +184,7 @@ impl Csrs {
     }
 
     /// Reads CSR `csr`; `Err` if the guest has no such supervisor CSR.
+    #[inline]
     pub fn read(&self, csr: u16, features: &Features, lines: Lines) -> Result<u64, IllegalCsr> {
         Ok(match csr {
             num::SSTATUS => self.sstatus(),
@@ -203,6 +204,7 @@ impl Csrs {
     }
 
     /// Writes CSR `csr` with its WARL rules; `Err` if the guest has no such supervisor CSR.
+    #[inline]
     pub fn write(
         &mut self,
         csr: u16,

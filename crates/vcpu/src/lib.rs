@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod csr;
+pub mod fast;
 mod host;
 mod interp;
 pub mod mmio;
@@ -15,6 +16,7 @@ mod vcpu;
 pub mod window;
 
 pub use csr::{CsrEffect, Csrs, Features, Lines};
+pub use fast::{FastExit, FastHart, FastPath, Switched};
 pub use host::{Fault, Fence, Host, MachineIds};
 pub use vcpu::{Action, Entry, HartState, Privilege, RUN_ON, Regs, ResetKind, Resume, Vcpu};
 

@@ -43,6 +43,8 @@ struct FakeHost {
     /// Instructions run out of line, with their `t0` and `t1`; each gives `t0 ^ t1`, or
     /// traps if its word is all ones in the funct7 field.
     out_of_line: Vec<(u32, u64, u64)>,
+    /// No run-on: every instruction is its own exit.
+    no_run_on: bool,
 }
 
 /// Where the fake guest's window starts: addresses from here are unmapped but for `pages`.
@@ -68,6 +70,9 @@ impl Host for FakeHost {
     }
     fn fetch_instruction(&mut self, _: &Vcpu, pc: u64) -> Result<u32, Fault> {
         self.code.get(&pc).copied().or(self.fetch).ok_or((Exception::InstructionAccessFault, pc))
+    }
+    fn fetch_next(&mut self, v: &Vcpu, pc: u64) -> Option<u32> {
+        if self.no_run_on { None } else { self.fetch_instruction(v, pc).ok() }
     }
     fn load_u64(&mut self, _: &Vcpu, va: u64) -> Result<u64, Fault> {
         self.load.unwrap_or(Err((Exception::LoadAccessFault, va)))
@@ -799,6 +804,7 @@ fn random_guest_input_never_panics() {
 }
 
 mod delivery;
+mod fast;
 
 mod mmio {
     use super::*;

@@ -34,6 +34,14 @@ pub fn sip() -> u64 {
     sip
 }
 
+/// The real `satp`.
+pub fn satp() -> u64 {
+    let satp: u64;
+    // SAFETY: reading a CSR.
+    unsafe { asm!("csrr {0}, satp", out(reg) satp, options(nomem, nostack)) };
+    satp
+}
+
 /// The real `sstatus`.
 pub fn sstatus() -> u64 {
     let sstatus: u64;
