@@ -200,7 +200,7 @@ pub enum PageFault {
 /// first (the fast path reads them too: `fast.rs`).
 pub const CODE_PAGES: usize = 2 * CODE_SETS;
 /// Sets of the code pages.
-pub const CODE_SETS: usize = 16;
+pub const CODE_SETS: usize = 128;
 
 /// A guest-virtual code page and the guest-physical page it translated to, for an
 /// instruction fetch with guest `satp` at the vCPU's privilege.
@@ -422,12 +422,13 @@ impl VcpuMmu {
         self.cached_tree(key).map_or(0, |(_, real)| if Satp(real).asid() == 0 { 0 } else { real })
     }
 
-    /// For the trap vector's fast path while the vCPU is in virtual S-mode: the real `satp`
-    /// of the cached tree of its other S-mode view (SUM flipped), or 0 (none, no ASIDs,
-    /// Bare, or U-mode).
+    /// For the fast path's `sstatus` writes in virtual S-mode: the real `satp` of the cached
+    /// tree of the S-mode view with SUM flipped, or 0 (none, no ASIDs, or Bare). Named in
+    /// U-mode too: a system call the fast path forwards enters S-mode with SUM as it is,
+    /// and Linux then flips SUM to reach the caller's memory.
     pub fn sum_view_satp(&mut self, v: &Vcpu) -> u64 {
         let satp = v.csrs.satp;
-        if !is_paged(satp) || v.privilege != Privilege::Supervisor {
+        if !is_paged(satp) {
             return 0;
         }
         self.switch_target(Key { satp, view: View::of(false, !v.csrs.status(Sstatus::SUM)) })
@@ -457,13 +458,27 @@ impl VcpuMmu {
 
     /// Drops shadow translations as `sfence.vma` asks.
     pub fn fence(&mut self, start: u64, size: u64, asid: Option<u16>) {
-        // Like a TLB: a fence of some pages drops the code pages among them (whatever their
-        // address space); a fence of everything drops all.
+        // Like a TLB: a fence drops the code pages of its addresses (all: every address);
+        // a fence of one address space (an ASID) only that space's entries, never those of
+        // global mappings (the privileged spec's `sfence.vma` with `rs2` ≠ `x0`) — Linux
+        // fences an ASID at context switches, and its kernel's code is global.
         let fenced = start & !0xfff..start.saturating_add(size);
-        for entry in &mut self.code {
-            if size == u64::MAX || fenced.contains(&entry.va_page) {
+        let drop = |entry: &mut CodePage| {
+            let address = size == u64::MAX || fenced.contains(&entry.va_page);
+            let space = asid.is_none_or(|a| entry.global == 0 && Satp(entry.satp).asid() == a);
+            if address && space {
                 *entry = CodePage::EMPTY;
             }
+        };
+        // A few pages: only their sets.
+        let pages = fenced.end.div_ceil(rv::PAGE_SIZE).saturating_sub(fenced.start / rv::PAGE_SIZE);
+        if size != u64::MAX && pages < CODE_SETS as u64 {
+            for page in 0..pages {
+                let set = code_set(fenced.start + page * rv::PAGE_SIZE);
+                self.code[set..set + 2].iter_mut().for_each(drop);
+            }
+        } else {
+            self.code.iter_mut().for_each(drop);
         }
         self.leave_tree();
         self.cache.invalidate(start, size, asid, &mut self.pool);
