@@ -182,11 +182,6 @@ impl Host for GuestHost<'_> {
         Ok(low as u32 | (high as u32) << 16)
     }
 
-    fn fetch_next(&mut self, vcpu: &Vcpu, pc: u64) -> Option<u32> {
-        // A word that straddles a page boundary is left to the hart.
-        self.mmu.code_bits(&self.guest.memory, vcpu, pc, true)
-    }
-
     fn load_u64(&mut self, vcpu: &Vcpu, va: u64) -> Result<u64, Fault> {
         let mut b = [0u8; 8];
         self.read_virt(vcpu, va, AccessType::Read, &mut b)?;

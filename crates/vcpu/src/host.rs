@@ -46,15 +46,6 @@ pub trait Host {
     /// in `stval`): the 16 or 32 bits, or the fault an instruction fetch would take.
     fn fetch_instruction(&mut self, vcpu: &Vcpu, pc: u64) -> Result<u32, Fault>;
 
-    /// The 32-bit instruction word at guest-virtual `pc`, if it can be had cheaply, for
-    /// emulating the instructions that follow a trapping one ([`crate::Vcpu`]'s run-on):
-    /// `None` whenever fetching it would fault or cost a page walk the host would rather
-    /// not make — the hart then fetches it itself. The default asks
-    /// [`Host::fetch_instruction`].
-    fn fetch_next(&mut self, vcpu: &Vcpu, pc: u64) -> Option<u32> {
-        self.fetch_instruction(vcpu, pc).ok()
-    }
-
     /// Whether guest-virtual `va` lies in hypocaust's window, where every access of the
     /// vCPU faults to hypocaust whatever the guest maps (see `window.rs`). Default: no
     /// window.

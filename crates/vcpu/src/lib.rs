@@ -18,7 +18,7 @@ pub mod window;
 pub use csr::{CsrEffect, Csrs, Features, Lines};
 pub use fast::{FastExit, FastHart, FastPath, Switched};
 pub use host::{Fault, Fence, Host, MachineIds};
-pub use vcpu::{Action, Entry, HartState, Privilege, RUN_ON, Regs, ResetKind, Resume, Vcpu};
+pub use vcpu::{Action, Entry, HartState, Privilege, Regs, ResetKind, Resume, Vcpu};
 
 #[cfg(test)]
 mod tests;

@@ -43,8 +43,6 @@ struct FakeHost {
     /// Instructions run out of line, with their `t0` and `t1`; each gives `t0 ^ t1`, or
     /// traps if its word is all ones in the funct7 field.
     out_of_line: Vec<(u32, u64, u64)>,
-    /// No run-on: every instruction is its own exit.
-    no_run_on: bool,
 }
 
 /// Where the fake guest's window starts: addresses from here are unmapped but for `pages`.
@@ -70,9 +68,6 @@ impl Host for FakeHost {
     }
     fn fetch_instruction(&mut self, _: &Vcpu, pc: u64) -> Result<u32, Fault> {
         self.code.get(&pc).copied().or(self.fetch).ok_or((Exception::InstructionAccessFault, pc))
-    }
-    fn fetch_next(&mut self, v: &Vcpu, pc: u64) -> Option<u32> {
-        if self.no_run_on { None } else { self.fetch_instruction(v, pc).ok() }
     }
     fn load_u64(&mut self, _: &Vcpu, va: u64) -> Result<u64, Fault> {
         self.load.unwrap_or(Err((Exception::LoadAccessFault, va)))
@@ -364,69 +359,6 @@ fn load_program(v: &Vcpu, h: &mut FakeHost, program: &[u32]) {
     for (i, bits) in program.iter().enumerate() {
         h.code.insert(v.regs.pc + 4 * i as u64, *bits);
     }
-}
-
-#[test]
-fn csr_instructions_in_a_row_are_emulated_in_one_exit() {
-    let mut h = FakeHost::new();
-    let mut v = vcpu();
-    v.csrs.sepc = 0x1234;
-    v.csrs.stval = 0x77;
-    v.csrs.scause = 8;
-    v.csrs.sscratch = 0x99;
-    // Linux's trap entry: csrrc s1, sstatus, t0; csrr s2, sepc; csrr s3, stval;
-    // csrr s4, scause; csrr s5, sscratch; then a store.
-    let program = [0x1002_b4f3, 0x1410_2973, 0x1430_29f3, 0x1420_2a73, 0x1400_2af3, 0x0081_3023];
-    load_program(&v, &mut h, &program);
-    v.regs.set(5, Sstatus::SUM.bits());
-    v.csrs.sstatus |= Sstatus::SUM.bits();
-    let pc = v.regs.pc;
-    assert_eq!(exec(&mut v, &mut h, program[0]), Action::Resume);
-    assert_eq!(v.regs.pc, pc + 20, "stops before the store");
-    assert_eq!(
-        [v.regs.get(18), v.regs.get(19), v.regs.get(20), v.regs.get(21)],
-        [0x1234, 0x77, 8, 0x99]
-    );
-    assert!(!v.csrs.status(Sstatus::SUM));
-    assert_ne!(v.regs.get(9) & Sstatus::SUM.bits(), 0, "csrrc read the old sstatus");
-
-    // At most RUN_ON more, then the hart runs the next one (and traps on it).
-    let mut h = FakeHost::new();
-    let mut v = vcpu();
-    load_program(&v, &mut h, &[0x1400_2573; 20]); // csrr a0, sscratch
-    exec(&mut v, &mut h, 0x1400_2573);
-    assert_eq!(v.regs.pc, 0x8020_0000 + 4 * (1 + crate::RUN_ON as u64));
-}
-
-#[test]
-fn emulation_in_a_row_stops_where_the_hart_would_not_go_on() {
-    let start = vcpu().regs.pc;
-    // (program, where the pc ends, what)
-    let cases: [(&[u32], u64, &str); 4] = [
-        (&[0x1400_2573, 0x3000_2573], 4, "csrr a0, mstatus is illegal: left to the hart"),
-        (&[0x1400_2573, 0xc010_2573], 4, "rdtime a0 runs on the hart itself"),
-        (&[0x1400_2573, 0x1050_0073], 4, "wfi is not a CSR instruction"),
-        (&[0x1400_2573], 4, "the next instruction cannot be fetched"),
-    ];
-    for (program, advanced, what) in cases {
-        let mut h = FakeHost::new();
-        let mut v = vcpu();
-        load_program(&v, &mut h, program);
-        exec(&mut v, &mut h, program[0]);
-        assert_eq!(v.regs.pc, start + advanced, "{what}");
-        assert_eq!(v.csrs.scause, 0, "{what}: no exception");
-    }
-
-    // csrsi sstatus, SIE with a timer interrupt pending and enabled: the interrupt comes
-    // before the next instruction, so the csrr after it is not emulated.
-    let mut h = FakeHost::new();
-    let mut v = vcpu();
-    v.csrs.sie = Interrupt::SupervisorTimer.mask();
-    v.csrs.stimecmp = 0;
-    load_program(&v, &mut h, &[0x1001_6073, 0x1400_2573]);
-    exec(&mut v, &mut h, 0x1001_6073);
-    assert_eq!(v.regs.pc, start + 4);
-    assert_eq!(v.deliverable_interrupt(lines(0)), Some(Interrupt::SupervisorTimer));
 }
 
 #[test]

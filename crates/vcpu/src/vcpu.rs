@@ -16,10 +16,6 @@ use crate::csr::{CsrEffect, Csrs, Features, Lines};
 use crate::host::{Fence, Host};
 use crate::sbi;
 
-/// CSR instructions emulated in one exit after the one that trapped, at most
-/// ([`Vcpu::run_on`]).
-pub const RUN_ON: usize = 8;
-
 /// The general-purpose registers and the pc. The trap assembly saves a guest's registers
 /// here, so the layout is fixed: `x[0..32]` then `pc`.
 #[repr(C)]
@@ -343,7 +339,6 @@ impl Vcpu {
                     self.raise(Exception::IllegalInstruction, stval);
                 } else {
                     self.regs.pc = next;
-                    self.run_on(host);
                 }
                 Action::Resume
             }
@@ -379,41 +374,6 @@ impl Vcpu {
                 self.raise(Exception::IllegalInstruction, stval);
                 Action::Resume
             }
-        }
-    }
-
-    /// After an emulated CSR instruction, emulates the supervisor-CSR instructions that
-    /// directly follow it (up to [`RUN_ON`]) in the same exit, as the hart would execute
-    /// them: each one saves an exit (Linux reads `sstatus`, `sepc`, `stval`, `scause` and
-    /// `sscratch` in a row on every trap). Stops before an instruction that is anything
-    /// else, cannot be fetched, or would raise an exception — the hart then runs it, or
-    /// traps on it, itself — and as soon as an interrupt is deliverable, so that it is
-    /// taken before the next instruction, as on hardware.
-    fn run_on(&mut self, host: &mut impl Host) {
-        for _ in 0..RUN_ON {
-            let Some(bits) = host.fetch_next(self, self.regs.pc) else { return };
-            // SYSTEM with funct3 other than 0 (privileged) and 4 (Zimop...): a CSR
-            // instruction. Anything else ends the run before the cost of a decode.
-            if bits & 0x7f != 0x73 || (bits >> 12) & 3 == 0 {
-                return;
-            }
-            // One instant per instruction: the interrupt check and the CSR read agree.
-            let lines = self.lines(host);
-            if self.deliverable_interrupt(lines).is_some() {
-                return;
-            }
-            let Some(Decoded { instruction: Instruction::Csr { op, csr, rd, source }, length }) =
-                decode(bits)
-            else {
-                return;
-            };
-            // U-level CSRs (`time`, `cycle`, FP) run on the hart itself.
-            if rv::csr::CsrNum(csr).min_privilege() != 1
-                || self.emulate_csr(op, csr, rd, source, lines).is_err()
-            {
-                return;
-            }
-            self.regs.pc = self.regs.pc.wrapping_add(length as u64);
         }
     }
 

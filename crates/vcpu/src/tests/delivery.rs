@@ -237,8 +237,8 @@ fn every_exit_matches_a_hart_at_one_instant() {
 }
 
 /// A clock that moves while exits are handled, random states and random instruction
-/// sequences (in virtual S- and U-mode, several CSR instructions in a row so that the
-/// run-on emulation is exercised too): whatever the timing, the guest is never entered with
+/// sequences (in virtual S- and U-mode; the fast path's clusters have their own tests,
+/// tests/fast.rs): whatever the timing, the guest is never entered with
 /// a deliverable interrupt, and an emulated `sip` read never shows an interrupt that is
 /// enabled and globally enabled (the hart would have taken it before the read).
 #[test]
@@ -264,9 +264,8 @@ fn no_timing_leaves_an_interrupt_behind() {
             v.privilege = Privilege::User;
         }
         for _ in 0..8 {
-            // A run of up to three instructions at the pc: the first traps, the others
-            // may be emulated in the same exit. One run in three reads `sip` into a3, a4
-            // and a5, with the state unchanged throughout.
+            // A run of up to three instructions at the pc: the first traps. One run in three
+            // reads `sip` into a3, a4 and a5, with the state unchanged throughout.
             let reading = next() % 3 == 0;
             let run: Vec<u32> = if reading {
                 READERS.iter().map(|&rd| csr_insn(2, rd, 0, num::SIP)).collect()

@@ -267,8 +267,8 @@ fn fast_path_agrees_with_the_general_path() {
             assert!(v.deliverable_interrupt(lines).is_none(), "{}", context());
         }
 
-        // The general path, one exit per instruction (no run-on) as the run loop takes
-        // them, until it agrees.
+        // The general path, one exit per instruction as the run loop takes them, until it
+        // agrees.
         let mut r = v0.clone();
         take_fs(&mut r, hart0.fs);
         let mut host = FakeHost::new();
@@ -276,7 +276,6 @@ fn fast_path_agrees_with_the_general_path() {
         host.external = hart0.external;
         host.code = code.clone();
         host.fetch = Some(0x0000_0013);
-        host.no_run_on = true;
         let mut steps = 0;
         while state(&r) != state(&v) && steps <= CLUSTER {
             let bits = host.code.get(&r.regs.pc).copied().unwrap_or(0x13);
@@ -404,4 +403,71 @@ fn fast_csrs_are_storage_and_interrupt_registers() {
     for csr in [num::SSTATUS, num::SIE, num::SIP, num::SEPC, num::STIMECMP] {
         assert!(is_fast_csr(csr), "{csr:#x}");
     }
+}
+
+/// Runs `program` at 0x8020_0000 in S-mode on the fast path; the vCPU after it.
+fn cluster(program: &[u32], prepare: impl FnOnce(&mut Vcpu)) -> (Vcpu, FastExit) {
+    let (mut v, mut hart, mut fast) = directed(program[0], tree(1, false, false));
+    for (i, bits) in program.iter().enumerate() {
+        hart.code.insert(0x8020_0000 + 4 * i as u64, *bits);
+    }
+    prepare(&mut v);
+    let exit = v.fast_exit(&mut fast, Exception::IllegalInstruction.code(), &mut hart);
+    (v, exit)
+}
+
+#[test]
+fn linux_trap_entry_is_one_exit() {
+    // csrrc s1, sstatus, t0; csrr s2, sepc; csrr s3, stval; csrr s4, scause;
+    // csrr s5, sscratch; then a store.
+    let program = [0x1002_b4f3, 0x1410_2973, 0x1430_29f3, 0x1420_2a73, 0x1400_2af3, 0x0081_3023];
+    let (v, exit) = cluster(&program, |v| {
+        v.csrs.sepc = 0x1234;
+        v.csrs.stval = 0x77;
+        v.csrs.scause = 8;
+        v.csrs.sscratch = 0x99;
+        v.regs.set(5, Sstatus::SUM.bits());
+        v.csrs.sstatus |= Sstatus::SUM.bits();
+    });
+    assert_eq!(exit, FastExit::Resume);
+    assert_eq!(v.regs.pc, 0x8020_0000 + 20, "stops before the store");
+    assert_eq!(
+        [v.regs.get(18), v.regs.get(19), v.regs.get(20), v.regs.get(21)],
+        [0x1234, 0x77, 8, 0x99]
+    );
+    assert!(!v.csrs.status(Sstatus::SUM));
+    assert_ne!(v.regs.get(9) & Sstatus::SUM.bits(), 0, "csrrc read the old sstatus");
+
+    // At most CLUSTER, then the hart runs the next one (and traps on it).
+    let (v, _) = cluster(&[0x1400_2573; 20], |_| {}); // csrr a0, sscratch
+    assert_eq!(v.regs.pc, 0x8020_0000 + 4 * CLUSTER as u64);
+}
+
+#[test]
+fn a_cluster_stops_where_the_hart_would_not_go_on() {
+    let cases: [(&[u32], &str); 5] = [
+        (&[0x1400_2573, 0x3000_2573], "csrr a0, mstatus is illegal: left to the hart"),
+        (&[0x1400_2573, 0xc010_2573], "rdtime a0 runs on the hart itself"),
+        (&[0x1400_2573, 0x1050_0073], "wfi is the run loop's"),
+        (&[0x1400_2573, 0x1805_9073], "a satp write is the run loop's"),
+        (&[0x1400_2573, 0x0000_0013], "a nop is the hart's"),
+    ];
+    for (program, what) in cases {
+        let (v, exit) = cluster(program, |_| {});
+        assert_eq!((v.regs.pc, exit), (0x8020_0004, FastExit::Resume), "{what}");
+    }
+    // The next page is not among the code pages: the hart fetches it.
+    let (mut v, mut hart, mut fast) = directed(0x1400_2573, 0);
+    v.regs.pc = 0x8020_0ffc;
+    hart.code = BTreeMap::from([(0x8020_0ffc, 0x1400_2573), (0x8020_1000, 0x1400_2573)]);
+    v.fast_exit(&mut fast, Exception::IllegalInstruction.code(), &mut hart);
+    assert_eq!(v.regs.pc, 0x8020_1000);
+
+    // csrsi sstatus, SIE with a timer interrupt pending and enabled: the interrupt comes
+    // before the next instruction, so the csrr after it is not emulated.
+    let (v, exit) = cluster(&[0x1001_6073, 0x1400_2573], |v| {
+        v.csrs.sie = rv::csr::Interrupts::STI.bits();
+        v.csrs.stimecmp = 0;
+    });
+    assert_eq!((v.regs.pc, exit), (0x8020_0004, FastExit::Deliver));
 }
