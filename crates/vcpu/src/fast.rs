@@ -200,8 +200,16 @@ impl Vcpu {
         }
         let field = ((bits >> 15) & 31) as u8;
         let src = if funct3 & 4 != 0 { u64::from(field) } else { self.regs.get(field) };
-        // One instant for the interrupt check before and what `sip` reads.
+        // `sip` is read at one instant with the interrupt check before it (time moved on
+        // since the last check): an interrupt deliverable then comes first, and the read
+        // never shows one the hart would already have taken.
         let lines = if csr == num::SIP { hart.lines() } else { Lines::default() };
+        if csr == num::SIP
+            && (self.privilege == Privilege::User || self.csrs.status(Sstatus::SIE))
+            && self.deliverable_interrupt(lines).is_some()
+        {
+            return Step::NotOurs;
+        }
         // FP state the guest wrote shows in what it reads of `sstatus`, as the run loop
         // takes it after every exit.
         if csr == num::SSTATUS && self.csrs.sstatus & Sstatus::FS.bits() != 0 && hart.fs_dirty() {

@@ -14,6 +14,9 @@ use std::{format, vec};
 
 use crate::fast::{CLUSTER, FastExit, FastHart, FastPath, MIRRORED, Switched, is_fast_csr};
 
+/// What a register holds until an emulated instruction writes it.
+const UNTOUCHED: u64 = 0xdead_beef;
+
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
 
@@ -50,7 +53,9 @@ fn tree(asid: u16, user: bool, sum: bool) -> u64 {
 /// The hart under the fast path, as data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ModelHart {
-    now: u64,
+    now: std::cell::Cell<u64>,
+    /// How far `time` moves at every look (0: a clock stopped for the exit).
+    tick: u64,
     external: bool,
     /// Instruction words by pc.
     code: BTreeMap<u64, u32>,
@@ -66,7 +71,9 @@ struct ModelHart {
 
 impl FastHart for ModelHart {
     fn lines(&self) -> Lines {
-        Lines { now: self.now, external: self.external }
+        let now = self.now.get();
+        self.now.set(now + self.tick);
+        Lines { now, external: self.external }
     }
     fn fetch(&self, v: &Vcpu, pc: u64) -> Option<u32> {
         let user = v.privilege == Privilege::User;
@@ -198,7 +205,8 @@ fn fast_path_agrees_with_the_general_path() {
         }
         let guest_fs = (v0.csrs.sstatus >> rv::csr::SSTATUS_FS_SHIFT) & 3;
         let mut hart = ModelHart {
-            now,
+            now: now.into(),
+            tick: 0,
             external: rng.chance(20),
             code: code.clone(),
             cached: Vec::new(),
@@ -334,7 +342,8 @@ fn directed(bits: u32, satp: u64) -> (Vcpu, ModelHart, FastPath) {
     v.csrs.satp = satp;
     v.csrs.sepc = 0x8020_0100;
     let hart = ModelHart {
-        now: 10,
+        now: 10.into(),
+        tick: 0,
         external: false,
         code: BTreeMap::from([(0x8020_0000, bits)]),
         cached: vec![(0x8020_0000, false)],
@@ -467,4 +476,46 @@ fn a_cluster_stops_where_the_hart_would_not_go_on() {
         v.csrs.stimecmp = 0;
     });
     assert_eq!((v.regs.pc, exit), (0x8020_0004, FastExit::Deliver));
+}
+
+/// With a clock that moves at every look (as time moves while an exit is handled): a `sip`
+/// the fast path reads never shows an interrupt that is enabled and globally enabled — the
+/// hart would have taken it before the read — and it never resumes the guest with one
+/// deliverable.
+#[test]
+fn no_timing_makes_the_fast_path_show_an_interrupt_it_should_take() {
+    let mut rng = Rng(0x71c4_71c4);
+    let mut reads = 0;
+    for case in 0..20_000 {
+        let (mut v, mut hart, mut fast) = directed(0, 0);
+        // csrr a0, sip; csrr a1, sip; csrsi sstatus, SIE; csrr a2, sip
+        let program = [0x1440_2573, 0x1440_25f3, 0x1001_6073, 0x1440_2673];
+        let start = rng.below(3) as usize;
+        for (i, bits) in program[start..].iter().enumerate() {
+            hart.code.insert(0x8020_0000 + 4 * i as u64, *bits);
+        }
+        hart.tick = 1 + rng.below(3);
+        v.csrs.sie = rng.next() & 0x222;
+        v.csrs.stimecmp = 10 + rng.below(12);
+        let sie = rng.chance(50);
+        v.csrs.set_status(Sstatus::SIE, sie);
+        for r in [10, 11, 12] {
+            v.regs.x[r] = UNTOUCHED;
+        }
+        let exit = v.fast_exit(&mut fast, Exception::IllegalInstruction.code(), &mut hart);
+        // a0 and a1 are read with SIE as it was, a2 after the `csrsi`.
+        for (r, enabled) in [(10, sie), (11, sie), (12, true)] {
+            let read = v.regs.x[r];
+            if read != UNTOUCHED && enabled {
+                reads += 1;
+                assert_eq!(read & v.csrs.sie, 0, "case {case}: x{r} = {read:#x}");
+            }
+        }
+        if exit == FastExit::Resume {
+            let later = hart.lines();
+            let before = Lines { now: later.now - hart.tick, ..later };
+            assert!(v.deliverable_interrupt(before).is_none(), "case {case}");
+        }
+    }
+    assert!(reads > 1000, "{reads}");
 }
