@@ -15,6 +15,7 @@ use rv::insn::Width;
 use rv::trap::{Cause, Exception, Interrupt};
 use sched::mailbox::Flush;
 use sched::state::VcpuState;
+use vcpu::fast::MIRRORED;
 use vcpu::mmio::Direction;
 use vcpu::window::Atomic;
 use vcpu::{
@@ -343,14 +344,11 @@ struct RealCsrs {
     timer: u64,
 }
 
-/// The `sstatus` bits the real hart takes from the guest's.
-const MIRRORED: u64 = Sstatus::FS.bits() | Sstatus::MXR.bits();
-
 /// Sets the real CSRs the vCPU's state calls for.
 fn prepare(real: &mut RealCsrs, v: &Vcpu) {
-    let status = v.csrs.sstatus & MIRRORED;
+    let status = v.csrs.sstatus & MIRRORED.bits();
     if real.status != status {
-        arch::csr::set_sstatus_bits(MIRRORED, status);
+        arch::csr::set_sstatus_bits(MIRRORED.bits(), status);
         real.status = status;
     }
     let counters = v.real_scounteren();
