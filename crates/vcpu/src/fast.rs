@@ -86,8 +86,8 @@ pub struct FastPath {
     pub sum_view_satp: u64,
     /// What it changed behind the run loop's back; the run loop clears it.
     pub switched: Switched,
-    /// Exits it handled as emulated instructions (illegal-instruction exits) and as
-    /// forwarded system calls (U-mode `ecall` exits), since the run loop last took them.
+    /// Exits it handled, since the run loop last took them: illegal-instruction exits
+    /// (emulated instructions), and `ecall` exits (forwarded system calls, SBI calls).
     pub exits: u64,
     pub ecalls: u64,
 }

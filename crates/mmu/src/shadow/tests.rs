@@ -35,6 +35,16 @@ fn host_root(frames: &mut TestFrames) -> HostPhysAddr {
     root
 }
 
+/// A cache of 4 trees with hypocaust's root, and the tree of `sv39(0)`'s S-mode view in
+/// it: (cache, its slot, its root).
+fn supervisor_tree(frames: &mut TestFrames) -> (ShadowCache, usize, HostPhysAddr) {
+    let host = host_root(frames);
+    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
+    let (slot, _) = cache.select(Key { satp: sv39(0), view: View::Supervisor }, frames).unwrap();
+    let root = cache.tree(slot).unwrap().root;
+    (cache, slot, root)
+}
+
 fn access(kind: AccessType, user: bool, sum: bool) -> Access {
     Access { kind, user, sum, mxr: false }
 }
@@ -184,11 +194,7 @@ fn clean_pages_fault_on_first_store_then_get_dirty() {
     let mut next = GUEST_ROOT;
     guest_map(&mem, &mut next, 0x2000, 0x8010_1000, 0, PteFlags::R | PteFlags::W | PteFlags::A);
     let mut frames = TestFrames::new(100);
-    let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
-    let (slot, _) =
-        cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
-    let root = cache.tree(slot).unwrap().root;
+    let (mut cache, slot, root) = supervisor_tree(&mut frames);
     let wf = WalkFeatures::default();
     fill_sv39(&mut cache, &mut frames, &mem, slot, 0x2000, access(AccessType::Read, false, false));
     assert!(hw(&frames, root, 0x2000, AccessType::Read, false).is_some());
@@ -218,11 +224,7 @@ fn superpages_get_2m_shadow_leaves_when_all_ram() {
     // A 1 GiB guest page over 0x8000_0000.., of which only 64 MiB is RAM.
     guest_map(&mem, &mut next, 0x4000_0000, 0x8000_0000, 2, rwx());
     let mut frames = TestFrames::new(100);
-    let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
-    let (slot, _) =
-        cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
-    let root = cache.tree(slot).unwrap().root;
+    let (mut cache, slot, root) = supervisor_tree(&mut frames);
     let wf = WalkFeatures::default();
     let f = cache.fill(
         slot,
@@ -599,11 +601,7 @@ fn a_fill_prefills_its_cachable_neighbours() {
     // Not RAM.
     guest_map(&mem, &mut next, page(7), 0x9000_0000, 0, rwx());
     let mut frames = TestFrames::new(100);
-    let host = host_root(&mut frames);
-    let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
-    let (slot, _) =
-        cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
-    let root = cache.tree(slot).unwrap().root;
+    let (mut cache, slot, root) = supervisor_tree(&mut frames);
     let f = fill_sv39(
         &mut cache,
         &mut frames,
@@ -638,10 +636,7 @@ fn new_entries_are_fenced_unless_the_harts_have_svvptc() {
         guest_map(&mem, &mut next, 0x1000, 0x8010_0000, 0, rwx());
         let mut frames = TestFrames::new(100);
         frames.svvptc = svvptc;
-        let host = host_root(&mut frames);
-        let mut cache = ShadowCache::new(4, host, 256..511, HOST_LEVELS);
-        let (slot, _) =
-            cache.select(Key { satp: sv39(0), view: View::Supervisor }, &mut frames).unwrap();
+        let (mut cache, slot, _) = supervisor_tree(&mut frames);
         let acc = access(AccessType::Read, false, false);
         frames.tlb_flushes.clear();
         fill_sv39(&mut cache, &mut frames, &mem, slot, 0x1000, acc);
